@@ -1,0 +1,138 @@
+//! The raw command line (clap derive). Checked values are built from it in `run`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::patch::PatchType;
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success (also: nothing to do)
+  1  a patch or a node failed at run time, or a dry run found a patch that fails
+  2  bad input: command line, config, patch directory, or an applied patch whose file changed
+  3  another coordinator holds the cluster
+
+Patch files are named patch-MAJOR-MINOR-POINT-TYPE.sql, TYPE one of:
+  std         the master only, inside the claim transaction (replication carries it)
+  direct      every node, each inside its own transaction
+  concurrent  every node concurrently, outside any transaction, one statement at a time";
+
+/// Cluster-aware migration orchestrator for PostgreSQL.
+///
+/// One coordinator claims each schema patch in a transaction on the master, fans it
+/// out to every node that needs it, stamps it done and commits.
+#[derive(Debug, Parser)]
+#[command(name = "pgconvoy", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Cluster config file (patch directory, master, replicas).
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "cluster.yaml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the patch directory without connecting to any node.
+    ///
+    /// Reports every file whose name does not match patch-MAJOR-MINOR-POINT-TYPE.sql,
+    /// duplicate versions (1-02-0 and 1-2-0 are the same), empty patches, a last
+    /// statement not terminated by `;`, and gaps in numbering (a warning, an error
+    /// with --strict or `strict: true`).
+    Check(CheckArgs),
+
+    /// Show every node: reachable, server version, in recovery, applied and pending
+    /// patches, unfinished ledger rows, divergence from the master, drift.
+    ///
+    /// Reads only (not even the ledger's schema is created), so a read-only role will do.
+    /// Exits 1 when a node is unreachable, 2 when an applied patch's file changed.
+    Status(StatusArgs),
+
+    /// Apply pending patches: claim each on the master, fan it out, stamp it, commit.
+    ///
+    /// Consecutive pending patches of one type form a group. One invocation applies
+    /// the first group only; --all loops group after group until nothing is pending;
+    /// -1 applies a single patch. A failed patch is not recorded on the master, and a
+    /// re-run applies it only on the nodes where it is missing.
+    Upgrade(UpgradeArgs),
+
+    /// Start a throwaway local 3-node cluster from the installed PostgreSQL binaries,
+    /// upgrade it with the example patches (--all), show its status, and clean up.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format; `json` prints an object with a `nodes` array.
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    pub format: StatusFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Loop group after group until nothing is pending.
+    #[arg(long, conflicts_with = "one")]
+    pub all: bool,
+
+    /// Apply one patch only.
+    #[arg(short = '1', long = "one")]
+    pub one: bool,
+
+    /// Refuse to start unless the next group is of this type (repeatable).
+    #[arg(long = "patch-type", value_name = "TYPE", value_parser = parse_patch_type)]
+    pub patch_types: Vec<PatchType>,
+
+    /// When another coordinator holds the cluster, wait for it instead of exiting 3.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// At most this many nodes are worked on at once (default: `jobs` in the config, else 16).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+
+    /// Format of the summary printed on stdout (progress goes to stderr).
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Leave the cluster running and print how to use and stop it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Treat gaps in patch numbering as errors.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// Output format of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    Text,
+    Json,
+}
+
+/// Output format of `upgrade`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+/// Accepts `std`, `direct` or `concurrent` on the command line.
+pub fn parse_patch_type(s: &str) -> Result<PatchType, String> {
+    s.parse()
+}

@@ -1,0 +1,21 @@
+//! pgconvoy: a cluster-aware migration orchestrator for PostgreSQL.
+//!
+//! One coordinator claims each schema patch in a transaction on the master,
+//! fans it out to every node that needs it, stamps it done and commits.
+
+pub mod check;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod coordinator;
+pub mod demo;
+pub mod error;
+pub mod ledger;
+pub mod localpg;
+pub mod patch;
+pub mod pgerror;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod sql;
+pub mod status;

@@ -1,0 +1,16 @@
+//! The `pgconvoy` binary: parse → run → print the error chain → exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = pgconvoy::cli::Cli::parse();
+    match pgconvoy::run::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgconvoy: error: {}", pgconvoy::run::error_chain(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Shared test support: running the binary, and real PostgreSQL clusters.
+
+#![allow(dead_code)]
+
+pub mod cli;
