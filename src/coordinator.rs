@@ -406,6 +406,8 @@ impl Run<'_> {
             }
         };
 
+        let mut results = results;
+        results.sort_by_key(|(i, _, _)| *i);
         let mut first_failure = None;
         for (i, elapsed, r) in &results {
             let node = self.cluster.nodes[*i].name().to_string();

@@ -14,8 +14,8 @@ use crate::report;
 /// The example patches, embedded so the demo runs from any directory.
 const PATCHES: &[(&str, &str)] = &[
     (
-        "patch-1-0-0-std.sql",
-        include_str!("../examples/patches/patch-1-0-0-std.sql"),
+        "patch-1-0-0-direct.sql",
+        include_str!("../examples/patches/patch-1-0-0-direct.sql"),
     ),
     (
         "patch-1-1-0-direct.sql",

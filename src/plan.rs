@@ -280,7 +280,9 @@ mod tests {
         ])
     }
 
-    fn kinds(s: &Schedule) -> Vec<(PatchType, usize)> {
+    type Shape = Vec<(PatchType, usize)>;
+
+    fn kinds(s: &Schedule) -> Shape {
         s.groups.iter().map(|g| (g.kind, g.patches.len())).collect()
     }
 
@@ -290,7 +292,7 @@ mod tests {
         let master = NodeLedger::default();
         let pend = pending(&ps, &master);
         assert_eq!(pend.len(), 6);
-        let table: Vec<(Selection, Result<Vec<(PatchType, usize)>, PatchVersion>)> = vec![
+        let table: Vec<(Selection, Result<Shape, PatchVersion>)> = vec![
             (Selection::default(), Ok(vec![(S, 2)])),
             (
                 Selection {

@@ -100,10 +100,14 @@ async fn every_node_answers_with_required_settings() {
         let gid = unique_name("gid");
         client
             .batch_execute(&format!(
-                "BEGIN; CREATE TABLE t(x int); PREPARE TRANSACTION '{gid}'; COMMIT PREPARED '{gid}'"
+                "BEGIN; CREATE TABLE t(x int); PREPARE TRANSACTION '{gid}'"
             ))
             .await
-            .expect("2pc");
+            .expect("prepare transaction");
+        client
+            .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+            .await
+            .expect("commit prepared");
     }
     ports.sort_unstable();
     ports.dedup();
@@ -233,37 +237,48 @@ fn watchdog_child() {
     std::thread::sleep(Duration::from_secs(300));
 }
 
+/// Kills (SIGKILL) and reaps the child when dropped, also when the test panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn watchdog_cleans_up_after_a_killed_owner() {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "watchdog_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("PGCONVOY_WATCHDOG_CHILD", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (port, root) = loop {
-        let line = lines
-            .next()
-            .expect("child printed its server")
-            .expect("read child output");
-        if let Some(rest) = line.strip_prefix("WATCHDOG_CHILD port=") {
-            let (port, root) = rest.split_once(" root=").unwrap();
-            break (port.parse::<u16>().unwrap(), PathBuf::from(root));
+    let mut child = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "watchdog_child", "--nocapture", "--test-threads=1"])
+            .env("PGCONVOY_WATCHDOG_CHILD", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // libtest prints "test watchdog_child ... " on the same line.
+            if let Some(i) = line.find("WATCHDOG_CHILD port=") {
+                let rest = &line[i + "WATCHDOG_CHILD port=".len()..];
+                let (port, root) = rest.split_once(" root=").unwrap();
+                let _ = tx.send((port.parse::<u16>().unwrap(), PathBuf::from(root)));
+                return;
+            }
         }
-    };
+    });
+    let (port, root) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("child started a server and printed its port");
     assert!(port_open(port), "child's server is up");
     assert!(root.exists());
 
-    child.kill().unwrap(); // SIGKILL: no destructors run
-    child.wait().unwrap();
+    drop(child); // SIGKILL: no destructors run in the child
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while (root.exists() || port_open(port)) && Instant::now() < deadline {

@@ -1,6 +1,5 @@
--- A `direct` patch runs on every node, each in its own transaction: useful
--- for objects replication does not carry (functions, on logical replicas:
--- tables themselves).
+-- Consecutive patches of one type form a group: 1-0-0 and 1-1-0 are applied
+-- by the same invocation.
 CREATE FUNCTION order_total_euros(cents bigint) RETURNS numeric
 LANGUAGE plpgsql IMMUTABLE AS $fn$
 BEGIN
@@ -8,5 +7,3 @@ BEGIN
     RETURN round(cents / 100.0, 2);
 END;
 $fn$;
-
-CREATE TABLE IF NOT EXISTS node_note (note text);

@@ -1,3 +1,5 @@
--- Back to `std`: a new nullable column is cheap (no table rewrite).
-ALTER TABLE customer ADD COLUMN display_name text;
-COMMENT ON COLUMN customer.display_name IS 'shown in the UI; NULL means use the email';
+-- A `std` patch runs on the master only, inside the claim transaction; the
+-- replication engine carries its effects (here: rows) to the replicas.
+INSERT INTO customer (email) VALUES ('demo@example.com');
+INSERT INTO orders (customer_id, total_cents)
+SELECT id, 4200 FROM customer WHERE email = 'demo@example.com';

@@ -1,5 +1,161 @@
-//! Shared test support: running the binary, and real PostgreSQL clusters.
+//! Shared test support: running the binary, and real PostgreSQL servers
+//! started once per test binary, with fresh databases for every test.
 
 #![allow(dead_code)]
 
 pub mod cli;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use pgconvoy::localpg::{LocalCluster, LocalServer, ServerOptions};
+
+use cli::{Run, Scratch};
+
+/// Three servers shared by every test of the binary; never dropped (the
+/// harness's watchdogs stop them when the test process exits).
+pub fn servers() -> &'static LocalCluster {
+    static SERVERS: OnceLock<LocalCluster> = OnceLock::new();
+    SERVERS
+        .get_or_init(|| LocalCluster::start(3, &ServerOptions::default()).expect("start 3 servers"))
+}
+
+/// A database name no other test of this run uses.
+pub fn unique_db(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One test's cluster: a fresh database on each of N servers, a scratch dir
+/// with `cluster.yaml` (node0 = master, node1.. = replicas) and `patches/`.
+pub struct Fixture {
+    pub scratch: Scratch,
+    pub db: String,
+    /// DSN of each node, in order.
+    pub dsns: Vec<String>,
+}
+
+impl Fixture {
+    /// Nodes on the shared servers (at most 3).
+    pub fn new(nodes: usize) -> Fixture {
+        let db = unique_db("t");
+        let s = servers();
+        for server in &s.servers[..nodes] {
+            server.create_database(&db).expect("create database");
+        }
+        let dsns = s.servers[..nodes].iter().map(|srv| srv.dsn(&db)).collect();
+        Fixture::with_dsns(db, dsns)
+    }
+
+    /// Nodes at the given DSNs (e.g. a dedicated server a test stops).
+    pub fn with_dsns(db: String, dsns: Vec<String>) -> Fixture {
+        let f = Fixture {
+            scratch: Scratch::new(),
+            db,
+            dsns,
+        };
+        f.write_config("");
+        f
+    }
+
+    /// Writes `cluster.yaml`, with `extra` top-level YAML appended.
+    pub fn write_config(&self, extra: &str) {
+        let mut yaml = String::from("patches: patches\n");
+        for (i, dsn) in self.dsns.iter().enumerate() {
+            if i == 0 {
+                yaml.push_str(&format!("master:\n  name: node0\n  dsn: \"{dsn}\"\n"));
+            } else {
+                if i == 1 {
+                    yaml.push_str("replicas:\n");
+                }
+                yaml.push_str(&format!("  - name: node{i}\n    dsn: \"{dsn}\"\n"));
+            }
+        }
+        yaml.push_str(extra);
+        self.scratch.write("cluster.yaml", &yaml);
+    }
+
+    pub fn patch(&self, name: &str, sql: &str) {
+        self.scratch.patch(name, sql);
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.scratch.run(args)
+    }
+
+    /// The server a node lives on (shared-server fixtures only).
+    pub fn server(&self, node: usize) -> &'static LocalServer {
+        &servers().servers[node]
+    }
+
+    /// Runs SQL on a node's database through psql; returns its unaligned output.
+    pub fn psql(&self, node: usize, sql: &str) -> String {
+        self.try_psql(node, sql).expect("psql")
+    }
+
+    pub fn try_psql(&self, node: usize, sql: &str) -> Result<String, String> {
+        let out = std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.dsns[node],
+                "-c",
+                sql,
+            ])
+            .env_remove("PGPASSWORD")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `M-m-p:type:done|open` for each row of a node's main ledger, in order
+    /// (empty when the ledger does not exist).
+    pub fn ledger(&self, node: usize) -> Vec<String> {
+        self.book(node, "revision")
+    }
+
+    /// The master's local book (its own part of concurrent patches).
+    pub fn local_ledger(&self) -> Vec<String> {
+        self.book(0, "revision_local")
+    }
+
+    fn book(&self, node: usize, table: &str) -> Vec<String> {
+        let exists = self.psql(
+            node,
+            &format!("SELECT to_regclass('pgconvoy.{table}') IS NOT NULL"),
+        );
+        if exists != "t" {
+            return Vec::new();
+        }
+        let out = self.psql(
+            node,
+            &format!(
+                "SELECT major || '-' || minor || '-' || patch || ':' || patch_type || ':' || \
+                 CASE WHEN end_time IS NULL THEN 'open' ELSE 'done' END \
+                 FROM pgconvoy.{table} ORDER BY major, minor, patch"
+            ),
+        );
+        out.lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// Whether a relation exists on a node.
+    pub fn has_relation(&self, node: usize, name: &str) -> bool {
+        self.psql(node, &format!("SELECT to_regclass('{name}') IS NOT NULL")) == "t"
+    }
+}

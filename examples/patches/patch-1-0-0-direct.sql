@@ -1,5 +1,6 @@
--- Baseline: the application's first tables. A `std` patch runs on the master
--- only, inside the claim transaction; replication carries it to the replicas.
+-- Baseline. A `direct` patch runs on every node, each in its own transaction.
+-- On a logical-replication cluster (or a fleet of same-schema databases) that
+-- is how tables get created: replication carries rows, not DDL.
 CREATE TABLE customer (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     email       text NOT NULL UNIQUE,
