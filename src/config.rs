@@ -223,6 +223,12 @@ impl Config {
         let ledger = LedgerTable::parse(raw.ledger_table.as_deref().unwrap_or(DEFAULT_LEDGER))
             .map_err(|m| invalid(format!("key `ledger_table`: {m}")))?;
         let pool_size = positive("pool_size", raw.pool_size, DEFAULT_POOL_SIZE).map_err(invalid)?;
+        if pool_size < 2 {
+            // The master needs its claim session and a work session at once.
+            return Err(invalid(
+                "key `pool_size` must be at least 2 (the master holds the claim session while it works)".into(),
+            ));
+        }
         let jobs = positive("jobs", raw.jobs, DEFAULT_JOBS).map_err(invalid)?;
         let connect_timeout = match raw.connect_timeout {
             None => DEFAULT_CONNECT_TIMEOUT,

@@ -893,6 +893,28 @@ mod tests {
     }
 
     #[test]
+    fn port_conflicts_are_recognised() {
+        let failed = |tail: &str| LocalPgError::StartFailed {
+            data_dir: PathBuf::from("/tmp/x/data"),
+            port: 5999,
+            detail: "pg_ctl: could not start server".into(),
+            log: PathBuf::from("/tmp/x/server.log"),
+            log_tail: tail.into(),
+        };
+        let busy = failed(
+            "WARNING:  could not create listen socket for \"127.0.0.1\"\n\
+             FATAL:  could not create any TCP/IP sockets",
+        );
+        assert!(port_conflict(&busy));
+        let msg = busy.to_string();
+        assert!(msg.starts_with("server in /tmp/x/data did not start on port 5999"));
+        assert!(msg.contains("could not create any TCP/IP sockets"), "{msg}");
+        assert!(!port_conflict(&failed(
+            "FATAL:  data directory has wrong ownership"
+        )));
+    }
+
+    #[test]
     fn describe_joins_args() {
         let mut c = Command::new("pg_ctl");
         c.arg("start").arg(OsStr::new("-w"));
