@@ -46,6 +46,8 @@ pub struct RunReport {
     /// Patches still pending on the cluster after the run.
     pub pending: Vec<String>,
     pub notes: Vec<String>,
+    /// Whether the run got as far as planning (false: refused or failed before).
+    pub planned: bool,
     /// Why the run failed, when it did.
     pub error: Option<String>,
     #[serde(skip)]
@@ -119,6 +121,8 @@ async fn upgrade_inner(
     let pending = plan::pending(patches, &ledgers[0]);
     let schedule = plan::schedule(plan::groups(&pending), &opts.selection)
         .map_err(|r| Error::BadInput(r.to_string()))?;
+    report.planned = true;
+    report.pending = pending.iter().map(|p| p.version.to_string()).collect();
     let scheduled: usize = schedule.groups.iter().map(|g| g.patches.len()).sum();
     if scheduled == 0 {
         note(

@@ -108,6 +108,7 @@ pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) {
             let _ = serde_json::to_writer_pretty(&mut *out, r);
             let _ = writeln!(out);
         }
+        ReportFormat::Text if !r.planned => {}
         ReportFormat::Text => {
             if !rows.is_empty() {
                 report::text_table(&header, &rows, out);

@@ -170,7 +170,9 @@ async fn probe(node: &Node, ledger: &Ledger) -> Probe {
         .await
     {
         Ok(row) => {
-            p.version = Some(row.get(0));
+            // "15.18 (Debian 15.18-0+deb12u1)" → "15.18"
+            let full: String = row.get(0);
+            p.version = full.split_whitespace().next().map(str::to_string);
             p.in_recovery = Some(row.get(1));
         }
         Err(e) => {
