@@ -64,6 +64,10 @@ pub enum Command {
     /// re-run applies it only on the nodes where it is missing.
     Upgrade(UpgradeArgs),
 
+    /// Resolve prepared transactions left by an `--atomic` coordinator that died between
+    /// PREPARE and COMMIT: commit them where the patch committed anywhere, roll back otherwise.
+    Recover,
+
     /// Start a throwaway local 3-node cluster from the installed PostgreSQL binaries,
     /// upgrade it with the example patches (--all), show its status, and clean up.
     Demo(DemoArgs),
@@ -93,6 +97,26 @@ pub struct UpgradeArgs {
     /// When another coordinator holds the cluster, wait for it instead of exiting 3.
     #[arg(long)]
     pub wait: bool,
+
+    /// Session `lock_timeout` (e.g. 300ms, 2s): no other session queues behind a patch
+    /// waiting for its lock longer than this. Default: `lock_timeout` in the config, else 2s.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub lock_timeout: Option<std::time::Duration>,
+
+    /// Retries of a statement that hit the lock timeout, with jittered backoff; the claim
+    /// is kept (the body runs under a savepoint). Default: `lock_retries`, else 5.
+    #[arg(long, value_name = "N")]
+    pub lock_retries: Option<u32>,
+
+    /// Session `statement_timeout` (0: none). Default: `statement_timeout`, else none.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub statement_timeout: Option<std::time::Duration>,
+
+    /// Apply `direct` groups with two-phase commit: every node prepares, then all commit
+    /// (the master's claim last); if any node fails, no node keeps any of it.
+    /// Needs max_prepared_transactions > 0 on every node. Config: `atomic_direct: true`.
+    #[arg(long)]
+    pub atomic: bool,
 
     /// At most this many nodes are worked on at once (default: `jobs` in the config, else 16).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]

@@ -1,11 +1,14 @@
 //! The cluster's nodes at run time: one bounded connection pool per node, and
 //! the session settings every pgconvoy connection gets.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres::{CancelToken, NoTls};
 
 use crate::config::{Config, NodeConfig, NodeName, Role};
 use crate::pgerror::PgFailure;
@@ -23,6 +26,112 @@ const SESSION_SETUP: &str = "SELECT set_config('client_connection_check_interval
 pub struct Node {
     pub config: NodeConfig,
     pool: Pool,
+    session: SessionSettings,
+    inflight: Arc<Inflight>,
+}
+
+/// Settings every session of a run gets, passed at connection startup so they
+/// cost no round trip.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    pub lock_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
+}
+
+impl SessionSettings {
+    pub fn from_config(config: &Config) -> SessionSettings {
+        SessionSettings {
+            lock_timeout: config.lock_timeout,
+            statement_timeout: config.statement_timeout,
+        }
+    }
+}
+
+/// The sessions in use right now, so that Ctrl-C can cancel what they run.
+#[derive(Default)]
+pub struct Inflight {
+    next: AtomicU64,
+    tokens: Mutex<HashMap<u64, (NodeName, CancelToken)>>,
+}
+
+impl Inflight {
+    fn track(self: &Arc<Self>, node: &NodeName, client: &tokio_postgres::Client) -> Tracked {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (node.clone(), client.cancel_token()));
+        Tracked {
+            id,
+            inflight: Arc::clone(self),
+        }
+    }
+
+    /// Asks every server to cancel what pgconvoy's sessions are running;
+    /// returns the nodes asked.
+    pub async fn cancel_all(&self) -> Vec<NodeName> {
+        let tokens: Vec<(NodeName, CancelToken)> = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut nodes = Vec::new();
+        for (node, token) in tokens {
+            if token.cancel_query(NoTls).await.is_ok() && !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+        nodes
+    }
+}
+
+/// Unregisters a session from [`Inflight`] when dropped.
+pub struct Tracked {
+    id: u64,
+    inflight: Arc<Inflight>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.inflight
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// A pooled session, registered for cancellation while it is held.
+pub struct Session {
+    object: Object,
+    _tracked: Tracked,
+}
+
+impl Session {
+    pub fn client(&self) -> &tokio_postgres::Client {
+        &self.object
+    }
+}
+
+impl Deref for Session {
+    type Target = Object;
+    fn deref(&self) -> &Object {
+        &self.object
+    }
+}
+
+impl DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut Object {
+        &mut self.object
+    }
+}
+
+/// A connection outside the pool, registered for cancellation.
+pub struct Dedicated {
+    pub client: tokio_postgres::Client,
+    _tracked: Tracked,
 }
 
 impl Node {
@@ -35,14 +144,30 @@ impl Node {
     }
 
     /// A pooled session with pgconvoy's settings.
-    pub async fn session(&self) -> Result<Object, PgFailure> {
-        self.pool.get().await.map_err(PgFailure::from)
+    pub async fn session(&self) -> Result<Session, PgFailure> {
+        let object = self.pool.get().await.map_err(PgFailure::from)?;
+        let tracked = self.inflight.track(self.name(), &object);
+        Ok(Session {
+            object,
+            _tracked: tracked,
+        })
     }
 
-    /// A connection outside the pool, for the coordinator's lock session, which
-    /// lives for the whole run.
-    pub async fn dedicated(&self) -> Result<tokio_postgres::Client, PgFailure> {
-        let (client, conn) = session_config(&self.config).connect(NoTls).await?;
+    /// A connection outside the pool: the coordinator's lock session, which
+    /// lives for the whole run, and lock watchers.
+    pub async fn dedicated(&self) -> Result<Dedicated, PgFailure> {
+        let client = self.connect_unpooled().await?;
+        let tracked = self.inflight.track(self.name(), &client);
+        Ok(Dedicated {
+            client,
+            _tracked: tracked,
+        })
+    }
+
+    async fn connect_unpooled(&self) -> Result<tokio_postgres::Client, PgFailure> {
+        let (client, conn) = session_config(&self.config, &self.session)
+            .connect(NoTls)
+            .await?;
         let name = self.config.name.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -58,23 +183,29 @@ impl Node {
 pub struct Cluster {
     pub nodes: Vec<Arc<Node>>,
     pub jobs: usize,
+    pub inflight: Arc<Inflight>,
 }
 
 impl Cluster {
     /// Builds the pools; nothing connects until a session is asked for.
     pub fn new(config: &Config) -> Cluster {
+        let settings = SessionSettings::from_config(config);
+        let inflight = Arc::new(Inflight::default());
         let nodes = config
             .nodes()
             .map(|n| {
                 Arc::new(Node {
                     config: n.clone(),
-                    pool: pool(n, config.pool_size, config.connect_timeout),
+                    pool: pool(n, &settings, config.pool_size, config.connect_timeout),
+                    session: settings,
+                    inflight: Arc::clone(&inflight),
                 })
             })
             .collect();
         Cluster {
             nodes,
             jobs: config.jobs,
+            inflight,
         }
     }
 
@@ -87,15 +218,29 @@ impl Cluster {
     }
 }
 
-fn session_config(node: &NodeConfig) -> tokio_postgres::Config {
+fn session_config(node: &NodeConfig, settings: &SessionSettings) -> tokio_postgres::Config {
     let mut pg = node.pg.clone();
     pg.application_name(APPLICATION_NAME);
+    let mut options = pg.get_options().unwrap_or_default().to_string();
+    options.push_str(&format!(
+        " -c lock_timeout={}ms",
+        settings.lock_timeout.as_millis().max(1)
+    ));
+    if let Some(t) = settings.statement_timeout {
+        options.push_str(&format!(" -c statement_timeout={}ms", t.as_millis().max(1)));
+    }
+    pg.options(options.trim());
     pg
 }
 
-fn pool(node: &NodeConfig, size: usize, connect_timeout: Duration) -> Pool {
+fn pool(
+    node: &NodeConfig,
+    settings: &SessionSettings,
+    size: usize,
+    connect_timeout: Duration,
+) -> Pool {
     let manager = Manager::from_config(
-        session_config(node),
+        session_config(node, settings),
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,

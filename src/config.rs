@@ -22,6 +22,11 @@ pub const DEFAULT_POOL_SIZE: usize = 4;
 pub const DEFAULT_JOBS: usize = 16;
 /// Default connect timeout when the DSN does not set one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `lock_timeout` of every pgconvoy session: no other session queues
+/// behind a patch waiting for its lock for longer than this.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default number of retries of a statement that hit the lock timeout.
+pub const DEFAULT_LOCK_RETRIES: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -158,6 +163,14 @@ pub struct Config {
     pub pool_size: usize,
     pub jobs: usize,
     pub connect_timeout: Duration,
+    /// `lock_timeout` of every session; a statement that hits it is retried.
+    pub lock_timeout: Duration,
+    /// How often a statement that hit the lock timeout is retried.
+    pub lock_retries: u32,
+    /// `statement_timeout` of every session (None: no limit).
+    pub statement_timeout: Option<Duration>,
+    /// Apply `direct` groups with two-phase commit.
+    pub atomic_direct: bool,
 }
 
 impl Config {
@@ -205,17 +218,50 @@ impl Config {
             )));
         }
 
+        let connect_timeout = match raw.connect_timeout {
+            None => DEFAULT_CONNECT_TIMEOUT,
+            Some(d) => d
+                .into_duration()
+                .map_err(|m| invalid(format!("key `connect_timeout`: {m}")))?,
+        };
+        let lock_timeout = match raw.lock_timeout {
+            None => DEFAULT_LOCK_TIMEOUT,
+            Some(d) => d
+                .into_duration()
+                .ok()
+                .filter(|d| *d >= Duration::from_millis(1))
+                .ok_or_else(|| {
+                    invalid(
+                        "key `lock_timeout`: expected a duration of at least 1ms, e.g. 2s".into(),
+                    )
+                })?,
+        };
+        let statement_timeout = match raw.statement_timeout {
+            None => None,
+            Some(d) => Some(
+                d.into_duration()
+                    .map_err(|m| invalid(format!("key `statement_timeout`: {m}")))?,
+            )
+            .filter(|d| !d.is_zero()),
+        };
+
         let raw_master = raw
             .master
             .ok_or_else(|| invalid("missing key `master` (the node that claims patches)".into()))?;
         let mut seen = HashSet::new();
         let master = raw_master
-            .check(Role::Master, base, env_password, &mut seen)
+            .check(Role::Master, base, env_password, connect_timeout, &mut seen)
             .map_err(|m| invalid(format!("master: {m}")))?;
         let mut replicas = Vec::with_capacity(raw.replicas.len());
         for (i, raw_node) in raw.replicas.into_iter().enumerate() {
             let node = raw_node
-                .check(Role::Replica, base, env_password, &mut seen)
+                .check(
+                    Role::Replica,
+                    base,
+                    env_password,
+                    connect_timeout,
+                    &mut seen,
+                )
                 .map_err(|m| invalid(format!("replicas[{i}]: {m}")))?;
             replicas.push(node);
         }
@@ -230,13 +276,6 @@ impl Config {
             ));
         }
         let jobs = positive("jobs", raw.jobs, DEFAULT_JOBS).map_err(invalid)?;
-        let connect_timeout = match raw.connect_timeout {
-            None => DEFAULT_CONNECT_TIMEOUT,
-            Some(d) => d
-                .into_duration()
-                .map_err(|m| invalid(format!("key `connect_timeout`: {m}")))?,
-        };
-
         Ok(Config {
             path: path.to_path_buf(),
             patches,
@@ -247,6 +286,10 @@ impl Config {
             pool_size,
             jobs,
             connect_timeout,
+            lock_timeout,
+            lock_retries: raw.lock_retries.unwrap_or(DEFAULT_LOCK_RETRIES),
+            statement_timeout,
+            atomic_direct: raw.atomic_direct,
         })
     }
 }
@@ -284,6 +327,11 @@ struct RawConfig {
     pool_size: Option<usize>,
     jobs: Option<usize>,
     connect_timeout: Option<RawDuration>,
+    lock_timeout: Option<RawDuration>,
+    lock_retries: Option<u32>,
+    statement_timeout: Option<RawDuration>,
+    #[serde(default)]
+    atomic_direct: bool,
 }
 
 #[derive(Deserialize)]
@@ -300,6 +348,7 @@ impl RawNode {
         role: Role,
         base: &Path,
         env_password: Option<&str>,
+        connect_timeout: Duration,
         seen: &mut HashSet<String>,
     ) -> Result<NodeConfig, String> {
         let name = self.name.ok_or("missing key `name`")?;
@@ -333,7 +382,7 @@ impl RawNode {
             }
         }
         if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+            pg.connect_timeout(connect_timeout);
         }
         let endpoint = endpoint(&pg);
         Ok(NodeConfig {
@@ -551,6 +600,28 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("2 fortnights").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn safety_settings() {
+        let d = dir();
+        let c = load(&d, OK).unwrap();
+        assert_eq!(c.lock_timeout, DEFAULT_LOCK_TIMEOUT);
+        assert_eq!(c.lock_retries, DEFAULT_LOCK_RETRIES);
+        assert_eq!(c.statement_timeout, None);
+        assert!(!c.atomic_direct);
+        let yaml = format!("lock_timeout: 300ms\nlock_retries: 40\nstatement_timeout: 1m\natomic_direct: true\nconnect_timeout: 3s\n{OK}");
+        let c = load(&d, &yaml).unwrap();
+        assert_eq!(c.lock_timeout, Duration::from_millis(300));
+        assert_eq!(c.lock_retries, 40);
+        assert_eq!(c.statement_timeout, Some(Duration::from_secs(60)));
+        assert!(c.atomic_direct);
+        assert_eq!(
+            c.master.pg.get_connect_timeout(),
+            Some(&Duration::from_secs(3))
+        );
+        let e = load(&d, &format!("lock_timeout: 0s\n{OK}")).unwrap_err();
+        assert!(e.contains("lock_timeout"), "{e}");
     }
 
     #[test]

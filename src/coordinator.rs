@@ -1,5 +1,6 @@
 //! Owns an `upgrade` run: take the cluster lock, read every ledger, plan, then
 //! for each patch claim → fan out → stamp → commit, and decide on failure.
+//! Ctrl-C / SIGTERM cancel what runs on the servers and roll the claim back.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -7,15 +8,18 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::GenericClient;
 
-use crate::cluster::{Cluster, Node};
+use crate::cluster::{Cluster, Dedicated, Node};
 use crate::config::{Config, NodeName, Role};
 use crate::error::Error;
-use crate::ledger::{Book, Ledger, NodeLedger};
+use crate::ledger::{quote_ident, Book, Ledger, NodeLedger};
 use crate::patch::{Patch, PatchSet, PatchType};
 use crate::pgerror::PgFailure;
 use crate::plan::{self, Selection};
+use crate::recover;
 use crate::report::{Event, Reporter};
+use crate::retry::{self, RetryPolicy};
 use crate::sql;
 
 /// What the command line asked of an `upgrade`.
@@ -58,7 +62,7 @@ pub struct RunReport {
 #[derive(Debug, Clone)]
 struct NodeFailure {
     node: NodeName,
-    what: PgFailure,
+    what: String,
     /// The line in the patch file the server's error position points at.
     line: Option<usize>,
 }
@@ -76,15 +80,60 @@ impl NodeFailure {
     }
 }
 
-/// Runs `upgrade` against the cluster of `config`.
+type Outcome = (usize, Duration, Result<(), NodeFailure>);
+
+/// Runs `upgrade` against the cluster of `config`. A first Ctrl-C or SIGTERM
+/// cancels the statements running on every server and lets the run unwind
+/// (claim rolled back, summary printed); a second one exits at once.
 pub async fn upgrade(
     config: &Config,
     patches: &PatchSet,
     opts: &UpgradeOptions,
     reporter: &dyn Reporter,
 ) -> RunReport {
+    let cluster = Cluster::new(config);
+    let interrupted = Mutex::new(false);
     let mut report = RunReport::default();
-    if let Err(e) = upgrade_inner(config, patches, opts, reporter, &mut report).await {
+    let result = {
+        let run = upgrade_inner(
+            config,
+            &cluster,
+            patches,
+            opts,
+            reporter,
+            &interrupted,
+            &mut report,
+        );
+        futures::pin_mut!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => break r,
+                signal = interrupt() => {
+                    let mut flag = interrupted.lock().unwrap_or_else(|p| p.into_inner());
+                    if *flag {
+                        eprintln!("pgconvoy: {signal} again: exiting at once (servers roll back what the lost connections had open)");
+                        std::process::exit(i32::from(crate::error::exit::FAILED));
+                    }
+                    *flag = true;
+                    drop(flag);
+                    reporter.event(&Event::Note(&format!(
+                        "{signal}: cancelling running statements on every node; the claim will be rolled back (again to exit at once)"
+                    )));
+                    let asked = cluster.inflight.cancel_all().await;
+                    if !asked.is_empty() {
+                        let names: Vec<String> = asked.iter().map(|n| format!("`{n}`")).collect();
+                        reporter.event(&Event::Note(&format!("cancel sent to {}", names.join(", "))));
+                    }
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        let e = if *interrupted.lock().unwrap_or_else(|p| p.into_inner()) {
+            Error::Failed(format!("interrupted: {e}"))
+        } else {
+            e
+        };
         report.error = Some(e.to_string());
         report.failure = Some(e);
     }
@@ -92,18 +141,42 @@ pub async fn upgrade(
     report
 }
 
+/// Resolves on Ctrl-C or SIGTERM, naming which.
+async fn interrupt() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
+                _ = term.recv() => "terminated (SIGTERM)",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "interrupted (Ctrl-C)"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupted (Ctrl-C)"
+    }
+}
+
 async fn upgrade_inner(
     config: &Config,
+    cluster: &Cluster,
     patches: &PatchSet,
     opts: &UpgradeOptions,
     reporter: &dyn Reporter,
+    interrupted: &Mutex<bool>,
     report: &mut RunReport,
 ) -> Result<(), Error> {
-    let cluster = Cluster::new(config);
     let ledger = Ledger::new(config.ledger.clone());
-    let lock = acquire_lock(&cluster, &ledger, opts.wait, reporter).await?;
+    let lock = acquire_lock(cluster, &ledger, opts.wait, reporter).await?;
 
-    let ledgers = read_ledgers(&cluster, &ledger).await?;
+    let ledgers = read_ledgers(cluster, &ledger).await?;
     let drift: Vec<String> = cluster
         .nodes
         .iter()
@@ -130,63 +203,83 @@ async fn upgrade_inner(
             report,
             "nothing to do: the cluster is up to date".into(),
         );
-    } else {
-        note(
-            reporter,
-            report,
-            format!(
-                "{} patch(es) pending; applying {scheduled} in {} group(s)",
-                pending.len(),
-                schedule.groups.len()
-            ),
-        );
-        let master_session = cluster
-            .master()
+        release_lock(lock, &ledger).await;
+        return Ok(());
+    }
+
+    refuse_leftover_prepared(cluster, &ledger).await?;
+    let atomic =
+        config.atomic_direct && schedule.groups.iter().any(|g| g.kind == PatchType::Direct);
+    if atomic {
+        check_two_phase(cluster).await?;
+    }
+
+    note(
+        reporter,
+        report,
+        format!(
+            "{} patch(es) pending; applying {scheduled} in {} group(s)",
+            pending.len(),
+            schedule.groups.len()
+        ),
+    );
+    {
+        let master = cluster.master();
+        let session = master
             .session()
             .await
-            .map_err(|e| node_unreachable(cluster.master(), &e))?;
-        ledger
-            .ensure(&**master_session, Book::Main)
-            .await
-            .map_err(|e| {
+            .map_err(|e| node_unreachable(master, &e))?;
+        for book in [Book::Main, Book::Local] {
+            ledger.ensure(session.client(), book).await.map_err(|e| {
                 Error::Failed(format!(
                     "cannot create the ledger on master node `{}`: {e}",
-                    cluster.master().name()
+                    master.name()
                 ))
             })?;
-        ledger
-            .ensure(&**master_session, Book::Local)
-            .await
-            .map_err(|e| {
-                Error::Failed(format!(
-                    "cannot create the ledger on master node `{}`: {e}",
-                    cluster.master().name()
-                ))
-            })?;
-        drop(master_session);
-
-        let run = Run {
-            cluster: &cluster,
-            ledger: &ledger,
-            ledgers: &ledgers,
-            reporter,
-            applied_by: applied_by(),
-            ensured: Mutex::new(HashSet::new()),
-        };
-        for group in &schedule.groups {
-            reporter.event(&Event::GroupStart {
-                kind: group.kind,
-                versions: &group.versions(),
-            });
-            for patch in &group.patches {
-                let outcome = run.apply(patch, report).await;
-                if let Err(e) = outcome {
-                    report.pending = still_pending(&pending, report);
-                    return Err(e);
-                }
-                report.applied.push(patch.version.to_string());
-            }
         }
+    }
+
+    let run = Run {
+        cluster,
+        ledger: &ledger,
+        ledgers: &ledgers,
+        reporter,
+        applied_by: applied_by(),
+        policy: RetryPolicy {
+            lock_timeout: config.lock_timeout,
+            retries: config.lock_retries,
+        },
+        atomic: config.atomic_direct,
+        ensured: Mutex::new(HashSet::new()),
+        notes: Mutex::new(Vec::new()),
+    };
+    let mut outcome = Ok(());
+    'groups: for group in &schedule.groups {
+        reporter.event(&Event::GroupStart {
+            kind: group.kind,
+            versions: &group.versions(),
+        });
+        for patch in &group.patches {
+            if *interrupted.lock().unwrap_or_else(|p| p.into_inner()) {
+                outcome = Err(Error::Failed(format!(
+                    "stopped before patch `{}`",
+                    patch.version
+                )));
+                break 'groups;
+            }
+            let r = run.apply(patch, report).await;
+            report
+                .notes
+                .append(&mut run.notes.lock().unwrap_or_else(|p| p.into_inner()));
+            if let Err(e) = r {
+                outcome = Err(e);
+                break 'groups;
+            }
+            report.applied.push(patch.version.to_string());
+        }
+    }
+    report.pending = still_pending(&pending, report);
+    if outcome.is_ok() {
         if let Some(p) = schedule.stopped_before {
             note(
                 reporter,
@@ -198,9 +291,8 @@ async fn upgrade_inner(
             );
         }
     }
-    report.pending = still_pending(&pending, report);
     release_lock(lock, &ledger).await;
-    Ok(())
+    outcome
 }
 
 fn note(reporter: &dyn Reporter, report: &mut RunReport, text: String) {
@@ -216,8 +308,7 @@ fn still_pending(pending: &[&Patch], report: &RunReport) -> Vec<String> {
         .collect()
 }
 
-/// `applied_by` in the ledger: the coordinator's host and pid (the server adds
-/// the session user).
+/// `applied_by` in the ledger: the coordinator's host and pid.
 fn applied_by() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -240,14 +331,14 @@ fn node_unreachable(node: &Node, e: &PgFailure) -> Error {
 /// The coordinators' mutual exclusion: a session advisory lock on the master,
 /// held by a dedicated connection for the whole run. A killed coordinator's
 /// lock goes with its connection.
-async fn acquire_lock(
+pub async fn acquire_lock(
     cluster: &Cluster,
     ledger: &Ledger,
     wait: bool,
     reporter: &dyn Reporter,
-) -> Result<tokio_postgres::Client, Error> {
+) -> Result<Dedicated, Error> {
     let master = cluster.master();
-    let client = master
+    let lock = master
         .dedicated()
         .await
         .map_err(|e| node_unreachable(master, &e))?;
@@ -259,15 +350,16 @@ async fn acquire_lock(
             PgFailure::from_pg(&e)
         ))
     };
-    let got: bool = client
+    let got: bool = lock
+        .client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
         .await
         .map_err(failed)?
         .get(0);
     if got {
-        return Ok(client);
+        return Ok(lock);
     }
-    let holder = lock_holder(&client, key).await;
+    let holder = lock_holder(&lock.client, key).await;
     if !wait {
         return Err(Error::Busy(format!(
             "cluster busy: another coordinator holds the lock on master node `{}` ({holder}); try again later or pass --wait",
@@ -277,12 +369,17 @@ async fn acquire_lock(
     reporter.event(&Event::Note(&format!(
         "waiting for another coordinator to finish ({holder})"
     )));
-    client
+    // pg_advisory_lock waits on a lock: the session's lock_timeout must not apply.
+    lock.client
+        .batch_execute("SET lock_timeout = 0")
+        .await
+        .map_err(failed)?;
+    lock.client
         .execute("SELECT pg_advisory_lock($1)", &[&key])
         .await
         .map_err(failed)?;
     reporter.event(&Event::Note("lock acquired"));
-    Ok(client)
+    Ok(lock)
 }
 
 async fn lock_holder(client: &tokio_postgres::Client, key: i64) -> String {
@@ -312,8 +409,9 @@ async fn lock_holder(client: &tokio_postgres::Client, key: i64) -> String {
     }
 }
 
-async fn release_lock(client: tokio_postgres::Client, ledger: &Ledger) {
-    let _ = client
+async fn release_lock(lock: Dedicated, ledger: &Ledger) {
+    let _ = lock
+        .client
         .execute("SELECT pg_advisory_unlock($1)", &[&ledger.advisory_key()])
         .await;
 }
@@ -327,7 +425,7 @@ pub async fn read_ledgers(cluster: &Cluster, ledger: &Ledger) -> Result<Vec<Node
                 .session()
                 .await
                 .map_err(|e| node_unreachable(node, &e))?;
-            ledger.read(&**session).await.map_err(|e| {
+            ledger.read(session.client()).await.map_err(|e| {
                 Error::Failed(format!(
                     "cannot read the ledger on node `{}`: {e}",
                     node.name()
@@ -340,6 +438,59 @@ pub async fn read_ledgers(cluster: &Cluster, ledger: &Ledger) -> Result<Vec<Node
     results.into_iter().collect()
 }
 
+/// Prepared transactions of an interrupted `--atomic` run hold locks and
+/// half a decision: resolve them first.
+async fn refuse_leftover_prepared(cluster: &Cluster, ledger: &Ledger) -> Result<(), Error> {
+    for node in &cluster.nodes {
+        let session = node
+            .session()
+            .await
+            .map_err(|e| node_unreachable(node, &e))?;
+        let left = recover::list(session.client(), ledger).await.map_err(|e| {
+            Error::Failed(format!(
+                "cannot list prepared transactions on node `{}`: {e}",
+                node.name()
+            ))
+        })?;
+        if let Some(p) = left.first() {
+            return Err(Error::Failed(format!(
+                "node `{}` holds prepared transaction '{}' (since {}) from an interrupted --atomic run; run `pgconvoy recover` first",
+                node.name(),
+                p.gid,
+                p.prepared_at
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--atomic` needs `max_prepared_transactions > 0` on every node.
+async fn check_two_phase(cluster: &Cluster) -> Result<(), Error> {
+    let mut refused = Vec::new();
+    for node in &cluster.nodes {
+        let session = node
+            .session()
+            .await
+            .map_err(|e| node_unreachable(node, &e))?;
+        let n: String = session
+            .query_one("SELECT current_setting('max_prepared_transactions')", &[])
+            .await
+            .map_err(|e| node_unreachable(node, &PgFailure::from_pg(&e)))?
+            .get(0);
+        if n.trim() == "0" {
+            refused.push(format!("`{}`", node.name()));
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::BadInput(format!(
+            "--atomic (atomic_direct) needs two-phase commit, but max_prepared_transactions = 0 on node(s) {}; set it > 0 (a server restart) or run without --atomic; nothing was applied",
+            refused.join(", ")
+        )))
+    }
+}
+
 /// The state of one run, shared by the per-patch steps.
 struct Run<'a> {
     cluster: &'a Cluster,
@@ -348,13 +499,32 @@ struct Run<'a> {
     ledgers: &'a [NodeLedger],
     reporter: &'a dyn Reporter,
     applied_by: String,
+    policy: RetryPolicy,
+    atomic: bool,
     /// Nodes whose ledger table is known to exist.
     ensured: Mutex<HashSet<(usize, bool)>>,
+    /// Notes from node tasks (repairs), moved into the report after each patch.
+    notes: Mutex<Vec<String>>,
 }
 
 impl Run<'_> {
+    fn node(&self, i: usize) -> &Node {
+        &self.cluster.nodes[i]
+    }
+
+    fn note(&self, text: String) {
+        self.reporter.event(&Event::Note(&text));
+        self.notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(text);
+    }
+
     /// Claim → fan out → stamp → commit, for one patch.
     async fn apply(&self, patch: &Patch, report: &mut RunReport) -> Result<(), Error> {
+        if patch.kind == PatchType::Direct && self.atomic {
+            return self.apply_atomic(patch, report).await;
+        }
         let started = Instant::now();
         let master = self.cluster.master();
         let mut claim_session = master
@@ -369,35 +539,17 @@ impl Run<'_> {
                 PgFailure::from_pg(&e)
             ))
         })?;
-        if let Err(e) = self.ledger.claim(&*claim, patch, &self.applied_by).await {
-            if e.is(&SqlState::UNIQUE_VIOLATION) {
-                return Err(Error::Busy(format!(
-                    "patch `{}` is already claimed on master node `{}` by another coordinator",
-                    patch.version,
-                    master.name()
-                )));
-            }
-            return Err(Error::Failed(format!(
-                "patch `{}`: cannot claim it on master node `{}`: {e}",
-                patch.version,
-                master.name()
-            )));
-        }
+        self.claim(&*claim, patch).await?;
 
-        let replicas: Vec<usize> = (1..self.cluster.nodes.len())
-            .filter(|&i| plan::needs_body(patch, Role::Replica, &self.ledgers[i]))
-            .collect();
-        let results: Vec<(usize, Duration, Result<(), NodeFailure>)> = match patch.kind {
-            PatchType::Std => {
-                let r = self.timed(patch, 0, self.body_in(&*claim, 0, patch)).await;
-                vec![r]
-            }
+        let replicas = self.replica_targets(patch);
+        let results: Vec<Outcome> = match patch.kind {
+            PatchType::Std => vec![self.timed(patch, 0, self.body_in(&*claim, 0, patch)).await],
             PatchType::Direct => {
                 let (m, mut rs) = tokio::join!(
                     self.timed(patch, 0, self.body_in(&*claim, 0, patch)),
                     self.fan_out(patch, &replicas, |i| self.direct_on_replica(i, patch)),
                 );
-                rs.insert(0, m);
+                rs.push(m);
                 rs
             }
             PatchType::Concurrent => {
@@ -410,32 +562,9 @@ impl Run<'_> {
             }
         };
 
-        let mut results = results;
-        results.sort_by_key(|(i, _, _)| *i);
-        let mut first_failure = None;
-        for (i, elapsed, r) in &results {
-            let node = self.cluster.nodes[*i].name().to_string();
-            let error = r.as_ref().err().map(|f| f.describe(patch));
-            if first_failure.is_none() {
-                first_failure.clone_from(&error);
-            }
-            report.results.push(NodeResult {
-                patch: patch.version.to_string(),
-                patch_type: patch.kind,
-                node,
-                duration_ms: elapsed.as_millis(),
-                ok: error.is_none(),
-                error,
-            });
-        }
-
-        if let Some(failure) = first_failure {
+        if let Some(failure) = self.record(patch, results, report) {
             let _ = claim.rollback().await;
-            self.reporter.event(&Event::PatchDone {
-                version: patch.version,
-                elapsed: started.elapsed(),
-                committed: false,
-            });
+            self.patch_done(patch, started, false);
             return Err(Error::Failed(failure));
         }
 
@@ -453,12 +582,71 @@ impl Run<'_> {
                 master.name()
             )));
         }
+        self.patch_done(patch, started, true);
+        Ok(())
+    }
+
+    /// Inserts the claim row in the master's open transaction.
+    async fn claim(&self, tx: &impl GenericClient, patch: &Patch) -> Result<(), Error> {
+        let master = self.cluster.master();
+        self.ledger
+            .claim(tx, patch, &self.applied_by)
+            .await
+            .map_err(|e| {
+                if e.is(&SqlState::UNIQUE_VIOLATION) || e.is(&SqlState::LOCK_NOT_AVAILABLE) {
+                    Error::Busy(format!(
+                        "patch `{}` is already claimed on master node `{}` by another coordinator",
+                        patch.version,
+                        master.name()
+                    ))
+                } else {
+                    Error::Failed(format!(
+                        "patch `{}`: cannot claim it on master node `{}`: {e}",
+                        patch.version,
+                        master.name()
+                    ))
+                }
+            })
+    }
+
+    fn replica_targets(&self, patch: &Patch) -> Vec<usize> {
+        (1..self.cluster.nodes.len())
+            .filter(|&i| plan::needs_body(patch, Role::Replica, &self.ledgers[i]))
+            .collect()
+    }
+
+    fn patch_done(&self, patch: &Patch, started: Instant, committed: bool) {
         self.reporter.event(&Event::PatchDone {
             version: patch.version,
             elapsed: started.elapsed(),
-            committed: true,
+            committed,
         });
-        Ok(())
+    }
+
+    /// Adds the node results to the report; returns the first failure.
+    fn record(
+        &self,
+        patch: &Patch,
+        mut results: Vec<Outcome>,
+        report: &mut RunReport,
+    ) -> Option<String> {
+        results.sort_by_key(|(i, _, _)| *i);
+        let mut first_failure = None;
+        for (i, elapsed, r) in &results {
+            let error = r.as_ref().err().map(|f| f.describe(patch));
+            if first_failure.is_none() {
+                first_failure.clone_from(&error);
+            }
+            report.results.push(NodeResult {
+                patch: patch.version.to_string(),
+                patch_type: patch.kind,
+                node: self.node(*i).name().to_string(),
+                duration_ms: elapsed.as_millis(),
+                ok: error.is_none(),
+                error,
+            });
+        }
+        first_failure
     }
 
     /// Runs `work` on each target node, at most `jobs` at once.
@@ -467,7 +655,7 @@ impl Run<'_> {
         patch: &'s Patch,
         targets: &[usize],
         work: F,
-    ) -> Vec<(usize, Duration, Result<(), NodeFailure>)>
+    ) -> Vec<Outcome>
     where
         F: Fn(usize) -> Fut,
         Fut: std::future::Future<Output = Result<(), NodeFailure>> + 's,
@@ -484,8 +672,8 @@ impl Run<'_> {
         patch: &Patch,
         i: usize,
         work: impl std::future::Future<Output = Result<(), NodeFailure>>,
-    ) -> (usize, Duration, Result<(), NodeFailure>) {
-        let node = self.cluster.nodes[i].name();
+    ) -> Outcome {
+        let node = self.node(i).name();
         self.reporter.event(&Event::NodeStart {
             version: patch.version,
             node,
@@ -505,50 +693,73 @@ impl Run<'_> {
 
     fn fail(&self, i: usize) -> impl Fn(PgFailure) -> NodeFailure + '_ {
         move |what| NodeFailure {
-            node: self.cluster.nodes[i].name().clone(),
-            what,
+            node: self.node(i).name().clone(),
+            what: what.to_string(),
             line: None,
         }
     }
 
-    /// The whole body in one round trip, inside `tx`; errors point at a line.
+    /// Runs `sql` (the body or one statement of it) with lock-timeout retries;
+    /// errors point at a line of the patch file (`first_line` is where `sql` starts).
+    async fn execute(
+        &self,
+        client: &impl GenericClient,
+        i: usize,
+        patch: &Patch,
+        sql_text: &str,
+        first_line: usize,
+        in_tx: bool,
+    ) -> Result<(), NodeFailure> {
+        let node = self.node(i);
+        let on_retry = |n: u32, pause: Duration| {
+            self.reporter.event(&Event::Note(&format!(
+                "{} on {}: lock timeout ({}), retry {n} of {} in {}",
+                patch.version,
+                node.name(),
+                crate::report::human(self.policy.lock_timeout),
+                self.policy.retries,
+                crate::report::human(pause)
+            )));
+        };
+        retry::execute(client, node, sql_text, in_tx, &self.policy, &on_retry)
+            .await
+            .map_err(|x| NodeFailure {
+                node: node.name().clone(),
+                what: x.describe(&self.policy),
+                line: x
+                    .failure
+                    .position
+                    .map(|p| first_line + sql::line_at_char_position(sql_text, p as usize) - 1),
+            })
+    }
+
+    /// The whole body in one round trip, inside transaction `tx`.
     async fn body_in(
         &self,
-        tx: &impl tokio_postgres::GenericClient,
+        tx: &impl GenericClient,
         i: usize,
         patch: &Patch,
     ) -> Result<(), NodeFailure> {
-        tx.batch_execute(&patch.body).await.map_err(|e| {
-            let what = PgFailure::from_pg(&e);
-            let line = what
-                .position
-                .map(|p| sql::line_at_char_position(&patch.body, p as usize));
-            NodeFailure {
-                node: self.cluster.nodes[i].name().clone(),
-                what,
-                line,
-            }
-        })
+        self.execute(tx, i, patch, &patch.body, 1, true).await
     }
 
     async fn ensure(
         &self,
         i: usize,
-        client: &impl tokio_postgres::GenericClient,
+        client: &impl GenericClient,
         book: Book,
     ) -> Result<(), PgFailure> {
         let key = (i, book == Book::Local);
-        if self
-            .ensured
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&key)
+        if i == 0
+            || self
+                .ensured
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&key)
         {
             return Ok(());
         }
-        if i != 0 {
-            self.ledger.ensure(client, book).await?;
-        }
+        self.ledger.ensure(client, book).await?;
         self.ensured
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -558,9 +769,8 @@ impl Run<'_> {
 
     /// A `direct` patch on a replica: its own transaction with its own ledger row.
     async fn direct_on_replica(&self, i: usize, patch: &Patch) -> Result<(), NodeFailure> {
-        let node = &self.cluster.nodes[i];
-        let mut session = node.session().await.map_err(self.fail(i))?;
-        self.ensure(i, &**session, Book::Main)
+        let mut session = self.node(i).session().await.map_err(self.fail(i))?;
+        self.ensure(i, session.client(), Book::Main)
             .await
             .map_err(self.fail(i))?;
         let tx = session
@@ -581,34 +791,222 @@ impl Run<'_> {
 
     /// A `concurrent` patch on one node: outside any transaction, statement by
     /// statement, bracketed by the node's ledger row (the master's local book).
+    /// Resuming an unfinished attempt first repairs what it left.
     async fn concurrent_on(&self, i: usize, patch: &Patch) -> Result<(), NodeFailure> {
-        let node = &self.cluster.nodes[i];
+        let node = self.node(i);
         let book = if i == 0 { Book::Local } else { Book::Main };
         let session = node.session().await.map_err(self.fail(i))?;
-        self.ensure(i, &**session, book)
-            .await
-            .map_err(self.fail(i))?;
+        let client = session.client();
+        self.ensure(i, client, book).await.map_err(self.fail(i))?;
+        let earlier = match book {
+            Book::Main => self.ledgers[i].main.get(&patch.version),
+            Book::Local => self.ledgers[i].local.get(&patch.version),
+        };
+        let resuming = earlier.is_some_and(|r| !r.is_done());
         self.ledger
-            .record_start(&**session, book, patch, &self.applied_by)
+            .record_start(client, book, patch, &self.applied_by)
             .await
             .map_err(self.fail(i))?;
         for (text, span) in patch.statement_texts() {
-            if let Err(e) = session.batch_execute(text).await {
-                let what = PgFailure::from_pg(&e);
-                let line = Some(match what.position {
-                    Some(p) => span.line + sql::line_at_char_position(text, p as usize) - 1,
-                    None => span.line,
-                });
-                return Err(NodeFailure {
-                    node: node.name().clone(),
-                    what,
-                    line,
-                });
+            if resuming && self.index_already_built(client, i, patch, text).await? {
+                continue;
+            }
+            let r = self.execute(client, i, patch, text, span.line, false).await;
+            if let Err(failure) = r {
+                return Err(failure);
             }
         }
         self.ledger
-            .stamp(&**session, book, patch.version)
+            .stamp(client, book, patch.version)
             .await
             .map_err(self.fail(i))
+    }
+
+    /// For `CREATE [UNIQUE] INDEX CONCURRENTLY name` in a resumed patch: a
+    /// valid index of that name means the statement already ran (true); an
+    /// invalid one is what a failed build leaves, and is dropped concurrently
+    /// so the statement can rebuild it (false).
+    async fn index_already_built(
+        &self,
+        client: &tokio_postgres::Client,
+        i: usize,
+        patch: &Patch,
+        statement: &str,
+    ) -> Result<bool, NodeFailure> {
+        let Some(name) = sql::create_index_concurrently_name(statement) else {
+            return Ok(false);
+        };
+        let qualified: String = name
+            .split('.')
+            .map(quote_ident)
+            .collect::<Vec<_>>()
+            .join(".");
+        let node = self.node(i).name();
+        let valid: Option<bool> = client
+            .query_opt(
+                "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)",
+                &[&qualified],
+            )
+            .await
+            .map_err(|e| self.fail(i)(e.into()))?
+            .map(|r| r.get(0));
+        match valid {
+            None => Ok(false),
+            Some(true) => {
+                self.note(format!(
+                    "{} on {node}: index `{name}` already exists and is valid (an earlier attempt built it); statement treated as done",
+                    patch.version
+                ));
+                Ok(true)
+            }
+            Some(false) => {
+                self.note(format!(
+                    "{} on {node}: dropping invalid index `{name}` left by a failed build, then rebuilding it",
+                    patch.version
+                ));
+                client
+                    .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"))
+                    .await
+                    .map_err(|e| self.fail(i)(e.into()))?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// A `direct` patch by two-phase commit: every node runs the body and
+    /// prepares; only when all have prepared are they committed, the master's
+    /// claim last. Before that, any failure rolls every part back.
+    async fn apply_atomic(&self, patch: &Patch, report: &mut RunReport) -> Result<(), Error> {
+        let started = Instant::now();
+        let master = self.cluster.master();
+        let claim_session = master
+            .session()
+            .await
+            .map_err(|e| node_unreachable(master, &e))?;
+        let claim = claim_session.client();
+        claim.batch_execute("BEGIN").await.map_err(|e| {
+            Error::Failed(format!(
+                "patch `{}`: cannot open the claim transaction on master node `{}`: {}",
+                patch.version,
+                master.name(),
+                PgFailure::from_pg(&e)
+            ))
+        })?;
+        if let Err(e) = self.claim(claim, patch).await {
+            let _ = claim.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+        let replicas = self.replica_targets(patch);
+        let master_part = async {
+            self.body_in(claim, 0, patch).await?;
+            self.ledger
+                .stamp(claim, Book::Main, patch.version)
+                .await
+                .map_err(self.fail(0))
+        };
+        let (m, mut results) = tokio::join!(
+            self.timed(patch, 0, master_part),
+            self.fan_out(patch, &replicas, |i| self.prepare_on_replica(i, patch)),
+        );
+        results.push(m);
+        let prepared: Vec<usize> = results
+            .iter()
+            .filter(|(i, _, r)| *i != 0 && r.is_ok())
+            .map(|(i, _, _)| *i)
+            .collect();
+        let mut failure = self.record(patch, results, report);
+        if failure.is_none() {
+            let gid = recover::gid(self.ledger, patch.version, master.name().as_str());
+            if let Err(e) = claim
+                .batch_execute(&format!(
+                    "PREPARE TRANSACTION {}",
+                    recover::quote_literal(&gid)
+                ))
+                .await
+            {
+                failure = Some(format!(
+                    "patch `{}` failed on node `{}`: PREPARE TRANSACTION: {}",
+                    patch.version,
+                    master.name(),
+                    PgFailure::from_pg(&e)
+                ));
+            }
+        }
+        if let Some(failure) = failure {
+            let _ = claim.batch_execute("ROLLBACK").await;
+            let mut left = Vec::new();
+            for i in prepared {
+                let gid = recover::gid(self.ledger, patch.version, self.node(i).name().as_str());
+                if let Err(e) = recover::resolve(self.node(i), &gid, false).await {
+                    left.push(format!("'{gid}' on node `{}` ({e})", self.node(i).name()));
+                }
+            }
+            self.patch_done(patch, started, false);
+            let mut message = format!("{failure}; rolled back on every node (--atomic)");
+            if !left.is_empty() {
+                message.push_str(&format!(
+                    "; could not roll back prepared transaction(s) {}: run `pgconvoy recover`",
+                    left.join(", ")
+                ));
+            }
+            return Err(Error::Failed(message));
+        }
+
+        // Every node has prepared: the decision is commit.
+        let mut order: Vec<usize> = self.replica_targets(patch);
+        order.push(0);
+        let mut left = Vec::new();
+        for i in order {
+            let gid = recover::gid(self.ledger, patch.version, self.node(i).name().as_str());
+            if let Err(e) = recover::resolve(self.node(i), &gid, true).await {
+                left.push(format!("'{gid}' on node `{}` ({e})", self.node(i).name()));
+            }
+        }
+        if !left.is_empty() {
+            return Err(Error::Failed(format!(
+                "patch `{}`: prepared on every node, but COMMIT PREPARED failed for {}: run `pgconvoy recover` to finish the commit",
+                patch.version,
+                left.join(", ")
+            )));
+        }
+        self.patch_done(patch, started, true);
+        Ok(())
+    }
+
+    /// A replica's part of an atomic `direct` patch: body, ledger row, PREPARE.
+    async fn prepare_on_replica(&self, i: usize, patch: &Patch) -> Result<(), NodeFailure> {
+        let session = self.node(i).session().await.map_err(self.fail(i))?;
+        let client = session.client();
+        self.ensure(i, client, Book::Main)
+            .await
+            .map_err(self.fail(i))?;
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| self.fail(i)(e.into()))?;
+        let work = async {
+            self.ledger
+                .record_start(client, Book::Main, patch, &self.applied_by)
+                .await
+                .map_err(self.fail(i))?;
+            self.body_in(client, i, patch).await?;
+            self.ledger
+                .stamp(client, Book::Main, patch.version)
+                .await
+                .map_err(self.fail(i))?;
+            let gid = recover::gid(self.ledger, patch.version, self.node(i).name().as_str());
+            client
+                .batch_execute(&format!(
+                    "PREPARE TRANSACTION {}",
+                    recover::quote_literal(&gid)
+                ))
+                .await
+                .map_err(|e| self.fail(i)(e.into()))
+        };
+        let r = work.await;
+        if r.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        r
     }
 }

@@ -37,8 +37,30 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             if let Some(jobs) = args.jobs {
                 config.jobs = usize::from(jobs);
             }
+            if let Some(t) = args.lock_timeout {
+                if t.is_zero() {
+                    return Err(Error::BadInput(
+                        "--lock-timeout must be at least 1ms".into(),
+                    ));
+                }
+                config.lock_timeout = t;
+            }
+            if let Some(n) = args.lock_retries {
+                config.lock_retries = n;
+            }
+            if let Some(t) = args.statement_timeout {
+                config.statement_timeout = Some(t).filter(|t| !t.is_zero());
+            }
+            config.atomic_direct |= args.atomic;
             let patches = load_patches(&config)?;
             upgrade(&config, &patches, &args)
+        }
+        Command::Recover => {
+            let config = Config::load(&cli.config)?;
+            runtime().block_on(crate::recover::recover(
+                &config,
+                &mut std::io::stdout().lock(),
+            ))
         }
         Command::Demo(args) => crate::demo::run(args.keep),
     }

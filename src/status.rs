@@ -42,6 +42,8 @@ pub struct NodeStatus {
     pub missing_from_master: Vec<String>,
     /// Applied patches whose file changed or vanished.
     pub drift: Vec<String>,
+    /// Prepared transactions left by an interrupted `--atomic` run (`pgconvoy recover` resolves them).
+    pub prepared: Vec<crate::recover::Prepared>,
 }
 
 impl StatusReport {
@@ -130,6 +132,7 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                     .iter()
                     .map(|d| d.to_string())
                     .collect(),
+                prepared: p.prepared,
             }
         })
         .collect();
@@ -146,6 +149,7 @@ struct Probe {
     version: Option<String>,
     in_recovery: Option<bool>,
     ledger: NodeLedger,
+    prepared: Vec<crate::recover::Prepared>,
 }
 
 async fn probe(node: &Node, ledger: &Ledger) -> Probe {
@@ -154,6 +158,7 @@ async fn probe(node: &Node, ledger: &Ledger) -> Probe {
         version: None,
         in_recovery: None,
         ledger: NodeLedger::default(),
+        prepared: Vec::new(),
     };
     let session = match node.session().await {
         Ok(s) => s,
@@ -180,9 +185,12 @@ async fn probe(node: &Node, ledger: &Ledger) -> Probe {
             return p;
         }
     }
-    match ledger.read(&**session).await {
+    match ledger.read(session.client()).await {
         Ok(l) => p.ledger = l,
         Err(e) => p.error = Some(format!("cannot read the ledger: {e}")),
+    }
+    if let Ok(prepared) = crate::recover::list(session.client(), ledger).await {
+        p.prepared = prepared;
     }
     p
 }
@@ -238,6 +246,13 @@ pub fn render_text(report: &StatusReport, out: &mut dyn Write) {
                 "node `{}`: diverges from the master, missing {}",
                 n.name,
                 n.missing_from_master.join(", ")
+            );
+        }
+        for p in &n.prepared {
+            let _ = writeln!(
+                out,
+                "node `{}`: prepared transaction '{}' since {} (interrupted --atomic run): run `pgconvoy recover`",
+                n.name, p.gid, p.prepared_at
             );
         }
         for d in &n.drift {
