@@ -3,6 +3,7 @@
 //! Ctrl-C / SIGTERM cancel what runs on the servers and roll the claim back.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -92,7 +93,7 @@ pub async fn upgrade(
     reporter: &dyn Reporter,
 ) -> RunReport {
     let cluster = Cluster::new(config);
-    let interrupted = Mutex::new(false);
+    let interrupted = AtomicBool::new(false);
     let mut report = RunReport::default();
     let result = {
         let run = upgrade_inner(
@@ -109,13 +110,10 @@ pub async fn upgrade(
             tokio::select! {
                 r = &mut run => break r,
                 signal = interrupt() => {
-                    let mut flag = interrupted.lock().unwrap_or_else(|p| p.into_inner());
-                    if *flag {
+                    if interrupted.swap(true, Ordering::SeqCst) {
                         eprintln!("pgconvoy: {signal} again: exiting at once (servers roll back what the lost connections had open)");
                         std::process::exit(i32::from(crate::error::exit::FAILED));
                     }
-                    *flag = true;
-                    drop(flag);
                     reporter.event(&Event::Note(&format!(
                         "{signal}: cancelling running statements on every node; the claim will be rolled back (again to exit at once)"
                     )));
@@ -129,7 +127,7 @@ pub async fn upgrade(
         }
     };
     if let Err(e) = result {
-        let e = if *interrupted.lock().unwrap_or_else(|p| p.into_inner()) {
+        let e = if interrupted.load(Ordering::SeqCst) {
             Error::Failed(format!("interrupted: {e}"))
         } else {
             e
@@ -170,7 +168,7 @@ async fn upgrade_inner(
     patches: &PatchSet,
     opts: &UpgradeOptions,
     reporter: &dyn Reporter,
-    interrupted: &Mutex<bool>,
+    interrupted: &AtomicBool,
     report: &mut RunReport,
 ) -> Result<(), Error> {
     let ledger = Ledger::new(config.ledger.clone());
@@ -260,7 +258,7 @@ async fn upgrade_inner(
             versions: &group.versions(),
         });
         for patch in &group.patches {
-            if *interrupted.lock().unwrap_or_else(|p| p.into_inner()) {
+            if interrupted.load(Ordering::SeqCst) {
                 outcome = Err(Error::Failed(format!(
                     "stopped before patch `{}`",
                     patch.version
@@ -811,10 +809,8 @@ impl Run<'_> {
             if resuming && self.index_already_built(client, i, patch, text).await? {
                 continue;
             }
-            let r = self.execute(client, i, patch, text, span.line, false).await;
-            if let Err(failure) = r {
-                return Err(failure);
-            }
+            self.execute(client, i, patch, text, span.line, false)
+                .await?;
         }
         self.ledger
             .stamp(client, book, patch.version)

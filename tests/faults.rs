@@ -239,3 +239,68 @@ fn wait_lets_the_second_coordinator_find_nothing_to_do() {
     assert_eq!(f.psql(0, "SELECT count(*) FROM counter"), "1");
     assert_eq!(f.ledger(0), strings(&["1-0-0:std:done", "1-1-0:std:done"]));
 }
+
+/// Kills the coordinator while `patch` (sleeping via `SELECT pg_sleep(secs) FROM nap`) runs
+/// on every node, then checks that nothing is left running anywhere and that a re-run of the
+/// same, now fast, file completes.
+fn kill_mid_patch_on_every_node(name: &str, body: &str, table: &str) {
+    let f = Fixture::new(3);
+    for n in 0..3 {
+        f.psql(
+            n,
+            "CREATE TABLE nap (secs float8); INSERT INTO nap VALUES (30)",
+        );
+        f.psql(n, &format!("CREATE TABLE {table} (id int)"));
+    }
+    f.patch(name, body);
+    let mut child = spawn(&f, &["upgrade"]);
+    let sleeping = wait_for(10, || (0..3).all(|n| pgconvoy_sleeping(&f, n)));
+    child.kill().expect("SIGKILL the coordinator");
+    let _ = child.wait();
+    assert!(sleeping, "the patch never ran on all three nodes at once");
+
+    for n in 0..3 {
+        assert!(
+            wait_for(5, || pgconvoy_backends(&f, n).is_empty()),
+            "5s after SIGKILL, pgconvoy backends remain on node{n}: {:?}",
+            pgconvoy_backends(&f, n)
+        );
+    }
+    for n in 0..3 {
+        assert!(
+            !f.ledger(n).iter().any(|r| r.ends_with(":done")),
+            "node{n} shows a killed patch as done: {:?}",
+            f.ledger(n)
+        );
+    }
+
+    for n in 0..3 {
+        f.psql(n, "UPDATE nap SET secs = 0");
+    }
+    f.run(&["upgrade"]).expect(0);
+    for n in 0..3 {
+        assert!(
+            f.ledger(n).iter().all(|r| r.ends_with(":done")) && f.ledger(n).len() == 1,
+            "node{n}: {:?}",
+            f.ledger(n)
+        );
+    }
+}
+
+#[test]
+fn killed_coordinator_during_a_direct_patch_leaves_nothing_running_anywhere() {
+    kill_mid_patch_on_every_node(
+        "patch-1-0-0-direct.sql",
+        "ALTER TABLE kd ADD COLUMN v int;\nSELECT pg_sleep(secs) FROM nap;\n",
+        "kd",
+    );
+}
+
+#[test]
+fn killed_coordinator_during_a_concurrent_patch_leaves_nothing_running_anywhere() {
+    kill_mid_patch_on_every_node(
+        "patch-1-0-0-concurrent.sql",
+        "SELECT pg_sleep(secs) FROM nap;\nCREATE INDEX CONCURRENTLY kc_id ON kc (id);\n",
+        "kc",
+    );
+}

@@ -507,3 +507,98 @@ fn sessions_identify_themselves_as_pgconvoy() {
     assert!(status.success(), "{status}");
     assert_eq!(f.ledger(0), strings(&["1-0-0:std:done"]));
 }
+
+#[test]
+fn direct_patch_failing_on_the_master_keeps_replicas_and_reruns_on_master_only() {
+    let f = Fixture::new(3);
+    f.psql(0, "CREATE TABLE mclash (id int)");
+    f.patch("patch-1-0-0-direct.sql", "CREATE TABLE mclash (id int);\n");
+    f.run(&["upgrade"]).expect(1).says("node0").says("1-0-0");
+    assert!(f.ledger(0).is_empty(), "{:?}", f.ledger(0));
+    for n in 1..3 {
+        assert_eq!(f.ledger(n), strings(&["1-0-0:direct:done"]), "node{n}");
+    }
+    let started: Vec<String> = (1..3)
+        .map(|n| start_time(&f, n, "revision", (1, 0, 0)))
+        .collect();
+
+    f.psql(0, "DROP TABLE mclash");
+    f.run(&["upgrade"]).expect(0);
+    for n in 0..3 {
+        assert_eq!(f.ledger(n), strings(&["1-0-0:direct:done"]), "node{n}");
+        assert!(f.has_relation(n, "mclash"));
+    }
+    for n in 1..3 {
+        assert_eq!(start_time(&f, n, "revision", (1, 0, 0)), started[n - 1]);
+    }
+}
+
+#[test]
+fn all_stops_at_the_first_failing_group() {
+    let f = Fixture::new(3);
+    f.patch("patch-1-0-0-std.sql", "CREATE TABLE a1 (id int);\n");
+    f.patch("patch-1-1-0-direct.sql", "CREATE TABLE a2 (id int);\n");
+    f.patch("patch-1-2-0-std.sql", "INSERT INTO nowhere VALUES (1);\n");
+    f.patch("patch-1-3-0-std.sql", "CREATE TABLE a4 (id int);\n");
+    f.run(&["upgrade", "--all"]).expect(1).says("1-2-0");
+    assert_eq!(
+        f.ledger(0),
+        strings(&["1-0-0:std:done", "1-1-0:direct:done"])
+    );
+    assert!(!f.has_relation(0, "a4"));
+}
+
+#[test]
+fn working_passwords_are_not_printed_either() {
+    let f0 = Fixture::new(3);
+    let role = common::unique_db("pwok");
+    let secret = "r1ghtSecretPw";
+    for n in 0..2 {
+        f0.server(n)
+            .psql(
+                "postgres",
+                &format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{secret}'"),
+            )
+            .expect("create role");
+    }
+    let s0 = f0.server(0);
+    let s1 = f0.server(1);
+    let dsns = vec![
+        s0.dsn_as(&f0.db, &role, secret),
+        format!(
+            "postgresql://{role}:{secret}@{}:{}/{}",
+            s1.host(),
+            s1.port(),
+            f0.db
+        ),
+        // Nobody listens on port 1: unreachable, with a password in the URL.
+        format!("postgresql://{role}:{secret}@127.0.0.1:1/{}", f0.db),
+    ];
+    let f = Fixture::with_dsns(f0.db.clone(), dsns);
+    f.patch("patch-1-0-0-std.sql", "CREATE TABLE pwok (id int);\n");
+    f.run(&["check"]).expect(0).never_says(secret);
+    f.run(&["status"]).expect(1).never_says(secret);
+    f.run(&["status", "--format", "json"])
+        .expect(1)
+        .never_says(secret);
+    f.run(&["upgrade"]).expect(1).never_says(secret);
+    f.run(&["upgrade", "--format", "json"])
+        .expect(1)
+        .never_says(secret);
+
+    // Without the unreachable node, everything works and still prints no password.
+    let f = Fixture::with_dsns(f0.db.clone(), f.dsns[..2].to_vec());
+    f.patch("patch-1-0-0-std.sql", "CREATE TABLE pwok (id int);\n");
+    f.run(&["status"]).expect(0).never_says(secret);
+    f.run(&["status", "--format", "json"])
+        .expect(0)
+        .never_says(secret);
+    f.run(&["upgrade", "--format", "markdown"])
+        .expect(0)
+        .never_says(secret);
+    f.run(&["upgrade", "--format", "json"])
+        .expect(0)
+        .never_says(secret);
+    f.run(&["status"]).expect(0).never_says(secret);
+    assert!(f.has_relation(0, "pwok"));
+}
