@@ -27,6 +27,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default number of retries of a statement that hit the lock timeout.
 pub const DEFAULT_LOCK_RETRIES: u32 = 5;
+/// Default bound on waiting for subscribers or standbys to catch up.
+pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -74,6 +76,20 @@ impl fmt::Display for NodeName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// How the replicas follow the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// Independent nodes (or replication pgconvoy need not know about).
+    #[default]
+    None,
+    /// The master publishes, the replicas subscribe (native logical replication):
+    /// DDL is not replicated, so order matters.
+    Logical,
+    /// The replicas are hot standbys: they take no DDL, they replay the master's WAL.
+    Physical,
 }
 
 /// Whether a node is the master (claims, `std` patches) or a replica.
@@ -171,6 +187,11 @@ pub struct Config {
     pub statement_timeout: Option<Duration>,
     /// Apply `direct` groups with two-phase commit.
     pub atomic_direct: bool,
+    pub replication: Replication,
+    /// With logical replication: the master's publication new tables are added to.
+    pub publication: Option<String>,
+    /// How long to wait for subscribers or standbys to catch up.
+    pub replication_timeout: Duration,
 }
 
 impl Config {
@@ -245,6 +266,27 @@ impl Config {
             .filter(|d| !d.is_zero()),
         };
 
+        let replication_timeout = match raw.replication_timeout {
+            None => DEFAULT_REPLICATION_TIMEOUT,
+            Some(d) => d
+                .into_duration()
+                .map_err(|m| invalid(format!("key `replication_timeout`: {m}")))?,
+        };
+        let publication = match raw.publication {
+            None => None,
+            Some(_) if raw.replication != Replication::Logical => {
+                return Err(invalid(
+                    "key `publication` needs `replication: logical`".into(),
+                ))
+            }
+            Some(p) if p.is_empty() || p.len() > 63 || p.contains('\0') => {
+                return Err(invalid(format!(
+                    "key `publication`: `{p}` is not a valid name"
+                )))
+            }
+            Some(p) => Some(p),
+        };
+
         let raw_master = raw
             .master
             .ok_or_else(|| invalid("missing key `master` (the node that claims patches)".into()))?;
@@ -290,6 +332,9 @@ impl Config {
             lock_retries: raw.lock_retries.unwrap_or(DEFAULT_LOCK_RETRIES),
             statement_timeout,
             atomic_direct: raw.atomic_direct,
+            replication: raw.replication,
+            publication,
+            replication_timeout,
         })
     }
 }
@@ -332,6 +377,10 @@ struct RawConfig {
     statement_timeout: Option<RawDuration>,
     #[serde(default)]
     atomic_direct: bool,
+    #[serde(default)]
+    replication: Replication,
+    publication: Option<String>,
+    replication_timeout: Option<RawDuration>,
 }
 
 #[derive(Deserialize)]
@@ -622,6 +671,25 @@ mod tests {
         );
         let e = load(&d, &format!("lock_timeout: 0s\n{OK}")).unwrap_err();
         assert!(e.contains("lock_timeout"), "{e}");
+    }
+
+    #[test]
+    fn replication_settings() {
+        let d = dir();
+        let c = load(&d, OK).unwrap();
+        assert_eq!(c.replication, Replication::None);
+        let c = load(
+            &d,
+            &format!("replication: logical\npublication: app_pub\nreplication_timeout: 5s\n{OK}"),
+        )
+        .unwrap();
+        assert_eq!(c.replication, Replication::Logical);
+        assert_eq!(c.publication.as_deref(), Some("app_pub"));
+        assert_eq!(c.replication_timeout, Duration::from_secs(5));
+        let e = load(&d, &format!("replication: streaming\n{OK}")).unwrap_err();
+        assert!(e.contains("streaming"), "{e}");
+        let e = load(&d, &format!("publication: p\n{OK}")).unwrap_err();
+        assert!(e.contains("replication: logical"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! for each patch claim → fan out → stamp → commit, and decide on failure.
 //! Ctrl-C / SIGTERM cancel what runs on the servers and roll the claim back.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,13 +12,14 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::GenericClient;
 
 use crate::cluster::{Cluster, Dedicated, Node};
-use crate::config::{Config, NodeName, Role};
+use crate::config::{Config, NodeName, Replication, Role};
 use crate::error::Error;
 use crate::ledger::{quote_ident, Book, Ledger, NodeLedger};
-use crate::patch::{Patch, PatchSet, PatchType};
+use crate::patch::{Patch, PatchOrder, PatchSet, PatchType};
 use crate::pgerror::PgFailure;
 use crate::plan::{self, Selection};
 use crate::recover;
+use crate::replication;
 use crate::report::{Event, Reporter};
 use crate::retry::{self, RetryPolicy};
 use crate::sql;
@@ -174,7 +175,20 @@ async fn upgrade_inner(
     let ledger = Ledger::new(config.ledger.clone());
     let lock = acquire_lock(cluster, &ledger, opts.wait, reporter).await?;
 
-    let ledgers = read_ledgers(cluster, &ledger).await?;
+    let (ledgers, in_recovery) = read_nodes(cluster, &ledger).await?;
+    let topology: Vec<(NodeName, Role, bool)> = cluster
+        .nodes
+        .iter()
+        .zip(&in_recovery)
+        .map(|(n, r)| (n.name().clone(), n.role(), *r))
+        .collect();
+    let problems = replication::topology_problems(config.replication, &topology);
+    if !problems.is_empty() {
+        return Err(Error::BadInput(format!(
+            "refusing to run: {}",
+            problems.join("; ")
+        )));
+    }
     let drift: Vec<String> = cluster
         .nodes
         .iter()
@@ -248,11 +262,15 @@ async fn upgrade_inner(
             retries: config.lock_retries,
         },
         atomic: config.atomic_direct,
+        replication: config.replication,
+        replication_timeout: config.replication_timeout,
         ensured: Mutex::new(HashSet::new()),
         notes: Mutex::new(Vec::new()),
     };
+    let watch = ReplicationWatch::start(config, cluster, &ledger).await?;
     let mut outcome = Ok(());
     'groups: for group in &schedule.groups {
+        let before = watch.tables_before().await?;
         reporter.event(&Event::GroupStart {
             kind: group.kind,
             versions: &group.versions(),
@@ -274,6 +292,17 @@ async fn upgrade_inner(
                 break 'groups;
             }
             report.applied.push(patch.version.to_string());
+        }
+        match watch.after_group(group, before).await {
+            Ok(notes) => {
+                for n in notes {
+                    note(reporter, report, n);
+                }
+            }
+            Err(e) => {
+                outcome = Err(e);
+                break 'groups;
+            }
         }
     }
     report.pending = still_pending(&pending, report);
@@ -414,26 +443,43 @@ async fn release_lock(lock: Dedicated, ledger: &Ledger) {
         .await;
 }
 
-/// Reads every node's ledger concurrently; any unreachable node fails the run
-/// before anything is written.
-pub async fn read_ledgers(cluster: &Cluster, ledger: &Ledger) -> Result<Vec<NodeLedger>, Error> {
-    let results: Vec<Result<NodeLedger, Error>> = stream::iter(cluster.nodes.iter())
+/// Reads every node's ledger and recovery state concurrently; any unreachable
+/// node fails the run before anything is written.
+pub async fn read_nodes(
+    cluster: &Cluster,
+    ledger: &Ledger,
+) -> Result<(Vec<NodeLedger>, Vec<bool>), Error> {
+    let results: Vec<Result<(NodeLedger, bool), Error>> = stream::iter(cluster.nodes.iter())
         .map(|node| async move {
             let session = node
                 .session()
                 .await
                 .map_err(|e| node_unreachable(node, &e))?;
-            ledger.read(session.client()).await.map_err(|e| {
+            let failed = |e: PgFailure| {
                 Error::Failed(format!(
                     "cannot read the ledger on node `{}`: {e}",
                     node.name()
                 ))
-            })
+            };
+            let in_recovery: bool = session
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(|e| failed(e.into()))?
+                .get(0);
+            let l = ledger.read(session.client()).await.map_err(failed)?;
+            Ok((l, in_recovery))
         })
         .buffered(cluster.jobs)
         .collect()
         .await;
-    results.into_iter().collect()
+    let mut ledgers = Vec::with_capacity(results.len());
+    let mut recovery = Vec::with_capacity(results.len());
+    for r in results {
+        let (l, rec) = r?;
+        ledgers.push(l);
+        recovery.push(rec);
+    }
+    Ok((ledgers, recovery))
 }
 
 /// Prepared transactions of an interrupted `--atomic` run hold locks and
@@ -499,6 +545,8 @@ struct Run<'a> {
     applied_by: String,
     policy: RetryPolicy,
     atomic: bool,
+    replication: Replication,
+    replication_timeout: Duration,
     /// Nodes whose ledger table is known to exist.
     ensured: Mutex<HashSet<(usize, bool)>>,
     /// Notes from node tasks (repairs), moved into the report after each patch.
@@ -540,19 +588,81 @@ impl Run<'_> {
         self.claim(&*claim, patch).await?;
 
         let replicas = self.replica_targets(patch);
-        let results: Vec<Outcome> = match patch.kind {
-            PatchType::Std => vec![self.timed(patch, 0, self.body_in(&*claim, 0, patch)).await],
-            PatchType::Direct => {
+        let master_needs = plan::needs_body(patch, Role::Master, &self.ledgers[0]);
+        let logical = self.replication == Replication::Logical;
+        let results: Vec<Outcome> = match (patch.kind, patch.order) {
+            (PatchType::Std, _) => {
+                vec![self.timed(patch, 0, self.body_in(&*claim, 0, patch)).await]
+            }
+            (PatchType::Direct | PatchType::Concurrent, PatchOrder::MasterFirst) => {
+                // Destructive changes: the master commits its part first (outside
+                // the claim, in its local book), subscribers catch up past it,
+                // and only then do the replicas change.
+                let mut rs = Vec::new();
+                if master_needs {
+                    let m = match patch.kind {
+                        PatchType::Direct => {
+                            self.timed(patch, 0, self.direct_on(0, Book::Local, patch))
+                                .await
+                        }
+                        _ => self.timed(patch, 0, self.concurrent_on(0, patch)).await,
+                    };
+                    rs.push(m);
+                }
+                if rs.iter().all(|(_, _, r)| r.is_ok()) {
+                    if logical && !replicas.is_empty() {
+                        if let Err(e) = self.wait_for_subscribers(patch).await {
+                            let _ = claim.rollback().await;
+                            self.record(patch, rs, report);
+                            self.patch_done(patch, started, false);
+                            return Err(e);
+                        }
+                    }
+                    let more = match patch.kind {
+                        PatchType::Direct => {
+                            self.fan_out(patch, &replicas, |i| self.direct_on(i, Book::Main, patch))
+                                .await
+                        }
+                        _ => {
+                            self.fan_out(patch, &replicas, |i| self.concurrent_on(i, patch))
+                                .await
+                        }
+                    };
+                    rs.extend(more);
+                }
+                rs
+            }
+            (PatchType::Direct, PatchOrder::ReplicasFirst) if logical => {
+                // Additive changes on a logical cluster: subscribers must have the
+                // new shape before the publisher sends rows in it.
+                let mut rs = self
+                    .fan_out(patch, &replicas, |i| self.direct_on(i, Book::Main, patch))
+                    .await;
+                if rs.iter().all(|(_, _, r)| r.is_ok()) {
+                    rs.push(self.timed(patch, 0, self.body_in(&*claim, 0, patch)).await);
+                }
+                rs
+            }
+            (PatchType::Direct, PatchOrder::ReplicasFirst) => {
                 let (m, mut rs) = tokio::join!(
                     self.timed(patch, 0, self.body_in(&*claim, 0, patch)),
-                    self.fan_out(patch, &replicas, |i| self.direct_on_replica(i, patch)),
+                    self.fan_out(patch, &replicas, |i| self.direct_on(i, Book::Main, patch)),
                 );
                 rs.push(m);
                 rs
             }
-            PatchType::Concurrent => {
+            (PatchType::Concurrent, PatchOrder::ReplicasFirst) if logical => {
+                let mut rs = self
+                    .fan_out(patch, &replicas, |i| self.concurrent_on(i, patch))
+                    .await;
+                if master_needs && rs.iter().all(|(_, _, r)| r.is_ok()) {
+                    rs.push(self.timed(patch, 0, self.concurrent_on(0, patch)).await);
+                }
+                rs
+            }
+            (PatchType::Concurrent, PatchOrder::ReplicasFirst) => {
                 let mut targets = replicas.clone();
-                if plan::needs_body(patch, Role::Master, &self.ledgers[0]) {
+                if master_needs {
                     targets.insert(0, 0);
                 }
                 self.fan_out(patch, &targets, |i| self.concurrent_on(i, patch))
@@ -608,6 +718,10 @@ impl Run<'_> {
     }
 
     fn replica_targets(&self, patch: &Patch) -> Vec<usize> {
+        if self.replication == Replication::Physical {
+            // Standbys take no DDL: they get every patch by replaying the master's WAL.
+            return Vec::new();
+        }
         (1..self.cluster.nodes.len())
             .filter(|&i| plan::needs_body(patch, Role::Replica, &self.ledgers[i]))
             .collect()
@@ -765,10 +879,12 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// A `direct` patch on a replica: its own transaction with its own ledger row.
-    async fn direct_on_replica(&self, i: usize, patch: &Patch) -> Result<(), NodeFailure> {
+    /// A `direct` patch on one node outside the claim: its own transaction with
+    /// its own ledger row (a replica's main book, or the master's local book
+    /// for a master-first patch).
+    async fn direct_on(&self, i: usize, book: Book, patch: &Patch) -> Result<(), NodeFailure> {
         let mut session = self.node(i).session().await.map_err(self.fail(i))?;
-        self.ensure(i, session.client(), Book::Main)
+        self.ensure(i, session.client(), book)
             .await
             .map_err(self.fail(i))?;
         let tx = session
@@ -776,15 +892,51 @@ impl Run<'_> {
             .await
             .map_err(|e| self.fail(i)(e.into()))?;
         self.ledger
-            .record_start(&*tx, Book::Main, patch, &self.applied_by)
+            .record_start(&*tx, book, patch, &self.applied_by)
             .await
             .map_err(self.fail(i))?;
         self.body_in(&*tx, i, patch).await?;
         self.ledger
-            .stamp(&*tx, Book::Main, patch.version)
+            .stamp(&*tx, book, patch.version)
             .await
             .map_err(self.fail(i))?;
         tx.commit().await.map_err(|e| self.fail(i)(e.into()))
+    }
+
+    /// After the master committed its part of a master-first patch: wait until
+    /// every subscriber applied past the master's WAL position.
+    async fn wait_for_subscribers(&self, patch: &Patch) -> Result<(), Error> {
+        let master = self.cluster.master();
+        let replicas: Vec<&Node> = self.cluster.replicas().iter().map(|n| &**n).collect();
+        let lsn = {
+            let s = master
+                .session()
+                .await
+                .map_err(|e| node_unreachable(master, &e))?;
+            replication::current_lsn(s.client())
+                .await
+                .map_err(|e| node_unreachable(master, &e))?
+        };
+        let before = replication::baseline(&replicas)
+            .await
+            .map_err(Error::Failed)?;
+        let cause = format!("patch `{}` ({})", patch.version, patch.file_name());
+        let waited = replication::wait_for_subscribers(
+            master,
+            &replicas,
+            &before,
+            &lsn,
+            self.replication_timeout,
+            &cause,
+        )
+        .await
+        .map_err(|e| Error::Failed(format!("patch `{}`: {e}", patch.version)))?;
+        self.note(format!(
+            "{}: subscribers applied the master's part (past {lsn}) in {}",
+            patch.version,
+            crate::report::human(waited)
+        ));
+        Ok(())
     }
 
     /// A `concurrent` patch on one node: outside any transaction, statement by
@@ -1004,5 +1156,137 @@ impl Run<'_> {
             let _ = client.batch_execute("ROLLBACK").await;
         }
         r
+    }
+}
+
+/// Replication bookkeeping around groups: the subscription baseline taken
+/// before the run, tables to publish, and the catch-up check after each group.
+struct ReplicationWatch<'a> {
+    cluster: &'a Cluster,
+    mode: Replication,
+    timeout: Duration,
+    baseline: BTreeMap<NodeName, Vec<replication::Subscription>>,
+    scope: Option<replication::PublicationScope>,
+}
+
+impl<'a> ReplicationWatch<'a> {
+    async fn start(
+        config: &Config,
+        cluster: &'a Cluster,
+        ledger: &Ledger,
+    ) -> Result<ReplicationWatch<'a>, Error> {
+        let mut w = ReplicationWatch {
+            cluster,
+            mode: config.replication,
+            timeout: config.replication_timeout,
+            baseline: BTreeMap::new(),
+            scope: None,
+        };
+        if w.mode == Replication::Logical {
+            w.baseline = replication::baseline(&w.replicas())
+                .await
+                .map_err(|e| Error::Failed(format!("refusing to start: {e}")))?;
+            if let Some(name) = &config.publication {
+                let master = cluster.master();
+                let s = master
+                    .session()
+                    .await
+                    .map_err(|e| node_unreachable(master, &e))?;
+                let schema = ledger.name();
+                let schema = schema.split('.').next().unwrap_or("pgconvoy");
+                w.scope = Some(
+                    replication::publication_scope(s.client(), name, schema)
+                        .await
+                        .map_err(Error::BadInput)?,
+                );
+            }
+        }
+        Ok(w)
+    }
+
+    fn replicas(&self) -> Vec<&'a Node> {
+        self.cluster.replicas().iter().map(|n| &**n).collect()
+    }
+
+    /// Tables in the published schemas before a group (when a publication is configured).
+    async fn tables_before(&self) -> Result<BTreeSet<String>, Error> {
+        let Some(scope) = &self.scope else {
+            return Ok(BTreeSet::new());
+        };
+        let master = self.cluster.master();
+        let s = master
+            .session()
+            .await
+            .map_err(|e| node_unreachable(master, &e))?;
+        replication::tables(s.client(), scope)
+            .await
+            .map_err(|e| Error::Failed(format!("master node `{}`: {e}", master.name())))
+    }
+
+    /// Publishes what the group created, then checks that replication keeps up.
+    async fn after_group(
+        &self,
+        group: &plan::Group<'_>,
+        before: BTreeSet<String>,
+    ) -> Result<Vec<String>, Error> {
+        let master = self.cluster.master();
+        let replicas = self.replicas();
+        let mut notes = Vec::new();
+        if self.mode == Replication::None || replicas.is_empty() {
+            return Ok(notes);
+        }
+        let cause = match group.patches.last() {
+            Some(p) => format!("patch `{}` ({})", p.version, p.file_name()),
+            None => "the last group".into(),
+        };
+        if let Some(scope) = &self.scope {
+            let after = self.tables_before().await?;
+            let new: BTreeSet<String> = after.difference(&before).cloned().collect();
+            notes.extend(
+                replication::publish(master, &replicas, scope, &new)
+                    .await
+                    .map_err(|e| {
+                        Error::Failed(format!("publishing new tables after {cause}: {e}"))
+                    })?,
+            );
+        }
+        let lsn = {
+            let s = master
+                .session()
+                .await
+                .map_err(|e| node_unreachable(master, &e))?;
+            replication::current_lsn(s.client())
+                .await
+                .map_err(|e| node_unreachable(master, &e))?
+        };
+        match self.mode {
+            Replication::Logical => {
+                let waited = replication::wait_for_subscribers(
+                    master,
+                    &replicas,
+                    &self.baseline,
+                    &lsn,
+                    self.timeout,
+                    &cause,
+                )
+                .await
+                .map_err(Error::Failed)?;
+                notes.push(format!(
+                    "subscriptions healthy and caught up past {lsn} in {}",
+                    crate::report::human(waited)
+                ));
+            }
+            Replication::Physical => {
+                let waited = replication::wait_for_standbys(&replicas, &lsn, self.timeout)
+                    .await
+                    .map_err(Error::Failed)?;
+                notes.push(format!(
+                    "standbys replayed past {lsn} in {}",
+                    crate::report::human(waited)
+                ));
+            }
+            Replication::None => {}
+        }
+        Ok(notes)
     }
 }

@@ -16,6 +16,7 @@ pub mod patch;
 pub mod pgerror;
 pub mod plan;
 pub mod recover;
+pub mod replication;
 pub mod report;
 pub mod retry;
 pub mod run;

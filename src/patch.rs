@@ -104,6 +104,57 @@ impl FromStr for PatchType {
     }
 }
 
+/// Which side of a logically replicated cluster commits a `direct` or
+/// `concurrent` patch first (header `-- pgconvoy: order=master-first`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PatchOrder {
+    /// Replicas first, master last: safe for additive changes (new tables,
+    /// nullable or defaulted columns, indexes).
+    #[default]
+    ReplicasFirst,
+    /// Master first, then (once subscribers caught up) the replicas: for
+    /// destructive changes (DROP COLUMN / TABLE).
+    MasterFirst,
+}
+
+/// Reads `-- pgconvoy: key=value …` directives from the comment lines that
+/// open a patch, before its first statement.
+pub fn parse_header(body: &str) -> Result<PatchOrder, String> {
+    let mut order = PatchOrder::default();
+    for (n, line) in body.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some(comment) = line.strip_prefix("--") else {
+            break;
+        };
+        let Some(directives) = comment.trim().strip_prefix("pgconvoy:") else {
+            continue;
+        };
+        for directive in directives.split([' ', ',']).filter(|d| !d.is_empty()) {
+            match directive.split_once('=') {
+                Some(("order", "master-first")) => order = PatchOrder::MasterFirst,
+                Some(("order", "replicas-first")) => order = PatchOrder::ReplicasFirst,
+                Some(("order", other)) => {
+                    return Err(format!(
+                        "line {}: `order={other}`: expected master-first or replicas-first",
+                        n + 1
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "line {}: unknown pgconvoy directive `{directive}` (known: order=master-first|replicas-first)",
+                        n + 1
+                    ))
+                }
+            }
+        }
+    }
+    Ok(order)
+}
+
 /// Where one statement lies in a patch body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatementSpan {
@@ -123,6 +174,7 @@ pub struct Patch {
     /// Hex SHA-256 of the file's bytes.
     pub checksum: String,
     pub statements: Vec<StatementSpan>,
+    pub order: PatchOrder,
 }
 
 impl Patch {
@@ -317,6 +369,13 @@ pub fn discover(dir: &Path, strict: bool) -> Result<PatchSet, DiscoverError> {
                 continue;
             }
         };
+        let order = match parse_header(&body) {
+            Ok(o) => o,
+            Err(e) => {
+                findings.push(error(format!("{}: {e}", path.display())));
+                continue;
+            }
+        };
         patches.push(Patch {
             version,
             kind,
@@ -324,6 +383,7 @@ pub fn discover(dir: &Path, strict: bool) -> Result<PatchSet, DiscoverError> {
             body,
             checksum,
             statements,
+            order,
         });
     }
     patches.sort_by(|a, b| a.version.cmp(&b.version).then(a.path.cmp(&b.path)));
@@ -482,6 +542,29 @@ mod tests {
         assert!(g[0].contains("1-1-0 to 1-3-0"), "{g:?}");
         let g = numbering_gaps(&[v(1, 0, 0), v(1, 0, 2)]);
         assert_eq!(g, ["gap in numbering: 1-0-2 has no predecessor 1-0-1"]);
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(
+            parse_header("CREATE TABLE a();").unwrap(),
+            PatchOrder::ReplicasFirst
+        );
+        assert_eq!(
+            parse_header("-- drop the old column\n-- pgconvoy: order=master-first\nALTER TABLE a DROP COLUMN b;").unwrap(),
+            PatchOrder::MasterFirst
+        );
+        // Only the opening comments count.
+        assert_eq!(
+            parse_header("SELECT 1;\n-- pgconvoy: order=master-first\n").unwrap(),
+            PatchOrder::ReplicasFirst
+        );
+        assert!(parse_header("-- pgconvoy: order=sideways\n")
+            .unwrap_err()
+            .contains("line 1"));
+        assert!(parse_header("\n-- pgconvoy: speed=fast\n")
+            .unwrap_err()
+            .contains("line 2"));
     }
 
     #[test]

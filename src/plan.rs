@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::config::{NodeName, Role};
 use crate::ledger::NodeLedger;
-use crate::patch::{Patch, PatchSet, PatchType, PatchVersion};
+use crate::patch::{Patch, PatchOrder, PatchSet, PatchType, PatchVersion};
 
 /// An applied patch whose file has changed or disappeared since.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,10 @@ pub fn needs_body(patch: &Patch, role: Role, ledger: &NodeLedger) -> bool {
     match (role, patch.kind) {
         // The master's part of std/direct runs inside the claim transaction:
         // pending on the cluster means not run on the master.
+        (Role::Master, PatchType::Direct) if patch.order == PatchOrder::MasterFirst => {
+            // Master first: its part commits on its own, recorded in its local book.
+            !done(&ledger.local, patch.version) && !done(&ledger.main, patch.version)
+        }
         (Role::Master, PatchType::Std | PatchType::Direct) => true,
         (Role::Master, PatchType::Concurrent) => {
             !done(&ledger.local, patch.version) && !done(&ledger.main, patch.version)
@@ -245,6 +249,7 @@ mod tests {
             body: "SELECT 1;".into(),
             checksum: format!("sum{}{}{}", v.0, v.1, v.2),
             statements: Vec::new(),
+            order: Default::default(),
         }
     }
 
@@ -370,6 +375,13 @@ mod tests {
         master.local.insert(conc.version, row(conc, true));
         assert!(!needs_body(conc, Role::Master, &master), "local part done");
         assert!(needs_body(direct, Role::Master, &master));
+        let mut first = direct.clone();
+        first.order = PatchOrder::MasterFirst;
+        master.local.insert(first.version, row(&first, true));
+        assert!(
+            !needs_body(&first, Role::Master, &master),
+            "master-first part done"
+        );
     }
 
     #[test]
