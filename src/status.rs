@@ -19,6 +19,10 @@ pub struct StatusReport {
     pub config: String,
     pub patches: String,
     pub ledger_table: String,
+    /// `replication:` from the config.
+    pub replication: crate::config::Replication,
+    /// Where the nodes' recovery state contradicts the configured topology.
+    pub topology_problems: Vec<String>,
     pub nodes: Vec<NodeStatus>,
 }
 
@@ -44,6 +48,10 @@ pub struct NodeStatus {
     pub drift: Vec<String>,
     /// Prepared transactions left by an interrupted `--atomic` run (`pgconvoy recover` resolves them).
     pub prepared: Vec<crate::recover::Prepared>,
+    /// Logical subscriptions in this node's database.
+    pub subscriptions: Vec<crate::replication::Subscription>,
+    /// Standbys: the WAL position replayed so far.
+    pub replay_lsn: Option<String>,
 }
 
 impl StatusReport {
@@ -51,7 +59,9 @@ impl StatusReport {
         use crate::error::exit;
         if self.nodes.iter().any(|n| !n.reachable) {
             exit::FAILED
-        } else if self.nodes.iter().any(|n| !n.drift.is_empty()) {
+        } else if self.nodes.iter().any(|n| !n.drift.is_empty())
+            || !self.topology_problems.is_empty()
+        {
             exit::BAD_INPUT
         } else {
             exit::SUCCESS
@@ -133,10 +143,21 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                     .map(|d| d.to_string())
                     .collect(),
                 prepared: p.prepared,
+                subscriptions: p.subscriptions,
+                replay_lsn: p.replay_lsn,
             }
+        })
+        .collect::<Vec<NodeStatus>>();
+    let topology: Vec<(crate::config::NodeName, Role, bool)> = nodes
+        .iter()
+        .zip(cluster.nodes.iter())
+        .filter_map(|(n, node): (&NodeStatus, _)| {
+            n.in_recovery.map(|r| (node.name().clone(), n.role, r))
         })
         .collect();
     StatusReport {
+        replication: config.replication,
+        topology_problems: crate::replication::topology_problems(config.replication, &topology),
         config: config.path.display().to_string(),
         patches: patches.dir.display().to_string(),
         ledger_table: ledger.name(),
@@ -150,6 +171,8 @@ struct Probe {
     in_recovery: Option<bool>,
     ledger: NodeLedger,
     prepared: Vec<crate::recover::Prepared>,
+    subscriptions: Vec<crate::replication::Subscription>,
+    replay_lsn: Option<String>,
 }
 
 async fn probe(node: &Node, ledger: &Ledger) -> Probe {
@@ -159,6 +182,8 @@ async fn probe(node: &Node, ledger: &Ledger) -> Probe {
         in_recovery: None,
         ledger: NodeLedger::default(),
         prepared: Vec::new(),
+        subscriptions: Vec::new(),
+        replay_lsn: None,
     };
     let session = match node.session().await {
         Ok(s) => s,
@@ -192,15 +217,32 @@ async fn probe(node: &Node, ledger: &Ledger) -> Probe {
     if let Ok(prepared) = crate::recover::list(session.client(), ledger).await {
         p.prepared = prepared;
     }
+    if let Ok(subs) = crate::replication::subscriptions(session.client()).await {
+        p.subscriptions = subs;
+    }
+    if p.in_recovery == Some(true) {
+        if let Ok(row) = session
+            .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+            .await
+        {
+            p.replay_lsn = row.get(0);
+        }
+    }
     p
 }
 
 pub fn render_text(report: &StatusReport, out: &mut dyn Write) {
     let _ = writeln!(
         out,
-        "cluster {} (patches in {}, ledger {})",
-        report.config, report.patches, report.ledger_table
+        "cluster {} (patches in {}, ledger {}, replication {:?})",
+        report.config,
+        report.patches,
+        report.ledger_table,
+        format!("{:?}", report.replication).to_lowercase()
     );
+    for p in &report.topology_problems {
+        let _ = writeln!(out, "BLOCKING: {p}");
+    }
     let rows: Vec<Vec<String>> = report
         .nodes
         .iter()
@@ -247,6 +289,26 @@ pub fn render_text(report: &StatusReport, out: &mut dyn Write) {
                 n.name,
                 n.missing_from_master.join(", ")
             );
+        }
+        for s in &n.subscriptions {
+            let state = if !s.enabled {
+                "disabled".to_string()
+            } else if s.worker_running {
+                "apply worker running".to_string()
+            } else {
+                "APPLY WORKER NOT RUNNING".to_string()
+            };
+            let _ = writeln!(
+                out,
+                "node `{}`: subscription `{}` to {}: {state}, {} apply error(s)",
+                n.name,
+                s.name,
+                s.publications.join(", "),
+                s.apply_errors
+            );
+        }
+        if let Some(lsn) = &n.replay_lsn {
+            let _ = writeln!(out, "node `{}`: standby, replayed up to {lsn}", n.name);
         }
         for p in &n.prepared {
             let _ = writeln!(
