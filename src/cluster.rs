@@ -113,6 +113,12 @@ impl Session {
     pub fn client(&self) -> &tokio_postgres::Client {
         &self.object
     }
+
+    /// Closes the connection instead of returning it to the pool: the server
+    /// rolls back whatever transaction it had open.
+    pub fn discard(self) {
+        drop(Object::take(self.object));
+    }
 }
 
 impl Deref for Session {

@@ -14,9 +14,10 @@ use tokio_postgres::GenericClient;
 use crate::cluster::{Cluster, Dedicated, Node};
 use crate::config::{Config, NodeName, Replication, Role};
 use crate::error::Error;
-use crate::ledger::{quote_ident, Book, Ledger, NodeLedger};
+use crate::ledger::{quote_ident, Book, Ledger, NodeLedger, RowParams};
 use crate::patch::{Patch, PatchOrder, PatchSet, PatchType};
 use crate::pgerror::PgFailure;
+use crate::pipeline::{self, Step, TxSession};
 use crate::plan::{self, Selection};
 use crate::recover;
 use crate::replication;
@@ -83,6 +84,14 @@ impl NodeFailure {
 }
 
 type Outcome = (usize, Duration, Result<(), NodeFailure>);
+
+/// How a pipelined transaction failed.
+enum TxFailure {
+    /// One of the steps before the body (BEGIN, the claim or ledger row).
+    Before(PgFailure),
+    /// The body, or the steps after it.
+    Node(NodeFailure),
+}
 
 /// Runs `upgrade` against the cluster of `config`. A first Ctrl-C or SIGTERM
 /// cancels the statements running on every server and lets the run unwind
@@ -573,27 +582,83 @@ impl Run<'_> {
         }
         let started = Instant::now();
         let master = self.cluster.master();
-        let mut claim_session = master
+        let session = master
             .session()
             .await
             .map_err(|e| node_unreachable(master, &e))?;
-        let claim = claim_session.transaction().await.map_err(|e| {
-            Error::Failed(format!(
-                "patch `{}`: cannot open the claim transaction on master node `{}`: {}",
-                patch.version,
-                master.name(),
-                PgFailure::from_pg(&e)
+        let statements = async {
+            Ok::<_, tokio_postgres::Error>((
+                session.prepare_cached(&self.ledger.claim_sql()).await?,
+                session
+                    .prepare_cached(&self.ledger.stamp_sql(Book::Main))
+                    .await?,
             ))
-        })?;
-        self.claim(&*claim, patch).await?;
+        }
+        .await
+        .map_err(|e| node_unreachable(master, &e.into()))?;
+        let (claim_st, stamp_st) = statements;
+        let params = RowParams::new(patch, &self.applied_by);
+        let (row, key) = (params.row(), params.key());
+        let claim = TxSession::new(session);
+        if patch.kind == PatchType::Std {
+            // BEGIN, claim, body, stamp: one round trip; then COMMIT.
+            self.reporter.event(&Event::NodeStart {
+                version: patch.version,
+                node: master.name(),
+            });
+            let t = Instant::now();
+            let r = self
+                .body_pipeline(
+                    claim.client(),
+                    0,
+                    patch,
+                    &[Step::Sql("BEGIN"), Step::Exec(&claim_st, &row)],
+                    &[Step::Exec(&stamp_st, &key)],
+                )
+                .await;
+            let r = match r {
+                Err(TxFailure::Before(e)) => {
+                    claim.rollback().await;
+                    return Err(self.claim_error(patch, e));
+                }
+                Err(TxFailure::Node(f)) => Err(f),
+                Ok(()) => Ok(()),
+            };
+            let outcome = self.node_done(patch, 0, t, r);
+            if let Some(failure) = self.record(patch, vec![outcome], report) {
+                claim.rollback().await;
+                self.patch_done(patch, started, false);
+                return Err(Error::Failed(failure));
+            }
+            return match claim.finish("COMMIT").await {
+                Ok(()) => {
+                    self.patch_done(patch, started, true);
+                    Ok(())
+                }
+                Err(e) => Err(Error::Failed(format!(
+                    "patch `{}`: cannot commit the claim on master node `{}`: {e}",
+                    patch.version,
+                    master.name()
+                ))),
+            };
+        }
+        // The claim first, on its own: nothing may run anywhere before it holds.
+        let opened = pipeline::run(
+            claim.client(),
+            &[Step::Sql("BEGIN"), Step::Exec(&claim_st, &row)],
+        )
+        .await;
+        if let Some((_, e)) = pipeline::first_failure(&opened) {
+            let e = e.clone();
+            claim.rollback().await;
+            return Err(self.claim_error(patch, e));
+        }
 
         let replicas = self.replica_targets(patch);
         let master_needs = plan::needs_body(patch, Role::Master, &self.ledgers[0]);
         let logical = self.replication == Replication::Logical;
         let results: Vec<Outcome> = match (patch.kind, patch.order) {
-            (PatchType::Std, _) => {
-                vec![self.timed(patch, 0, self.body_in(&*claim, 0, patch)).await]
-            }
+            (PatchType::Std, _) => unreachable!("std patches return above"),
             (PatchType::Direct | PatchType::Concurrent, PatchOrder::MasterFirst) => {
                 // Destructive changes: the master commits its part first (outside
                 // the claim, in its local book), subscribers catch up past it,
@@ -612,7 +677,7 @@ impl Run<'_> {
                 if rs.iter().all(|(_, _, r)| r.is_ok()) {
                     if logical && !replicas.is_empty() {
                         if let Err(e) = self.wait_for_subscribers(patch).await {
-                            let _ = claim.rollback().await;
+                            claim.rollback().await;
                             self.record(patch, rs, report);
                             self.patch_done(patch, started, false);
                             return Err(e);
@@ -639,13 +704,16 @@ impl Run<'_> {
                     .fan_out(patch, &replicas, |i| self.direct_on(i, Book::Main, patch))
                     .await;
                 if rs.iter().all(|(_, _, r)| r.is_ok()) {
-                    rs.push(self.timed(patch, 0, self.body_in(&*claim, 0, patch)).await);
+                    rs.push(
+                        self.timed(patch, 0, self.body_in_claim(claim.client(), patch))
+                            .await,
+                    );
                 }
                 rs
             }
             (PatchType::Direct, PatchOrder::ReplicasFirst) => {
                 let (m, mut rs) = tokio::join!(
-                    self.timed(patch, 0, self.body_in(&*claim, 0, patch)),
+                    self.timed(patch, 0, self.body_in_claim(claim.client(), patch)),
                     self.fan_out(patch, &replicas, |i| self.direct_on(i, Book::Main, patch)),
                 );
                 rs.push(m);
@@ -671,18 +739,23 @@ impl Run<'_> {
         };
 
         if let Some(failure) = self.record(patch, results, report) {
-            let _ = claim.rollback().await;
+            claim.rollback().await;
             self.patch_done(patch, started, false);
             return Err(Error::Failed(failure));
         }
 
-        let stamped = async {
-            self.ledger
-                .stamp(&*claim, Book::Main, patch.version)
-                .await?;
-            claim.commit().await.map_err(PgFailure::from)
-        }
+        let stamped = pipeline::run(
+            claim.client(),
+            &[Step::Exec(&stamp_st, &key), Step::Sql("COMMIT")],
+        )
         .await;
+        let stamped = match pipeline::first_failure(&stamped) {
+            None => Ok(()),
+            Some((_, e)) => Err(e.clone()),
+        };
+        if stamped.is_ok() {
+            claim.release();
+        }
         if let Err(e) = stamped {
             return Err(Error::Failed(format!(
                 "patch `{}`: cannot stamp and commit the claim on master node `{}`: {e}",
@@ -696,25 +769,30 @@ impl Run<'_> {
 
     /// Inserts the claim row in the master's open transaction.
     async fn claim(&self, tx: &impl GenericClient, patch: &Patch) -> Result<(), Error> {
-        let master = self.cluster.master();
         self.ledger
             .claim(tx, patch, &self.applied_by)
             .await
-            .map_err(|e| {
-                if e.is(&SqlState::UNIQUE_VIOLATION) || e.is(&SqlState::LOCK_NOT_AVAILABLE) {
-                    Error::Busy(format!(
-                        "patch `{}` is already claimed on master node `{}` by another coordinator",
-                        patch.version,
-                        master.name()
-                    ))
-                } else {
-                    Error::Failed(format!(
-                        "patch `{}`: cannot claim it on master node `{}`: {e}",
-                        patch.version,
-                        master.name()
-                    ))
-                }
-            })
+            .map_err(|e| self.claim_error(patch, e))
+    }
+
+    /// Why the claim could not be inserted: another coordinator has it, or worse.
+    fn claim_error(&self, patch: &Patch, e: PgFailure) -> Error {
+        let master = self.cluster.master();
+        {
+            if e.is(&SqlState::UNIQUE_VIOLATION) || e.is(&SqlState::LOCK_NOT_AVAILABLE) {
+                Error::Busy(format!(
+                    "patch `{}` is already claimed on master node `{}` by another coordinator",
+                    patch.version,
+                    master.name()
+                ))
+            } else {
+                Error::Failed(format!(
+                    "patch `{}`: cannot claim it on master node `{}`: {e}",
+                    patch.version,
+                    master.name()
+                ))
+            }
+        }
     }
 
     fn replica_targets(&self, patch: &Patch) -> Vec<usize> {
@@ -779,6 +857,25 @@ impl Run<'_> {
             .await
     }
 
+    /// Reports a node's part as finished and returns its outcome.
+    fn node_done(
+        &self,
+        patch: &Patch,
+        i: usize,
+        started: Instant,
+        r: Result<(), NodeFailure>,
+    ) -> Outcome {
+        let elapsed = started.elapsed();
+        let error = r.as_ref().err().map(|f| f.describe(patch));
+        self.reporter.event(&Event::NodeDone {
+            version: patch.version,
+            node: self.node(i).name(),
+            elapsed,
+            error: error.as_deref(),
+        });
+        (i, elapsed, r)
+    }
+
     async fn timed(
         &self,
         patch: &Patch,
@@ -821,6 +918,7 @@ impl Run<'_> {
         sql_text: &str,
         first_line: usize,
         in_tx: bool,
+        failed_tries: u32,
     ) -> Result<(), NodeFailure> {
         let node = self.node(i);
         let on_retry = |n: u32, pause: Duration| {
@@ -833,16 +931,24 @@ impl Run<'_> {
                 crate::report::human(pause)
             )));
         };
-        retry::execute(client, node, sql_text, in_tx, &self.policy, &on_retry)
-            .await
-            .map_err(|x| NodeFailure {
-                node: node.name().clone(),
-                what: x.describe(&self.policy),
-                line: x
-                    .failure
-                    .position
-                    .map(|p| first_line + sql::line_at_char_position(sql_text, p as usize) - 1),
-            })
+        retry::execute(
+            client,
+            node,
+            sql_text,
+            in_tx,
+            &self.policy,
+            &on_retry,
+            failed_tries,
+        )
+        .await
+        .map_err(|x| NodeFailure {
+            node: node.name().clone(),
+            what: x.describe(&self.policy),
+            line: x
+                .failure
+                .position
+                .map(|p| first_line + sql::line_at_char_position(sql_text, p as usize) - 1),
+        })
     }
 
     /// The whole body in one round trip, inside transaction `tx`.
@@ -852,7 +958,7 @@ impl Run<'_> {
         i: usize,
         patch: &Patch,
     ) -> Result<(), NodeFailure> {
-        self.execute(tx, i, patch, &patch.body, 1, true).await
+        self.execute(tx, i, patch, &patch.body, 1, true, 0).await
     }
 
     async fn ensure(
@@ -883,24 +989,130 @@ impl Run<'_> {
     /// its own ledger row (a replica's main book, or the master's local book
     /// for a master-first patch).
     async fn direct_on(&self, i: usize, book: Book, patch: &Patch) -> Result<(), NodeFailure> {
-        let mut session = self.node(i).session().await.map_err(self.fail(i))?;
+        let session = self.node(i).session().await.map_err(self.fail(i))?;
         self.ensure(i, session.client(), book)
             .await
             .map_err(self.fail(i))?;
-        let tx = session
-            .transaction()
+        let statements = async {
+            Ok::<_, tokio_postgres::Error>((
+                session
+                    .prepare_cached(&self.ledger.record_start_sql(book))
+                    .await?,
+                session.prepare_cached(&self.ledger.stamp_sql(book)).await?,
+            ))
+        }
+        .await
+        .map_err(|e| self.fail(i)(e.into()))?;
+        let (start_st, stamp_st) = statements;
+        let params = RowParams::new(patch, &self.applied_by);
+        let (row, key) = (params.row(), params.key());
+        let tx = TxSession::new(session);
+        // BEGIN, ledger row, body, stamp: one round trip; then COMMIT.
+        match self
+            .body_pipeline(
+                tx.client(),
+                i,
+                patch,
+                &[Step::Sql("BEGIN"), Step::Exec(&start_st, &row)],
+                &[Step::Exec(&stamp_st, &key)],
+            )
             .await
-            .map_err(|e| self.fail(i)(e.into()))?;
-        self.ledger
-            .record_start(&*tx, book, patch, &self.applied_by)
+        {
+            Ok(()) => tx.finish("COMMIT").await.map_err(self.fail(i)),
+            Err(TxFailure::Before(e)) => {
+                tx.rollback().await;
+                Err(self.fail(i)(e))
+            }
+            Err(TxFailure::Node(f)) => {
+                tx.rollback().await;
+                Err(f)
+            }
+        }
+    }
+
+    /// `before` (opening the transaction and writing its ledger row), the body
+    /// under a savepoint, then `after` — pipelined in one round trip. A body
+    /// that hits the lock timeout is rolled back to its savepoint and retried,
+    /// so the transaction, and a claim in it, live on. Does not commit.
+    async fn body_pipeline(
+        &self,
+        client: &tokio_postgres::Client,
+        i: usize,
+        patch: &Patch,
+        before: &[Step<'_>],
+        after: &[Step<'_>],
+    ) -> Result<(), TxFailure> {
+        let mut steps: Vec<Step<'_>> = before.to_vec();
+        steps.push(Step::Sql("SAVEPOINT pgconvoy_try"));
+        let body_at = steps.len();
+        steps.push(Step::Sql(&patch.body));
+        steps.push(Step::Sql("RELEASE SAVEPOINT pgconvoy_try"));
+        steps.extend_from_slice(after);
+        let results = pipeline::run(client, &steps).await;
+        let Some((at, e)) = pipeline::first_failure(&results) else {
+            return Ok(());
+        };
+        if at < before.len() {
+            return Err(TxFailure::Before(e.clone()));
+        }
+        if at != body_at {
+            return Err(TxFailure::Node(self.fail(i)(e.clone())));
+        }
+        if !e.is(&SqlState::LOCK_NOT_AVAILABLE) || self.policy.retries == 0 {
+            return Err(TxFailure::Node(self.body_failure(
+                i,
+                patch,
+                &patch.body,
+                1,
+                e.clone(),
+            )));
+        }
+        // The lock timeout: keep the transaction, retry the body.
+        client
+            .batch_execute("ROLLBACK TO SAVEPOINT pgconvoy_try")
             .await
-            .map_err(self.fail(i))?;
-        self.body_in(&*tx, i, patch).await?;
-        self.ledger
-            .stamp(&*tx, book, patch.version)
+            .map_err(|e| TxFailure::Node(self.fail(i)(e.into())))?;
+        self.execute(client, i, patch, &patch.body, 1, true, 1)
             .await
-            .map_err(self.fail(i))?;
-        tx.commit().await.map_err(|e| self.fail(i)(e.into()))
+            .map_err(TxFailure::Node)?;
+        let results = pipeline::run(client, after).await;
+        match pipeline::first_failure(&results) {
+            None => Ok(()),
+            Some((_, e)) => Err(TxFailure::Node(self.fail(i)(e.clone()))),
+        }
+    }
+
+    /// The master's part of a `direct` patch, in the open claim transaction.
+    async fn body_in_claim(
+        &self,
+        client: &tokio_postgres::Client,
+        patch: &Patch,
+    ) -> Result<(), NodeFailure> {
+        match self.body_pipeline(client, 0, patch, &[], &[]).await {
+            Ok(()) => Ok(()),
+            Err(TxFailure::Node(f)) => Err(f),
+            Err(TxFailure::Before(e)) => Err(self.fail(0)(e)),
+        }
+    }
+
+    /// A body error, pointing at its line in the patch file.
+    fn body_failure(
+        &self,
+        i: usize,
+        patch: &Patch,
+        sql_text: &str,
+        first_line: usize,
+        e: PgFailure,
+    ) -> NodeFailure {
+        let line = e
+            .position
+            .map(|p| first_line + sql::line_at_char_position(sql_text, p as usize) - 1);
+        let _ = patch;
+        NodeFailure {
+            node: self.node(i).name().clone(),
+            what: e.to_string(),
+            line,
+        }
     }
 
     /// After the master committed its part of a master-first patch: wait until
@@ -961,7 +1173,7 @@ impl Run<'_> {
             if resuming && self.index_already_built(client, i, patch, text).await? {
                 continue;
             }
-            self.execute(client, i, patch, text, span.line, false)
+            self.execute(client, i, patch, text, span.line, false, 0)
                 .await?;
         }
         self.ledger

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
 use crate::config::LedgerTable;
@@ -184,36 +185,48 @@ impl Ledger {
 
     /// The claim: inserts the master's row with `end_time` NULL. A second
     /// coordinator inserting the same row blocks on it, then fails.
+    /// Parameters: [`RowParams::row`].
+    pub fn claim_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by)
+             VALUES ($1, $2, $3, $4, $5, clock_timestamp(), NULL, $6)",
+            self.qualified(Book::Main)
+        )
+    }
+
+    /// Records that a node started the body (replicas; the master's local book):
+    /// a row with `end_time` NULL, replacing an earlier unfinished one.
+    /// Parameters: [`RowParams::row`].
+    pub fn record_start_sql(&self, book: Book) -> String {
+        format!(
+            "INSERT INTO {} AS r (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by)
+             VALUES ($1, $2, $3, $4, $5, clock_timestamp(), NULL, $6)
+             ON CONFLICT (major, minor, patch) DO UPDATE
+                SET patch_type = EXCLUDED.patch_type, checksum = EXCLUDED.checksum,
+                    start_time = EXCLUDED.start_time, end_time = NULL, applied_by = EXCLUDED.applied_by",
+            self.qualified(book)
+        )
+    }
+
+    /// Stamps `end_time`: the patch is done in that book. Parameters: [`RowParams::key`].
+    pub fn stamp_sql(&self, book: Book) -> String {
+        format!(
+            "UPDATE {} SET end_time = clock_timestamp() WHERE major = $1 AND minor = $2 AND patch = $3",
+            self.qualified(book)
+        )
+    }
+
     pub async fn claim(
         &self,
         client: &impl GenericClient,
         patch: &Patch,
         applied_by: &str,
     ) -> Result<(), PgFailure> {
-        let sql = format!(
-            "INSERT INTO {} (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by)
-             VALUES ($1, $2, $3, $4, $5, clock_timestamp(), NULL, $6)",
-            self.qualified(Book::Main)
-        );
-        let (a, b, c) = key(patch.version);
-        client
-            .execute(
-                &sql,
-                &[
-                    &a,
-                    &b,
-                    &c,
-                    &patch.kind.as_str(),
-                    &patch.checksum,
-                    &applied_by,
-                ],
-            )
-            .await?;
+        let p = RowParams::new(patch, applied_by);
+        client.execute(&self.claim_sql(), &p.row()).await?;
         Ok(())
     }
 
-    /// Records that a node started the body (replicas; the master's local book):
-    /// a row with `end_time` NULL, replacing an earlier unfinished one.
     pub async fn record_start(
         &self,
         client: &impl GenericClient,
@@ -221,50 +234,68 @@ impl Ledger {
         patch: &Patch,
         applied_by: &str,
     ) -> Result<(), PgFailure> {
-        let sql = format!(
-            "INSERT INTO {} AS r (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by)
-             VALUES ($1, $2, $3, $4, $5, clock_timestamp(), NULL, $6)
-             ON CONFLICT (major, minor, patch) DO UPDATE
-                SET patch_type = EXCLUDED.patch_type, checksum = EXCLUDED.checksum,
-                    start_time = EXCLUDED.start_time, end_time = NULL, applied_by = EXCLUDED.applied_by",
-            self.qualified(book)
-        );
-        let (a, b, c) = key(patch.version);
+        let p = RowParams::new(patch, applied_by);
         client
-            .execute(
-                &sql,
-                &[
-                    &a,
-                    &b,
-                    &c,
-                    &patch.kind.as_str(),
-                    &patch.checksum,
-                    &applied_by,
-                ],
-            )
+            .execute(&self.record_start_sql(book), &p.row())
             .await?;
         Ok(())
     }
 
-    /// Stamps `end_time`: the patch is done in that book.
     pub async fn stamp(
         &self,
         client: &impl GenericClient,
         book: Book,
         version: PatchVersion,
     ) -> Result<(), PgFailure> {
-        let sql = format!(
-            "UPDATE {} SET end_time = clock_timestamp() WHERE major = $1 AND minor = $2 AND patch = $3",
-            self.qualified(book)
-        );
         let (a, b, c) = key(version);
-        let n = client.execute(&sql, &[&a, &b, &c]).await?;
+        let n = client.execute(&self.stamp_sql(book), &[&a, &b, &c]).await?;
         if n != 1 {
             return Err(PgFailure::other(format!(
                 "ledger row for {version} vanished before it could be stamped"
             )));
         }
         Ok(())
+    }
+}
+
+/// The parameter values of a patch's ledger row.
+pub struct RowParams {
+    major: i32,
+    minor: i32,
+    point: i32,
+    kind: &'static str,
+    checksum: String,
+    applied_by: String,
+}
+
+impl RowParams {
+    pub fn new(patch: &Patch, applied_by: &str) -> RowParams {
+        let (major, minor, point) = key(patch.version);
+        RowParams {
+            major,
+            minor,
+            point,
+            kind: patch.kind.as_str(),
+            checksum: patch.checksum.clone(),
+            applied_by: applied_by.to_string(),
+        }
+    }
+
+    /// For the claim and record-start statements.
+    pub fn row(&self) -> [&(dyn ToSql + Sync); 6] {
+        [
+            &self.major,
+            &self.minor,
+            &self.point,
+            &self.kind,
+            &self.checksum,
+            &self.applied_by,
+        ]
+    }
+
+    /// For the stamp statement.
+    pub fn key(&self) -> [&(dyn ToSql + Sync); 3] {
+        [&self.major, &self.minor, &self.point]
     }
 }
 

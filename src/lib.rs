@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod localpg;
 pub mod patch;
 pub mod pgerror;
+pub mod pipeline;
 pub mod plan;
 pub mod recover;
 pub mod replication;

@@ -87,6 +87,7 @@ impl Exhausted {
 /// Runs `sql` on `client`, retrying lock timeouts. With `savepoint`, each try
 /// runs under a savepoint (the client is inside a transaction that must
 /// survive a failed try). `on_retry(try, pause)` is told before each pause.
+/// `failed_tries`: tries the caller already made that hit the lock timeout.
 pub async fn execute(
     client: &impl GenericClient,
     node: &Node,
@@ -94,10 +95,18 @@ pub async fn execute(
     savepoint: bool,
     policy: &RetryPolicy,
     on_retry: &(dyn Fn(u32, Duration) + Sync),
+    failed_tries: u32,
 ) -> Result<(), Exhausted> {
-    let mut tries = 0;
+    let mut tries = failed_tries;
     let mut pid: Option<i32> = None;
     let seen = Mutex::new(None);
+    if failed_tries > 0 {
+        // The caller's own (pipelined) first try hit the lock timeout.
+        pid = backend_pid(client).await;
+        let pause = policy.backoff(tries);
+        on_retry(tries, pause);
+        tokio::time::sleep(pause).await;
+    }
     loop {
         tries += 1;
         if savepoint {
@@ -144,11 +153,7 @@ pub async fn execute(
                     return Err(exhausted(&e, waiting, tries));
                 }
                 if pid.is_none() {
-                    pid = client
-                        .query_one("SELECT pg_backend_pid()", &[])
-                        .await
-                        .ok()
-                        .map(|r| r.get(0));
+                    pid = backend_pid(client).await;
                 }
                 let pause = policy.backoff(tries);
                 on_retry(tries, pause);
@@ -156,6 +161,14 @@ pub async fn execute(
             }
         }
     }
+}
+
+async fn backend_pid(client: &impl GenericClient) -> Option<i32> {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .ok()
+        .map(|r| r.get(0))
 }
 
 fn exhausted(e: &tokio_postgres::Error, waiting_for: Option<String>, tries: u32) -> Exhausted {
