@@ -122,6 +122,17 @@ pub struct UpgradeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,
 
+    /// Rehearse instead of applying: the maintenance-window report. On every node, the
+    /// patches this run would apply (same --all/-1/--patch-type selection) run inside one
+    /// transaction that is always rolled back; the report gives each patch's outcome per
+    /// node, the locks it takes and what they block, sessions that would block it (the
+    /// rehearsal waits at most --lock-timeout for a lock), long transactions, replication
+    /// lag, leftovers and lint findings. `concurrent` patches are listed, not rehearsed.
+    /// Writes nothing on any node, not even the ledger. Exit 1 when a rehearsal fails or
+    /// something blocks the run.
+    #[arg(long)]
+    pub dry_run: bool,
+
     /// Format of the summary printed on stdout (progress goes to stderr).
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub format: ReportFormat,

@@ -29,6 +29,10 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_LOCK_RETRIES: u32 = 5;
 /// Default bound on waiting for subscribers or standbys to catch up.
 pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default age from which the dry run reports another session's transaction or query.
+pub const DEFAULT_LONG_RUNNING_THRESHOLD: Duration = Duration::from_secs(60);
+/// Default replication lag above which the dry run reports a blocking finding.
+pub const DEFAULT_LAG_THRESHOLD: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -112,6 +116,16 @@ pub struct NodeConfig {
     pub endpoint: String,
 }
 
+impl NodeConfig {
+    /// The database the DSN names (libpq's default: the user name).
+    pub fn database(&self) -> &str {
+        self.pg
+            .get_dbname()
+            .or(self.pg.get_user())
+            .unwrap_or("postgres")
+    }
+}
+
 impl fmt::Debug for NodeConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NodeConfig")
@@ -192,6 +206,10 @@ pub struct Config {
     pub publication: Option<String>,
     /// How long to wait for subscribers or standbys to catch up.
     pub replication_timeout: Duration,
+    /// Dry run: other sessions whose transaction (or query) is older than this are reported.
+    pub long_running_threshold: Duration,
+    /// Dry run: replication lag above this is a blocking finding.
+    pub lag_threshold: Duration,
 }
 
 impl Config {
@@ -266,6 +284,18 @@ impl Config {
             .filter(|d| !d.is_zero()),
         };
 
+        let threshold = |key: &str, raw: Option<RawDuration>, default: Duration| match raw {
+            None => Ok(default),
+            Some(d) => d
+                .into_duration()
+                .map_err(|m| invalid(format!("key `{key}`: {m}"))),
+        };
+        let long_running_threshold = threshold(
+            "long_running_threshold",
+            raw.long_running_threshold,
+            DEFAULT_LONG_RUNNING_THRESHOLD,
+        )?;
+        let lag_threshold = threshold("lag_threshold", raw.lag_threshold, DEFAULT_LAG_THRESHOLD)?;
         let replication_timeout = match raw.replication_timeout {
             None => DEFAULT_REPLICATION_TIMEOUT,
             Some(d) => d
@@ -335,6 +365,8 @@ impl Config {
             replication: raw.replication,
             publication,
             replication_timeout,
+            long_running_threshold,
+            lag_threshold,
         })
     }
 }
@@ -381,6 +413,8 @@ struct RawConfig {
     replication: Replication,
     publication: Option<String>,
     replication_timeout: Option<RawDuration>,
+    long_running_threshold: Option<RawDuration>,
+    lag_threshold: Option<RawDuration>,
 }
 
 #[derive(Deserialize)]
@@ -698,5 +732,22 @@ mod tests {
         assert!(LedgerTable::parse("revision").is_err());
         assert!(LedgerTable::parse("a.B").is_err());
         assert!(LedgerTable::parse("a.b;drop").is_err());
+    }
+
+    #[test]
+    fn dry_run_thresholds() {
+        let d = dir();
+        let c = load(&d, OK).unwrap();
+        assert_eq!(c.long_running_threshold, DEFAULT_LONG_RUNNING_THRESHOLD);
+        assert_eq!(c.lag_threshold, DEFAULT_LAG_THRESHOLD);
+        let c = load(
+            &d,
+            &format!("long_running_threshold: 5m\nlag_threshold: 500ms\n{OK}"),
+        )
+        .unwrap();
+        assert_eq!(c.long_running_threshold, Duration::from_secs(300));
+        assert_eq!(c.lag_threshold, Duration::from_millis(500));
+        let e = load(&d, &format!("lag_threshold: soon\n{OK}")).unwrap_err();
+        assert!(e.contains("`lag_threshold`"), "{e}");
     }
 }

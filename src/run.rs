@@ -83,6 +83,9 @@ pub fn load_patches(config: &Config) -> Result<PatchSet, Error> {
 }
 
 fn upgrade(config: &Config, patches: &PatchSet, args: &UpgradeArgs) -> Result<(), Error> {
+    if args.dry_run {
+        return dry_run(config, patches, args);
+    }
     let opts = UpgradeOptions {
         selection: Selection {
             all: args.all,
@@ -99,6 +102,22 @@ fn upgrade(config: &Config, patches: &PatchSet, args: &UpgradeArgs) -> Result<()
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// `upgrade --dry-run`: the report on stdout, then exit 1 (something blocks) or 2 (refused).
+fn dry_run(config: &Config, patches: &PatchSet, args: &UpgradeArgs) -> Result<(), Error> {
+    let selection = Selection {
+        all: args.all,
+        one: args.one,
+        types: args.patch_types.clone(),
+    };
+    let reporter: Box<dyn Reporter> = report::for_stderr();
+    let report = runtime().block_on(crate::dryrun::dry_run(
+        config, patches, &selection, &*reporter,
+    ));
+    reporter.finish();
+    crate::dryrun_render::render(&report, args.format, &mut std::io::stdout().lock());
+    report.as_error().map_or(Ok(()), Err)
 }
 
 /// The end-of-run summary on stdout: patch × node, duration, outcome.

@@ -1,0 +1,767 @@
+//! `upgrade --dry-run`, the maintenance-window report: plans like a real run, rehearses on
+//! every node (see [`crate::rehearsal`]), runs the preflight (see [`crate::preflight`]) and
+//! the lint (see [`crate::lint`]), and gathers it all, with its findings and exit status,
+//! into one [`DryRunReport`]. Writes nothing on any node, not even the ledger's schema.
+
+use futures::stream::{self, StreamExt};
+
+use crate::cluster::{Cluster, Node};
+use crate::config::{Config, NodeName, Replication, Role};
+use crate::error::{exit, Error};
+use crate::ledger::Ledger;
+use crate::lint::{self, LintFinding, Rule};
+use crate::patch::{Patch, PatchOrder, PatchSet, PatchType};
+use crate::plan::{self, Selection};
+use crate::preflight::{self, Inspection, Probe, Thresholds};
+use crate::rehearsal::{self, Outcome, PatchRehearsal};
+use crate::report::{Event, Reporter};
+
+/// How much a finding matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// The run would fail or wait: the dry run exits 1.
+    Blocking,
+    /// Worth knowing before the window; does not fail the dry run.
+    Warning,
+}
+
+/// What a finding is about; the JSON report names it in kebab-case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FindingKind {
+    Unreachable,
+    /// A node's recovery state contradicts the configured topology (e.g. a standby where
+    /// a writable node is expected).
+    Topology,
+    /// Another coordinator holds the cluster lock right now.
+    CoordinatorRunning,
+    RehearsalFailed,
+    /// A session held a lock a patch needs past the rehearsal's lock timeout.
+    LockConflict,
+    /// A patch waited for a lock, then got it within the lock timeout.
+    LockWait,
+    LongRunningSession,
+    IdleInTransaction,
+    ReplicationLag,
+    SubscriptionDown,
+    InactiveSlot,
+    InvalidIndex,
+    PreparedTransaction,
+    UnfinishedLedgerRow,
+    /// A replica lacks `direct`/`concurrent` patches the master has applied.
+    Divergence,
+    Drift,
+    /// `--patch-type` refuses the next group.
+    Refused,
+}
+
+/// One finding of the dry run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finding {
+    pub severity: Level,
+    pub kind: FindingKind,
+    pub node: Option<String>,
+    pub patch: Option<String>,
+    pub message: String,
+}
+
+/// The selection as given on the command line.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SelectionView {
+    pub all: bool,
+    pub one: bool,
+    pub patch_types: Vec<PatchType>,
+}
+
+/// One group the run would apply, and where.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupPlan {
+    #[serde(rename = "type")]
+    pub patch_type: PatchType,
+    pub patches: Vec<String>,
+    /// Nodes that would run at least one patch of the group.
+    pub nodes: Vec<String>,
+    /// In what order the nodes get it, in words.
+    pub order: String,
+}
+
+/// What a node's ledger says.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LedgerView {
+    pub exists: bool,
+    /// Patches finished on this node (on the master: applied to the cluster).
+    pub applied: usize,
+    /// Rows started and not finished.
+    pub unfinished: Vec<String>,
+    /// Replicas: `direct`/`concurrent` patches the master has applied and this node lacks.
+    pub missing_from_master: Vec<String>,
+}
+
+/// One node of the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeReport {
+    pub name: String,
+    pub role: Role,
+    pub endpoint: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub server_version: Option<String>,
+    pub in_recovery: Option<bool>,
+    pub ledger: LedgerView,
+    /// The patches this node would receive, in order, each with its rehearsal.
+    pub patches: Vec<PatchRehearsal>,
+    /// Sessions, replication and leftovers; `null` when the node was not inspected.
+    pub preflight: Option<Inspection>,
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    /// Patches the run would apply (on the cluster).
+    pub patches: usize,
+    /// Patch × node rehearsals that succeeded / failed (not rehearsed counts as failed).
+    pub rehearsed_ok: usize,
+    pub failed: usize,
+    /// Patch × node pairs of `concurrent` patches.
+    pub not_rehearsable: usize,
+    pub blocking: usize,
+    pub warnings: usize,
+    pub lint: usize,
+}
+
+/// `ready` (exit 0), `blocked` (exit 1) or `refused` (bad input, exit 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ready,
+    Blocked,
+    Refused,
+}
+
+/// The whole maintenance-window report; its JSON shape is documented in the README.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRunReport {
+    pub dry_run: bool,
+    pub verdict: Verdict,
+    pub exit_code: u8,
+    pub config: String,
+    pub patch_dir: String,
+    pub ledger_table: String,
+    /// `replication` from the config: `none`, `logical` or `physical`.
+    pub replication: Replication,
+    /// The rehearsal's `lock_timeout` (`--lock-timeout`, `lock_timeout`).
+    pub lock_timeout_ms: u64,
+    pub selection: SelectionView,
+    /// Every patch not yet applied to the cluster.
+    pub pending: Vec<String>,
+    /// What this run would apply, group by group.
+    pub groups: Vec<GroupPlan>,
+    /// With `--all --patch-type`: where the run would stop.
+    pub stopped_before: Option<String>,
+    pub nodes: Vec<NodeReport>,
+    /// Blocking findings first.
+    pub findings: Vec<Finding>,
+    pub lint: Vec<LintFinding>,
+    pub summary: Summary,
+    /// Why the run would be refused as bad input (drift, `--patch-type`): exit 2.
+    #[serde(skip)]
+    pub refusal: Option<String>,
+}
+
+impl DryRunReport {
+    /// The error `run` returns after printing the report: exit 1 when something blocks,
+    /// 2 when a real run would refuse the input.
+    pub fn as_error(&self) -> Option<Error> {
+        match self.verdict {
+            Verdict::Ready => None,
+            Verdict::Refused => Some(Error::BadInput(
+                self.refusal
+                    .clone()
+                    .unwrap_or_else(|| "the dry run refused the input".into()),
+            )),
+            Verdict::Blocked => {
+                let s = &self.summary;
+                Some(Error::Failed(format!(
+                    "dry run: {} failing rehearsal(s), {} blocking finding(s); see the report",
+                    s.failed, s.blocking
+                )))
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.findings.sort_by_key(|f| f.severity);
+        let mut s = Summary {
+            patches: self.groups.iter().map(|g| g.patches.len()).sum(),
+            lint: self.lint.len(),
+            ..Summary::default()
+        };
+        for p in self.nodes.iter().flat_map(|n| &n.patches) {
+            match p.outcome {
+                Outcome::Ok => s.rehearsed_ok += 1,
+                Outcome::Failed | Outcome::NotRehearsed => s.failed += 1,
+                Outcome::NotRehearsable => s.not_rehearsable += 1,
+            }
+        }
+        for f in &self.findings {
+            match f.severity {
+                Level::Blocking => s.blocking += 1,
+                Level::Warning => s.warnings += 1,
+            }
+        }
+        self.verdict = if self.refusal.is_some() {
+            Verdict::Refused
+        } else if s.blocking > 0 || s.failed > 0 {
+            Verdict::Blocked
+        } else {
+            Verdict::Ready
+        };
+        self.exit_code = match self.verdict {
+            Verdict::Ready => exit::SUCCESS,
+            Verdict::Blocked => exit::FAILED,
+            Verdict::Refused => exit::BAD_INPUT,
+        };
+        self.summary = s;
+    }
+}
+
+fn finding(
+    severity: Level,
+    kind: FindingKind,
+    node: Option<&str>,
+    patch: Option<&str>,
+    message: String,
+) -> Finding {
+    Finding {
+        severity,
+        kind,
+        node: node.map(str::to_string),
+        patch: patch.map(str::to_string),
+        message,
+    }
+}
+
+/// Runs the dry run against the cluster of `config`.
+pub async fn dry_run(
+    config: &Config,
+    patches: &PatchSet,
+    selection: &Selection,
+    reporter: &dyn Reporter,
+) -> DryRunReport {
+    let cluster = Cluster::new(config);
+    let ledger = Ledger::new(config.ledger.clone());
+    let mut report = DryRunReport {
+        dry_run: true,
+        verdict: Verdict::Ready,
+        exit_code: exit::SUCCESS,
+        config: config.path.display().to_string(),
+        patch_dir: patches.dir.display().to_string(),
+        ledger_table: ledger.name(),
+        replication: config.replication,
+        lock_timeout_ms: u64::try_from(config.lock_timeout.as_millis()).unwrap_or(u64::MAX),
+        selection: SelectionView {
+            all: selection.all,
+            one: selection.one,
+            patch_types: selection.types.clone(),
+        },
+        pending: Vec::new(),
+        groups: Vec::new(),
+        stopped_before: None,
+        nodes: Vec::new(),
+        findings: Vec::new(),
+        lint: Vec::new(),
+        summary: Summary::default(),
+        refusal: None,
+    };
+
+    let probes: Vec<Probe> = stream::iter(cluster.nodes.iter())
+        .map(|n| preflight::probe(n, &ledger))
+        .buffered(cluster.jobs)
+        .collect()
+        .await;
+    report.nodes = cluster
+        .nodes
+        .iter()
+        .zip(&probes)
+        .map(|(n, p)| node_report(n, p, patches, &probes[0]))
+        .collect();
+    node_findings(&mut report);
+    let topology: Vec<(NodeName, Role, bool)> = cluster
+        .nodes
+        .iter()
+        .zip(&probes)
+        .filter_map(|(n, p)| Some((n.name().clone(), n.role(), p.in_recovery?)))
+        .collect();
+    for problem in crate::replication::topology_problems(config.replication, &topology) {
+        let node = topology
+            .iter()
+            .find(|(n, _, _)| problem.contains(&format!("`{n}`")))
+            .map(|(n, _, _)| n.to_string());
+        report.findings.push(finding(
+            Level::Blocking,
+            FindingKind::Topology,
+            node.as_deref(),
+            None,
+            problem,
+        ));
+    }
+
+    let drift: Vec<String> = cluster
+        .nodes
+        .iter()
+        .zip(&probes)
+        .filter(|(_, p)| p.reachable())
+        .flat_map(|(n, p)| plan::drift(patches, n.name(), &p.ledger))
+        .map(|d| {
+            report.findings.push(finding(
+                Level::Blocking,
+                FindingKind::Drift,
+                Some(d.node.as_str()),
+                Some(&d.version.to_string()),
+                d.to_string(),
+            ));
+            d.to_string()
+        })
+        .collect();
+    if !drift.is_empty() {
+        report.refusal = Some(format!("refusing to run: {}", drift.join("; ")));
+    }
+    if !probes[0].reachable() {
+        // Without the master's ledger nothing can be planned.
+        report.finish();
+        return report;
+    }
+    if let Some(holder) =
+        preflight::coordinator_running(cluster.master(), ledger.advisory_key()).await
+    {
+        report.findings.push(finding(
+            Level::Blocking,
+            FindingKind::CoordinatorRunning,
+            Some(cluster.master().name().as_str()),
+            None,
+            format!(
+                "another coordinator holds the cluster right now ({holder}): a run now would exit 3"
+            ),
+        ));
+    }
+
+    let pending = plan::pending(patches, &probes[0].ledger);
+    report.pending = pending.iter().map(|p| p.version.to_string()).collect();
+    report.lint = lint::lint(&pending);
+    let schedule = match plan::schedule(plan::groups(&pending), selection) {
+        Ok(s) => s,
+        Err(refusal) => {
+            report.findings.push(finding(
+                Level::Blocking,
+                FindingKind::Refused,
+                None,
+                Some(&refusal.version.to_string()),
+                refusal.to_string(),
+            ));
+            report.refusal.get_or_insert_with(|| refusal.to_string());
+            report.finish();
+            return report;
+        }
+    };
+    report.stopped_before = schedule.stopped_before.map(|p| p.version.to_string());
+    if report.refusal.is_some() {
+        report.finish();
+        return report;
+    }
+
+    // What each node would receive, in order.
+    let scheduled: Vec<&Patch> = schedule
+        .groups
+        .iter()
+        .flat_map(|g| g.patches.iter().copied())
+        .collect();
+    let targets: Vec<Vec<&Patch>> = cluster
+        .nodes
+        .iter()
+        .zip(&probes)
+        .map(|(n, p)| {
+            if n.role() == Role::Replica && config.replication == Replication::Physical {
+                // Standbys take no DDL: they replay the master's WAL.
+                return Vec::new();
+            }
+            scheduled
+                .iter()
+                .copied()
+                .filter(|patch| plan::needs_body(patch, n.role(), &p.ledger))
+                .collect()
+        })
+        .collect();
+    report.groups = schedule
+        .groups
+        .iter()
+        .map(|g| GroupPlan {
+            patch_type: g.kind,
+            patches: g.patches.iter().map(|p| p.version.to_string()).collect(),
+            nodes: cluster
+                .nodes
+                .iter()
+                .zip(&targets)
+                .filter(|(_, t)| {
+                    t.iter()
+                        .any(|p| g.patches.iter().any(|q| q.version == p.version))
+                })
+                .map(|(n, _)| n.name().to_string())
+                .collect(),
+            order: order(g.kind, &g.patches, config.replication),
+        })
+        .collect();
+    leftovers(&cluster, &ledger, &mut report).await;
+    if config.atomic_direct && schedule.groups.iter().any(|g| g.kind == PatchType::Direct) {
+        two_phase(&cluster, &probes, &mut report).await;
+    }
+
+    if scheduled.is_empty() {
+        reporter.event(&Event::Note(
+            "dry run: nothing to do, the cluster is up to date; checking the nodes",
+        ));
+    } else {
+        reporter.event(&Event::Note(&format!(
+            "dry run: rehearsing {} patch(es) on {} node(s) in transactions that are always rolled back; nothing is changed",
+            scheduled.len(),
+            cluster.nodes.len()
+        )));
+    }
+    let limits = Thresholds {
+        long_running: config.long_running_threshold,
+        lag: config.lag_threshold,
+    };
+    let examined: Vec<Examined> = stream::iter(cluster.nodes.iter().zip(&probes).zip(&targets))
+        .map(|((node, probe), targets)| examine(node, probe, targets, config, limits, reporter))
+        .buffered(cluster.jobs)
+        .collect()
+        .await;
+    for (n, e) in report.nodes.iter_mut().zip(examined) {
+        n.patches = e.patches;
+        n.preflight = e.inspection;
+        report.findings.extend(e.findings);
+    }
+    refine_lint(&mut report.lint, cluster.master()).await;
+    report.finish();
+    report
+}
+
+fn node_report(node: &Node, probe: &Probe, patches: &PatchSet, master: &Probe) -> NodeReport {
+    let l = &probe.ledger;
+    let done = |v| {
+        l.main
+            .get(v)
+            .is_some_and(|r: &crate::ledger::LedgerRow| r.is_done())
+    };
+    let missing_from_master =
+        if node.role() == Role::Replica && probe.reachable() && master.reachable() {
+            master
+                .ledger
+                .main
+                .iter()
+                .filter(|(v, r)| {
+                    r.is_done() && patches.get(**v).is_some_and(|p| p.kind.runs_on_replicas())
+                })
+                .filter(|(v, _)| !done(*v))
+                .map(|(v, _)| v.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+    NodeReport {
+        name: node.name().to_string(),
+        role: node.role(),
+        endpoint: node.config.endpoint.clone(),
+        reachable: probe.reachable(),
+        error: probe.error.clone(),
+        server_version: probe.server_version.clone(),
+        in_recovery: probe.in_recovery,
+        ledger: LedgerView {
+            exists: l.exists,
+            applied: l.main.values().filter(|r| r.is_done()).count(),
+            unfinished: l
+                .main
+                .values()
+                .chain(l.local.values())
+                .filter(|r| !r.is_done())
+                .map(|r| r.version.clone())
+                .collect(),
+            missing_from_master,
+        },
+        patches: Vec::new(),
+        preflight: None,
+    }
+}
+
+/// Findings that come from the probe alone.
+fn node_findings(report: &mut DryRunReport) {
+    for n in &report.nodes {
+        let node = Some(n.name.as_str());
+        if let Some(e) = &n.error {
+            report.findings.push(finding(
+                Level::Blocking,
+                FindingKind::Unreachable,
+                node,
+                None,
+                format!("node `{}` ({}) is unreachable: {e}", n.name, n.endpoint),
+            ));
+        }
+        for v in &n.ledger.unfinished {
+            report.findings.push(finding(
+                Level::Warning,
+                FindingKind::UnfinishedLedgerRow,
+                node,
+                Some(v),
+                format!(
+                    "node `{}`: patch `{v}` started there and did not finish (a failed or killed run); a run applies it again where it is missing",
+                    n.name
+                ),
+            ));
+        }
+        if !n.ledger.missing_from_master.is_empty() {
+            report.findings.push(finding(
+                Level::Warning,
+                FindingKind::Divergence,
+                node,
+                None,
+                format!(
+                    "node `{}` diverges from the master: it lacks {}, which the master has applied; a run does not repair that",
+                    n.name,
+                    n.ledger.missing_from_master.join(", ")
+                ),
+            ));
+        }
+    }
+}
+
+/// One node's rehearsal and preflight.
+struct Examined {
+    patches: Vec<PatchRehearsal>,
+    inspection: Option<Inspection>,
+    findings: Vec<Finding>,
+}
+
+async fn examine(
+    node: &Node,
+    probe: &Probe,
+    targets: &[&Patch],
+    config: &Config,
+    limits: Thresholds,
+    reporter: &dyn Reporter,
+) -> Examined {
+    let name = node.name().to_string();
+    if !probe.reachable() {
+        return Examined {
+            patches: rehearsal::not_rehearsed(targets, &format!("node `{name}` is unreachable")),
+            inspection: None,
+            findings: Vec::new(),
+        };
+    }
+    let mut findings = Vec::new();
+    let in_recovery = probe.in_recovery == Some(true);
+    let (patches, pids) = if in_recovery {
+        // The topology check reports the node; nothing can be rehearsed on a standby.
+        let why = format!("node `{name}` is a standby (in recovery): it cannot take DDL");
+        (rehearsal::not_rehearsed(targets, &why), Vec::new())
+    } else {
+        let r = rehearsal::rehearse(node, targets, config.lock_timeout, reporter).await;
+        for p in &r.patches {
+            findings.extend(rehearsal_findings(&name, p));
+        }
+        (r.patches, r.pids)
+    };
+    let ctx = preflight::Context {
+        own_pids: &pids,
+        in_recovery,
+        runs_concurrent: targets.iter().any(|p| p.kind == PatchType::Concurrent),
+    };
+    let (inspection, more) = preflight::inspect(node, &ctx, limits).await;
+    findings.extend(more);
+    Examined {
+        patches,
+        inspection: Some(inspection),
+        findings,
+    }
+}
+
+/// How the nodes get a group's patches, in words.
+fn order(kind: PatchType, patches: &[&Patch], replication: Replication) -> String {
+    let one = |p: &Patch| -> &'static str {
+        match (kind, replication, p.order) {
+            (PatchType::Std, _, _) => "master only (replication carries it)",
+            (_, Replication::Physical, _) => "master only (the standbys replay it)",
+            (_, _, PatchOrder::MasterFirst) => {
+                "master first; the replicas once its change has replicated (order=master-first)"
+            }
+            (_, Replication::Logical, _) => "replicas first, the master last",
+            (PatchType::Direct, _, _) => "every node at once",
+            (PatchType::Concurrent, _, _) => "every node at once, statement by statement",
+        }
+    };
+    let mut words: Vec<(&'static str, Vec<String>)> = Vec::new();
+    for p in patches {
+        let w = one(p);
+        match words.iter_mut().find(|(x, _)| *x == w) {
+            Some((_, vs)) => vs.push(p.version.to_string()),
+            None => words.push((w, vec![p.version.to_string()])),
+        }
+    }
+    match words.as_slice() {
+        [(w, _)] => w.to_string(),
+        _ => words
+            .iter()
+            .map(|(w, vs)| format!("{}: {w}", vs.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+/// pgconvoy's own prepared transactions from an interrupted `--atomic` run: a real run
+/// refuses to start until `pgconvoy recover` resolved them.
+async fn leftovers(cluster: &Cluster, ledger: &Ledger, report: &mut DryRunReport) {
+    for (node, n) in cluster.nodes.iter().zip(&report.nodes) {
+        if !n.reachable {
+            continue;
+        }
+        let Ok(session) = node.session().await else {
+            continue;
+        };
+        let Ok(left) = crate::recover::list(session.client(), ledger).await else {
+            continue;
+        };
+        for p in left {
+            report.findings.push(finding(
+                Level::Blocking,
+                FindingKind::PreparedTransaction,
+                Some(node.name().as_str()),
+                None,
+                format!(
+                    "node `{}` holds prepared transaction '{}' (since {}) from an interrupted --atomic run: a run refuses to start; run `pgconvoy recover` first",
+                    node.name(),
+                    p.gid,
+                    p.prepared_at
+                ),
+            ));
+        }
+    }
+}
+
+/// `--atomic` needs `max_prepared_transactions > 0` on every node; a real run refuses
+/// (exit 2) otherwise.
+async fn two_phase(cluster: &Cluster, probes: &[Probe], report: &mut DryRunReport) {
+    let mut refused = Vec::new();
+    for (node, probe) in cluster.nodes.iter().zip(probes) {
+        if !probe.reachable() {
+            continue;
+        }
+        let Ok(session) = node.session().await else {
+            continue;
+        };
+        let Ok(row) = session
+            .query_one("SELECT current_setting('max_prepared_transactions')", &[])
+            .await
+        else {
+            continue;
+        };
+        if row.get::<_, String>(0).trim() == "0" {
+            refused.push(format!("`{}`", node.name()));
+        }
+    }
+    if !refused.is_empty() {
+        let message = format!(
+            "--atomic (atomic_direct) needs two-phase commit, but max_prepared_transactions = 0 on node(s) {}; set it > 0 (a server restart) or run without --atomic",
+            refused.join(", ")
+        );
+        report.findings.push(finding(
+            Level::Blocking,
+            FindingKind::Refused,
+            None,
+            None,
+            message.clone(),
+        ));
+        report.refusal.get_or_insert(message);
+    }
+}
+
+fn rehearsal_findings(node: &str, p: &PatchRehearsal) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let after = if p.after_failed.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (after the failure of {} earlier in this rehearsal, which it may depend on)",
+            p.after_failed.join(", ")
+        )
+    };
+    let error = p.error.as_ref().map(|e| e.text.as_str()).unwrap_or("");
+    match p.outcome {
+        Outcome::Failed if p.lock_timed_out() => out.push(finding(
+            Level::Blocking,
+            FindingKind::LockConflict,
+            Some(node),
+            Some(&p.patch),
+            format!(
+                "patch `{}` would be blocked on node `{node}`: {error}",
+                p.patch
+            ),
+        )),
+        Outcome::Failed | Outcome::NotRehearsed => out.push(finding(
+            Level::Blocking,
+            FindingKind::RehearsalFailed,
+            Some(node),
+            Some(&p.patch),
+            format!("patch `{}` fails on node `{node}`: {error}{after}", p.patch),
+        )),
+        Outcome::Ok if !p.blockers.is_empty() => {
+            let who: Vec<String> = p.blockers.iter().map(|b| b.describe()).collect();
+            out.push(finding(
+                Level::Warning,
+                FindingKind::LockWait,
+                Some(node),
+                Some(&p.patch),
+                format!(
+                    "patch `{}` on node `{node}` waited for {} held by {}, and got it within the lock timeout",
+                    p.patch,
+                    p.blockers[0].waiting_for,
+                    who.join("; ")
+                ),
+            ));
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Drops `set-not-null` findings the master's catalog makes moot: the column is already
+/// NOT NULL, or a validated `CHECK (col IS NOT NULL)` exists (PostgreSQL then skips the scan).
+async fn refine_lint(lint: &mut Vec<LintFinding>, master: &Node) {
+    if !lint.iter().any(|f| f.rule == Rule::SetNotNull) {
+        return;
+    }
+    let Ok(session) = master.session().await else {
+        return;
+    };
+    let mut keep = Vec::with_capacity(lint.len());
+    for f in lint.drain(..) {
+        let Some(col) = f.column.as_ref().filter(|_| f.rule == Rule::SetNotNull) else {
+            keep.push(f);
+            continue;
+        };
+        let moot: bool = session
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                                 WHERE attrelid = to_regclass($1) AND attname = $2 AND attnotnull)
+                     OR EXISTS (SELECT 1 FROM pg_constraint
+                                 WHERE conrelid = to_regclass($1) AND contype = 'c' AND convalidated
+                                   AND pg_get_constraintdef(oid) = 'CHECK ((' || quote_ident($2) || ' IS NOT NULL))')",
+                &[&col.table.quoted(), &col.column],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        if !moot {
+            keep.push(f);
+        }
+    }
+    *lint = keep;
+}
