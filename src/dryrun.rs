@@ -242,14 +242,51 @@ fn finding(
     }
 }
 
-/// Runs the dry run against the cluster of `config`.
+/// Runs the dry run against the cluster of `config`. Ctrl-C or SIGTERM cancels what runs
+/// on every server and stops it (the rehearsals' transactions die with their connections).
 pub async fn dry_run(
     config: &Config,
     patches: &PatchSet,
     selection: &Selection,
     reporter: &dyn Reporter,
-) -> DryRunReport {
+) -> Result<DryRunReport, Error> {
     let cluster = Cluster::new(config);
+    let work = examine_cluster(&cluster, config, patches, selection, reporter);
+    tokio::pin!(work);
+    tokio::select! {
+        report = &mut work => Ok(report),
+        signal = interrupt() => {
+            cluster.inflight.cancel_all().await;
+            Err(Error::Failed(format!(
+                "{signal}: dry run stopped; its statements were cancelled and its transactions roll back; nothing was changed"
+            )))
+        }
+    }
+}
+
+/// Waits for Ctrl-C or, on Unix, SIGTERM; says which.
+async fn interrupt() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
+                _ = term.recv() => "terminated (SIGTERM)",
+            };
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "interrupted (Ctrl-C)"
+}
+
+async fn examine_cluster(
+    cluster: &Cluster,
+    config: &Config,
+    patches: &PatchSet,
+    selection: &Selection,
+    reporter: &dyn Reporter,
+) -> DryRunReport {
     let ledger = Ledger::new(config.ledger.clone());
     let mut report = DryRunReport {
         dry_run: true,
@@ -411,9 +448,9 @@ pub async fn dry_run(
             order: order(g.kind, &g.patches, config.replication),
         })
         .collect();
-    leftovers(&cluster, &ledger, &mut report).await;
+    leftovers(cluster, &ledger, &mut report).await;
     if config.atomic_direct && schedule.groups.iter().any(|g| g.kind == PatchType::Direct) {
-        two_phase(&cluster, &probes, &mut report).await;
+        two_phase(cluster, &probes, &mut report).await;
     }
 
     if scheduled.is_empty() {

@@ -116,6 +116,7 @@ fn dry_run(config: &Config, patches: &PatchSet, args: &UpgradeArgs) -> Result<()
         config, patches, &selection, &*reporter,
     ));
     reporter.finish();
+    let report = report?;
     crate::dryrun_render::render(&report, args.format, &mut std::io::stdout().lock());
     report.as_error().map_or(Ok(()), Err)
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::cli::Run;
 use common::Fixture;
+use pgconvoy::localpg::{LocalServer, PgBinaries, ServerOptions};
 use serde_json::Value;
 
 /// Polls `cond` every 50 ms until it holds or `secs` seconds have passed.
@@ -535,6 +536,157 @@ fn a_running_coordinator_blocks() {
         .contains(&holder.pid(&f, 0)));
     drop(holder);
     f.run(&["upgrade", "--dry-run"]).expect(0);
+}
+
+#[test]
+fn ctrl_c_cancels_the_rehearsals_and_leaves_nothing_running() {
+    let f = Fixture::new(2);
+    f.patch(
+        "patch-1-0-0-direct.sql",
+        "CREATE TABLE slow (id int);\nSELECT pg_sleep(30);\n",
+    );
+    let mut child = common::cli::command(f.scratch.path(), &["upgrade", "--dry-run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pgconvoy");
+    let sleeping = |n: usize| {
+        f.psql(
+            n,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgconvoy' \
+             AND datname = current_database() AND state = 'active' AND query ILIKE '%pg_sleep%'",
+        ) != "0"
+    };
+    let started = wait_for(10, || sleeping(0) && sleeping(1));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(started, "the rehearsal never ran on both nodes");
+    let status = status.expect("the dry run did not stop within 10 s of Ctrl-C");
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("interrupted (Ctrl-C)"), "{stderr}");
+    for n in 0..2 {
+        assert!(wait_for(5, || !sleeping(n)), "still running on node{n}");
+        assert!(!f.has_relation(n, "slow"));
+    }
+}
+
+#[test]
+fn a_standby_where_a_writable_node_is_expected_blocks() {
+    let bins = PgBinaries::locate().expect("locate");
+    let primary = LocalServer::start(&bins, &ServerOptions::default()).expect("primary");
+    let db = common::unique_db("standby");
+    primary.create_database(&db).expect("create db");
+    primary
+        .psql(&db, "CREATE TABLE orders (id int)")
+        .expect("orders");
+    let standby = LocalServer::start_standby(&primary, &ServerOptions::default()).expect("standby");
+    let f = Fixture::with_dsns(db.clone(), vec![primary.dsn(&db), standby.dsn(&db)]);
+    f.patch(
+        "patch-1-0-0-direct.sql",
+        "ALTER TABLE orders ADD COLUMN n int;\n",
+    );
+
+    let (run, r) = dry_json(&f, &[]);
+    run.expect(1);
+    assert_eq!(r["nodes"][1]["in_recovery"], true);
+    assert_eq!(outcomes(&r, 1), strings(&["1-0-0:not_rehearsed"]));
+    let topo = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["kind"] == "topology")
+        .expect("a topology finding");
+    assert_eq!(topo["severity"], "blocking");
+    assert_eq!(topo["node"], "node1");
+
+    // Declared as a physical standby: it gets nothing, and the master reports it streaming.
+    f.write_config("replication: physical\n");
+    let streaming = wait_for(10, || {
+        f.psql(
+            0,
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+        ) == "1"
+    });
+    assert!(streaming, "the standby never streamed");
+    let (run, r) = dry_json(&f, &[]);
+    run.expect(0);
+    assert!(outcomes(&r, 1).is_empty());
+    assert_eq!(outcomes(&r, 0), strings(&["1-0-0:ok"]));
+    assert_eq!(
+        r["nodes"][0]["preflight"]["replication"]["standbys"][0]["state"],
+        "streaming"
+    );
+    assert_eq!(
+        r["groups"][0]["order"],
+        "master only (the standbys replay it)"
+    );
+}
+
+#[test]
+fn drift_is_refused_like_a_real_run_and_unfinished_rows_are_reported() {
+    let f = Fixture::new(2);
+    on_all(&f, "CREATE TABLE dup (v int); INSERT INTO dup VALUES (1);");
+    f.psql(1, "INSERT INTO dup VALUES (1)");
+    f.patch(
+        "patch-1-0-0-concurrent.sql",
+        "CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v);\n",
+    );
+    // Fails on node1 (duplicates): an unfinished ledger row and an invalid index there.
+    f.run(&["upgrade"]).expect(1);
+    let (run, r) = dry_json(&f, &[]);
+    run.expect(0);
+    assert_eq!(r["nodes"][1]["ledger"]["unfinished"][0], "1-0-0");
+    let kinds: Vec<String> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            format!(
+                "{}:{}",
+                x["kind"].as_str().unwrap(),
+                x["node"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&"unfinished-ledger-row:node1".to_string()),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"invalid-index:node1".to_string()),
+        "{kinds:?}"
+    );
+    // The master's part finished: only node1 would still run it.
+    assert!(outcomes(&r, 0).is_empty(), "{:?}", outcomes(&r, 0));
+    assert_eq!(outcomes(&r, 1), strings(&["1-0-0:not_rehearsable"]));
+
+    f.psql(1, "DELETE FROM dup");
+    f.run(&["upgrade"]).expect(0);
+    f.patch(
+        "patch-1-0-0-concurrent.sql",
+        "CREATE UNIQUE INDEX CONCURRENTLY dup_w ON dup (v);\n",
+    );
+    let (run, r) = dry_json(&f, &[]);
+    run.expect(2).says("has changed since");
+    assert_eq!(r["verdict"], "refused");
+    assert!(r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["kind"] == "drift" && x["severity"] == "blocking"));
 }
 
 #[test]
