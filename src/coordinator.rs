@@ -405,15 +405,21 @@ pub async fn acquire_lock(
     reporter.event(&Event::Note(&format!(
         "waiting for another coordinator to finish ({holder})"
     )));
-    // pg_advisory_lock waits on a lock: the session's lock_timeout must not apply.
-    lock.client
-        .batch_execute("SET lock_timeout = 0")
-        .await
-        .map_err(failed)?;
-    lock.client
-        .execute("SELECT pg_advisory_lock($1)", &[&key])
-        .await
-        .map_err(failed)?;
+    // Poll rather than block in pg_advisory_lock: a statement waiting on the
+    // lock holds a snapshot, and CREATE INDEX CONCURRENTLY on the master would
+    // wait for it.
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let got: bool = lock
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(failed)?
+            .get(0);
+        if got {
+            break;
+        }
+    }
     reporter.event(&Event::Note("lock acquired"));
     Ok(lock)
 }
@@ -915,8 +921,7 @@ impl Run<'_> {
         client: &impl GenericClient,
         i: usize,
         patch: &Patch,
-        sql_text: &str,
-        first_line: usize,
+        (sql_text, first_line): (&str, usize),
         in_tx: bool,
         failed_tries: u32,
     ) -> Result<(), NodeFailure> {
@@ -941,13 +946,10 @@ impl Run<'_> {
             failed_tries,
         )
         .await
-        .map_err(|x| NodeFailure {
-            node: node.name().clone(),
-            what: x.describe(&self.policy),
-            line: x
-                .failure
-                .position
-                .map(|p| first_line + sql::line_at_char_position(sql_text, p as usize) - 1),
+        .map_err(|x| {
+            let mut f = self.body_failure(i, (sql_text, first_line), x.failure.clone());
+            f.what = x.describe(&self.policy);
+            f
         })
     }
 
@@ -958,7 +960,7 @@ impl Run<'_> {
         i: usize,
         patch: &Patch,
     ) -> Result<(), NodeFailure> {
-        self.execute(tx, i, patch, &patch.body, 1, true, 0).await
+        self.execute(tx, i, patch, (&patch.body, 1), true, 0).await
     }
 
     async fn ensure(
@@ -1061,9 +1063,7 @@ impl Run<'_> {
         if !e.is(&SqlState::LOCK_NOT_AVAILABLE) || self.policy.retries == 0 {
             return Err(TxFailure::Node(self.body_failure(
                 i,
-                patch,
-                &patch.body,
-                1,
+                (&patch.body, 1),
                 e.clone(),
             )));
         }
@@ -1072,7 +1072,7 @@ impl Run<'_> {
             .batch_execute("ROLLBACK TO SAVEPOINT pgconvoy_try")
             .await
             .map_err(|e| TxFailure::Node(self.fail(i)(e.into())))?;
-        self.execute(client, i, patch, &patch.body, 1, true, 1)
+        self.execute(client, i, patch, (&patch.body, 1), true, 1)
             .await
             .map_err(TxFailure::Node)?;
         let results = pipeline::run(client, after).await;
@@ -1099,15 +1099,12 @@ impl Run<'_> {
     fn body_failure(
         &self,
         i: usize,
-        patch: &Patch,
-        sql_text: &str,
-        first_line: usize,
+        (sql_text, first_line): (&str, usize),
         e: PgFailure,
     ) -> NodeFailure {
         let line = e
             .position
             .map(|p| first_line + sql::line_at_char_position(sql_text, p as usize) - 1);
-        let _ = patch;
         NodeFailure {
             node: self.node(i).name().clone(),
             what: e.to_string(),
@@ -1170,11 +1167,16 @@ impl Run<'_> {
             .await
             .map_err(self.fail(i))?;
         for (text, span) in patch.statement_texts() {
-            if resuming && self.index_already_built(client, i, patch, text).await? {
-                continue;
+            match sql::create_index_concurrently_name(text) {
+                Some(name) => {
+                    self.build_index(client, i, patch, (text, span.line), &name, resuming)
+                        .await?
+                }
+                None => {
+                    self.execute(client, i, patch, (text, span.line), false, 0)
+                        .await?
+                }
             }
-            self.execute(client, i, patch, text, span.line, false, 0)
-                .await?;
         }
         self.ledger
             .stamp(client, book, patch.version)
@@ -1182,55 +1184,113 @@ impl Run<'_> {
             .map_err(self.fail(i))
     }
 
-    /// For `CREATE [UNIQUE] INDEX CONCURRENTLY name` in a resumed patch: a
-    /// valid index of that name means the statement already ran (true); an
-    /// invalid one is what a failed build leaves, and is dropped concurrently
-    /// so the statement can rebuild it (false).
-    async fn index_already_built(
+    /// `CREATE [UNIQUE] INDEX CONCURRENTLY name …`, made safe to retry and
+    /// resume: a failed build (a lock timeout included) leaves an invalid index
+    /// behind, which is dropped concurrently before the next try; a valid index
+    /// of that name in a resumed patch means an earlier attempt built it; and
+    /// the index must be valid afterwards (IF NOT EXISTS would skip an invalid one).
+    async fn build_index(
         &self,
         client: &tokio_postgres::Client,
         i: usize,
         patch: &Patch,
-        statement: &str,
-    ) -> Result<bool, NodeFailure> {
-        let Some(name) = sql::create_index_concurrently_name(statement) else {
-            return Ok(false);
-        };
+        (text, line): (&str, usize),
+        name: &str,
+        resuming: bool,
+    ) -> Result<(), NodeFailure> {
+        let node = self.node(i).name();
         let qualified: String = name
             .split('.')
             .map(quote_ident)
             .collect::<Vec<_>>()
             .join(".");
-        let node = self.node(i).name();
-        let valid: Option<bool> = client
+        let mut failed = 0;
+        loop {
+            match self.index_valid(client, i, &qualified).await? {
+                Some(true) if resuming && failed == 0 => {
+                    self.note(format!(
+                        "{} on {node}: index `{name}` already exists and is valid (an earlier attempt built it); statement treated as done",
+                        patch.version
+                    ));
+                    return Ok(());
+                }
+                _ => {}
+            }
+            let once = RetryPolicy {
+                retries: 0,
+                ..self.policy
+            };
+            let node_ref = self.node(i);
+            let r = async {
+                if self.index_valid(client, i, &qualified).await? == Some(false) {
+                    self.note(format!(
+                        "{} on {node}: dropping invalid index `{name}` left by a failed build, then rebuilding it",
+                        patch.version
+                    ));
+                    let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}");
+                    if let Err(x) = retry::execute(client, node_ref, &drop, false, &once, &|_, _| {}, 0).await {
+                        return Ok(Err(x));
+                    }
+                }
+                Ok::<_, NodeFailure>(
+                    retry::execute(client, node_ref, text, false, &once, &|_, _| {}, 0).await,
+                )
+            }
+            .await?;
+            match r {
+                Ok(()) => break,
+                Err(x) if x.is_lock_timeout() && failed < self.policy.retries => {
+                    failed += 1;
+                    let pause = self.policy.backoff(failed);
+                    self.reporter.event(&Event::Note(&format!(
+                        "{} on {node}: lock timeout building index `{name}`, retry {failed} of {} in {}",
+                        patch.version,
+                        self.policy.retries,
+                        crate::report::human(pause)
+                    )));
+                    tokio::time::sleep(pause).await;
+                }
+                Err(x) => {
+                    let mut f = self.body_failure(i, (text, line), x.failure.clone());
+                    if x.is_lock_timeout() {
+                        f.what = format!(
+                            "could not build index `{name}` within the lock timeout of {} after {} tries: {}",
+                            crate::report::human(self.policy.lock_timeout),
+                            failed + 1,
+                            x.failure
+                        );
+                    }
+                    return Err(f);
+                }
+            }
+        }
+        if self.index_valid(client, i, &qualified).await? == Some(false) {
+            return Err(NodeFailure {
+                node: node.clone(),
+                what: format!(
+                    "index `{name}` is invalid after the statement (an invalid index of that name was left in place, e.g. by IF NOT EXISTS)"
+                ),
+                line: Some(line),
+            });
+        }
+        Ok(())
+    }
+
+    /// `Some(indisvalid)` of the index called `qualified`, `None` when there is none.
+    async fn index_valid(
+        &self,
+        client: &tokio_postgres::Client,
+        i: usize,
+        qualified: &str,
+    ) -> Result<Option<bool>, NodeFailure> {
+        Ok(client
             .query_opt(
                 "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)",
                 &[&qualified],
             )
             .await
             .map_err(|e| self.fail(i)(e.into()))?
-            .map(|r| r.get(0));
-        match valid {
-            None => Ok(false),
-            Some(true) => {
-                self.note(format!(
-                    "{} on {node}: index `{name}` already exists and is valid (an earlier attempt built it); statement treated as done",
-                    patch.version
-                ));
-                Ok(true)
-            }
-            Some(false) => {
-                self.note(format!(
-                    "{} on {node}: dropping invalid index `{name}` left by a failed build, then rebuilding it",
-                    patch.version
-                ));
-                client
-                    .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"))
-                    .await
-                    .map_err(|e| self.fail(i)(e.into()))?;
-                Ok(false)
-            }
-        }
+            .map(|r| r.get(0)))
     }
 
     /// A `direct` patch by two-phase commit: every node runs the body and
@@ -1276,7 +1336,7 @@ impl Run<'_> {
             .collect();
         let mut failure = self.record(patch, results, report);
         if failure.is_none() {
-            let gid = recover::gid(self.ledger, patch.version, master.name().as_str());
+            let gid = recover::gid(self.ledger, patch.version, &master.config);
             if let Err(e) = claim
                 .batch_execute(&format!(
                     "PREPARE TRANSACTION {}",
@@ -1296,7 +1356,7 @@ impl Run<'_> {
             let _ = claim.batch_execute("ROLLBACK").await;
             let mut left = Vec::new();
             for i in prepared {
-                let gid = recover::gid(self.ledger, patch.version, self.node(i).name().as_str());
+                let gid = recover::gid(self.ledger, patch.version, &self.node(i).config);
                 if let Err(e) = recover::resolve(self.node(i), &gid, false).await {
                     left.push(format!("'{gid}' on node `{}` ({e})", self.node(i).name()));
                 }
@@ -1317,7 +1377,7 @@ impl Run<'_> {
         order.push(0);
         let mut left = Vec::new();
         for i in order {
-            let gid = recover::gid(self.ledger, patch.version, self.node(i).name().as_str());
+            let gid = recover::gid(self.ledger, patch.version, &self.node(i).config);
             if let Err(e) = recover::resolve(self.node(i), &gid, true).await {
                 left.push(format!("'{gid}' on node `{}` ({e})", self.node(i).name()));
             }
@@ -1354,7 +1414,7 @@ impl Run<'_> {
                 .stamp(client, Book::Main, patch.version)
                 .await
                 .map_err(self.fail(i))?;
-            let gid = recover::gid(self.ledger, patch.version, self.node(i).name().as_str());
+            let gid = recover::gid(self.ledger, patch.version, &self.node(i).config);
             client
                 .batch_execute(&format!(
                     "PREPARE TRANSACTION {}",

@@ -12,15 +12,23 @@ use std::io::Write;
 use futures::stream::{self, StreamExt};
 
 use crate::cluster::{Cluster, Node};
-use crate::config::Config;
+use crate::config::{Config, NodeConfig};
 use crate::error::Error;
 use crate::ledger::{Ledger, NodeLedger};
 use crate::patch::PatchVersion;
 use crate::pgerror::PgFailure;
 
-/// The gid of node `node`'s part of patch `version`: `pgconvoy:LEDGER:M-m-p:NODE`.
-pub fn gid(ledger: &Ledger, version: PatchVersion, node: &str) -> String {
-    format!("{}{version}:{node}", gid_prefix(ledger))
+/// The gid of a node's part of patch `version`:
+/// `pgconvoy:LEDGER:M-m-p:NODE:DATABASE`. Gids are unique per server, not per
+/// database, so the database is part of it: two clusters sharing servers
+/// must not collide.
+pub fn gid(ledger: &Ledger, version: PatchVersion, node: &NodeConfig) -> String {
+    format!(
+        "{}{version}:{}:{}",
+        gid_prefix(ledger),
+        node.name,
+        node.database()
+    )
 }
 
 pub fn gid_prefix(ledger: &Ledger) -> String {
@@ -189,8 +197,14 @@ mod tests {
     #[test]
     fn gids_round_trip() {
         let l = Ledger::new(LedgerTable::parse("pgconvoy.revision").unwrap());
-        let g = gid(&l, PatchVersion::new(1, 10, 2), "node-1");
-        assert_eq!(g, "pgconvoy:pgconvoy.revision:1-10-2:node-1");
+        let node = NodeConfig {
+            name: crate::config::NodeName::parse("node-1").unwrap(),
+            role: crate::config::Role::Replica,
+            pg: crate::config::parse_dsn("host=h dbname=app").unwrap(),
+            endpoint: "h:5432/app".into(),
+        };
+        let g = gid(&l, PatchVersion::new(1, 10, 2), &node);
+        assert_eq!(g, "pgconvoy:pgconvoy.revision:1-10-2:node-1:app");
         assert_eq!(gid_version(&l, &g), Some(PatchVersion::new(1, 10, 2)));
         assert_eq!(gid_version(&l, "other:1-0-0:x"), None);
         let other = Ledger::new(LedgerTable::parse("ops.ledger").unwrap());
