@@ -100,6 +100,8 @@ pub struct Subscription {
     pub worker_running: bool,
     /// Seconds since the last message from the publisher.
     pub last_message_age_s: Option<f64>,
+    /// `pg_stat_subscription_stats.apply_error_count` (PostgreSQL ≥ 15; else 0).
+    pub apply_errors: i64,
 }
 
 /// A replication slot on this node (`pg_replication_slots`).
@@ -308,14 +310,23 @@ pub async fn inspect(
                 .push(format!("replication slots: {}", PgFailure::from_pg(&e))),
         }
     }
+    let health = crate::replication::subscriptions(client)
+        .await
+        .unwrap_or_default();
     match client.query(SUBSCRIPTIONS, &[]).await {
         Ok(rows) => {
             for r in rows {
+                let name: String = r.get(0);
+                let apply_errors = health
+                    .iter()
+                    .find(|h| h.name == name)
+                    .map_or(0, |h| h.apply_errors);
                 let s = Subscription {
-                    name: r.get(0),
+                    name,
                     enabled: r.get(1),
                     worker_running: r.get(2),
                     last_message_age_s: r.get(3),
+                    apply_errors,
                 };
                 if s.enabled && !s.worker_running {
                     findings.push(finding(
@@ -335,6 +346,16 @@ pub async fn inspect(
                             s.name,
                             seconds(age),
                             seconds(lag_limit)
+                        ),
+                    ));
+                }
+                if s.apply_errors > 0 {
+                    findings.push(finding(
+                        FindingKind::SubscriptionDown,
+                        false,
+                        format!(
+                            "subscription `{}` has had {} apply error(s) (the error text is in this node's server log)",
+                            s.name, s.apply_errors
                         ),
                     ));
                 }

@@ -690,6 +690,90 @@ fn drift_is_refused_like_a_real_run_and_unfinished_rows_are_reported() {
 }
 
 #[test]
+fn logical_replication_health_and_lag_are_reported() {
+    let f = Fixture::new(2);
+    f.write_config("replication: logical\n");
+    f.psql(0, "CREATE TABLE items (id int PRIMARY KEY)");
+    f.psql(1, "CREATE TABLE items (id int PRIMARY KEY)");
+    f.psql(0, "CREATE PUBLICATION dry_pub FOR ALL TABLES");
+    let sub = format!("dry_sub_{}", f.db);
+    f.psql(
+        1,
+        &format!(
+            "CREATE SUBSCRIPTION {sub} CONNECTION '{}' PUBLICATION dry_pub",
+            f.dsns[0]
+        ),
+    );
+    let running = wait_for(15, || {
+        f.psql(
+            1,
+            "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL AND relid IS NULL",
+        ) == "1"
+    });
+    assert!(running, "the subscription never started");
+    f.patch(
+        "patch-1-0-0-direct.sql",
+        "ALTER TABLE items ADD COLUMN note text;\n",
+    );
+
+    let (run, r) = dry_json(&f, &[]);
+    run.expect(0);
+    assert_eq!(r["replication"], "logical");
+    assert_eq!(r["groups"][0]["order"], "replicas first, the master last");
+    let s = &r["nodes"][1]["preflight"]["replication"]["subscriptions"][0];
+    assert_eq!(s["name"], sub.as_str());
+    assert_eq!(s["worker_running"], true);
+    let slots = r["nodes"][0]["preflight"]["replication"]["slots"]
+        .as_array()
+        .unwrap();
+    assert!(
+        slots
+            .iter()
+            .any(|x| x["name"] == sub.as_str() && x["active"] == true),
+        "{slots:?}"
+    );
+
+    // Above the lag threshold: blocking.
+    f.write_config("replication: logical\nlag_threshold: 0s\n");
+    let (run, r) = dry_json(&f, &[]);
+    run.expect(1);
+    assert!(
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["kind"] == "replication-lag" && x["node"] == "node1"),
+        "{}",
+        r["findings"]
+    );
+
+    // A disabled subscription leaves its slot inactive on the master: a warning.
+    f.write_config("replication: logical\n");
+    f.psql(1, &format!("ALTER SUBSCRIPTION {sub} DISABLE"));
+    assert!(wait_for(10, || f.psql(
+        0,
+        "SELECT count(*) FROM pg_replication_slots WHERE active"
+    ) == "0"));
+    let (run, r) = dry_json(&f, &[]);
+    run.expect(0);
+    assert!(
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["kind"] == "inactive-slot" && x["severity"] == "warning"),
+        "{}",
+        r["findings"]
+    );
+    f.psql(
+        1,
+        &format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"),
+    );
+    f.psql(1, &format!("DROP SUBSCRIPTION {sub}"));
+    f.psql(0, &format!("SELECT pg_drop_replication_slot('{sub}')"));
+}
+
+#[test]
 fn markdown_report_has_a_patch_by_node_table() {
     let f = Fixture::new(3);
     on_all(&f, "CREATE TABLE orders (id int);");
