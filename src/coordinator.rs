@@ -433,6 +433,7 @@ async fn lock_holder(client: &tokio_postgres::Client, key: i64) -> String {
                     coalesce(a.usename::text, ''), to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
                FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 AND l.classid::bigint = $1 AND l.objid::bigint = $2
               LIMIT 1",
             &[&hi, &lo],
@@ -1046,8 +1047,14 @@ impl Run<'_> {
     ) -> Result<(), TxFailure> {
         let mut steps: Vec<Step<'_>> = before.to_vec();
         steps.push(Step::Sql("SAVEPOINT pgconvoy_try"));
+        // One request per statement (still one round trip), so that an error
+        // without a server position is still pinned to its statement's line.
         let body_at = steps.len();
-        steps.push(Step::Sql(&patch.body));
+        let statements: Vec<(&str, usize)> = patch
+            .statement_texts()
+            .map(|(text, span)| (text, span.line))
+            .collect();
+        steps.extend(statements.iter().map(|(text, _)| Step::Sql(text)));
         steps.push(Step::Sql("RELEASE SAVEPOINT pgconvoy_try"));
         steps.extend_from_slice(after);
         let results = pipeline::run(client, &steps).await;
@@ -1057,15 +1064,13 @@ impl Run<'_> {
         if at < before.len() {
             return Err(TxFailure::Before(e.clone()));
         }
-        if at != body_at {
+        let Some(&statement) = at.checked_sub(body_at).and_then(|k| statements.get(k)) else {
             return Err(TxFailure::Node(self.fail(i)(e.clone())));
-        }
+        };
         if !e.is(&SqlState::LOCK_NOT_AVAILABLE) || self.policy.retries == 0 {
-            return Err(TxFailure::Node(self.body_failure(
-                i,
-                (&patch.body, 1),
-                e.clone(),
-            )));
+            let mut f = self.body_failure(i, statement, e.clone());
+            f.line = f.line.or(Some(statement.1));
+            return Err(TxFailure::Node(f));
         }
         // The lock timeout: keep the transaction, retry the body.
         client

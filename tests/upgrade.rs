@@ -602,3 +602,21 @@ fn working_passwords_are_not_printed_either() {
     f.run(&["status"]).expect(0).never_says(secret);
     assert!(f.has_relation(0, "pwok"));
 }
+
+#[test]
+fn error_without_a_server_position_still_names_the_line() {
+    // A foreign key to a missing table: the server reports no position, so the
+    // line comes from the statement that failed.
+    let f = Fixture::new(3);
+    f.patch(
+        "patch-1-0-0-std.sql",
+        "CREATE TABLE a (id int PRIMARY KEY);\n\n-- the broken one\nCREATE TABLE b (a_id int REFERENCES missing (id));\nCREATE TABLE c (id int);\n",
+    );
+    f.run(&["upgrade"])
+        .expect(1)
+        .says("1-0-0")
+        .says("node0")
+        .says("42P01")
+        .says("line 4");
+    assert!(!f.has_relation(0, "a"), "nothing half-applied");
+}
