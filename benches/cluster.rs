@@ -216,6 +216,15 @@ fn paired_ratio(ours: &[f64], base: &[f64]) -> f64 {
     median(ours.iter().zip(base).map(|(a, b)| a / b).collect())
 }
 
+/// Prints every repetition's time, for whoever wants more than the medians.
+fn log_samples(figure: &str, name: &str, v: &[f64]) {
+    let list: Vec<String> = v.iter().map(|x| format!("{:.1}", x * 1000.0)).collect();
+    eprintln!(
+        "bench: [{figure}] {name}, ms per repetition: {}",
+        list.join(" ")
+    );
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     assert!(!v.is_empty(), "median of nothing");
     v.sort_by(f64::total_cmp);
@@ -358,9 +367,16 @@ impl Bench {
             .unwrap_or_else(|_| "postgres (unknown)".into());
         eprintln!("bench: starting 4 servers ({pg_version})");
         let t = Instant::now();
+        // Data dirs in memory when the machine has a tmpfs: the figures are about CPU and
+        // round trips, and a shared virtual disk made repetitions differ threefold.
+        let shm = Path::new("/dev/shm");
+        let options = ServerOptions {
+            base_dir: shm.is_dir().then(|| shm.to_path_buf()),
+            ..ServerOptions::default()
+        };
         let servers: Vec<LocalServer> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| LocalServer::start(&bins, &ServerOptions::default())))
+                .map(|_| s.spawn(|| LocalServer::start(&bins, &options)))
                 .collect();
             handles
                 .into_iter()
@@ -368,8 +384,13 @@ impl Bench {
                 .collect()
         });
         eprintln!(
-            "bench: servers up in {:.1} s; pgconvoy at {}",
+            "bench: servers up in {:.1} s in {}; pgconvoy at {}",
             t.elapsed().as_secs_f64(),
+            servers[0]
+                .root_dir()
+                .parent()
+                .unwrap_or(Path::new("?"))
+                .display(),
             bin.display()
         );
         let work = tempfile::Builder::new()
@@ -740,7 +761,7 @@ impl Results {
                  Parse/Describe, or a Bind/Execute):\n\n",
             );
             md.push_str(
-                "| run | statements per patch, in order | round trips per patch | server time per patch | wall per patch | wall − server time | client CPU per patch |\n",
+                "| run | statements per patch, in order, with their server time per patch | round trips per patch | server time per patch | wall per patch | wall − server time | client CPU per patch |\n",
             );
             md.push_str("|---|---|---|---|---|---|---|\n");
             for r in &self.breakdown {
@@ -843,6 +864,9 @@ impl Bench {
                     .or_default()
                     .push(sample.wall.as_secs_f64());
             }
+        }
+        for (k, v) in &times {
+            log_samples("1", k, v);
         }
         let m = |k: &str| median(times[k].clone());
         let r = |k: &str| paired_ratio(&times["pgconvoy"], &times[k]);
@@ -964,6 +988,9 @@ impl Bench {
                 };
                 t.entry(key).or_default().push(s.wall.as_secs_f64());
             }
+        }
+        for (k, v) in &t {
+            log_samples("2", k, v);
         }
         let m = |k: &str| median(t[k].clone());
         let r = |a: &str, b: &str| paired_ratio(&t[a], &t[b]);
@@ -1113,6 +1140,9 @@ impl Bench {
                     }
                 }
             }
+        }
+        for ((n, k), v) in &t {
+            log_samples("3", &format!("{n} nodes, {k}"), v);
         }
         let m = |n: usize, k: &'static str| median(t[&(n, k)].clone());
         let r = |n: usize, a: &'static str, b: &'static str| paired_ratio(&t[&(n, a)], &t[&(n, b)]);
@@ -1369,9 +1399,9 @@ struct LogCount {
     bind: usize,
     execute: usize,
     server_ms: f64,
-    /// Each statement (its first words) with its protocol steps and how often each was
-    /// seen, in order of first appearance.
-    kinds: Vec<(String, BTreeMap<&'static str, usize>)>,
+    /// Each statement (its first words) with its protocol steps, how often each was seen,
+    /// and the server time of all of them, in order of first appearance.
+    kinds: Vec<(String, BTreeMap<&'static str, usize>, f64)>,
 }
 
 impl LogCount {
@@ -1390,8 +1420,8 @@ impl LogCount {
     fn describe(&self, patches: usize) -> String {
         self.kinds
             .iter()
-            .filter(|(_, steps)| steps.values().max().copied().unwrap_or(0) * 10 >= patches * 9)
-            .map(|(sql, steps)| {
+            .filter(|(_, steps, _)| steps.values().max().copied().unwrap_or(0) * 10 >= patches * 9)
+            .map(|(sql, steps, ms)| {
                 let count = *steps.values().max().unwrap_or(&0) as f64 / patches as f64;
                 let times = if (count - 1.0).abs() < 0.05 {
                     String::new()
@@ -1402,10 +1432,11 @@ impl LogCount {
                     .into_iter()
                     .filter(|k| steps.get(k).is_some_and(|&c| c * 10 >= patches * 9))
                     .collect();
+                let ms = ms / patches as f64;
                 if how.is_empty() {
-                    format!("`{sql}`{times}")
+                    format!("`{sql}`{times} {ms:.3} ms")
                 } else {
-                    format!("`{sql}` ({}){times}", how.join(", "))
+                    format!("`{sql}` ({}){times} {ms:.3} ms", how.join(", "))
                 }
             })
             .collect::<Vec<_>>()
@@ -1425,7 +1456,8 @@ fn count_log(text: &str, db: &str) -> LogCount {
         let Some((ms, what)) = rest.split_once(" ms  ") else {
             continue;
         };
-        c.server_ms += ms.trim().parse::<f64>().unwrap_or(0.0);
+        let ms = ms.trim().parse::<f64>().unwrap_or(0.0);
+        c.server_ms += ms;
         let (step, sql) = if let Some(s) = what.strip_prefix("statement: ") {
             c.simple += 1;
             ("simple", s)
@@ -1447,14 +1479,15 @@ fn count_log(text: &str, db: &str) -> LogCount {
         };
         let words: Vec<&str> = sql.split_whitespace().take(2).collect();
         let key = words.join(" ");
-        let i = match c.kinds.iter().position(|(k, _)| *k == key) {
+        let i = match c.kinds.iter().position(|(k, _, _)| *k == key) {
             Some(i) => i,
             None => {
-                c.kinds.push((key, BTreeMap::new()));
+                c.kinds.push((key, BTreeMap::new(), 0.0));
                 c.kinds.len() - 1
             }
         };
         *c.kinds[i].1.entry(step).or_default() += 1;
+        c.kinds[i].2 += ms;
     }
     c
 }
@@ -1541,6 +1574,7 @@ impl Bench {
             }
         }
         for (i, (nodes, label, _)) in steps.iter().enumerate() {
+            log_samples("5", &format!("step {}", i + 1), &t[i]);
             let m = median(t[i].clone());
             // The step's cost: the median of the per-repetition differences to the step
             // before (same group), both measured under the same load.
