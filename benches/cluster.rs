@@ -521,6 +521,20 @@ impl Bench {
         })
     }
 
+    /// Drops a database the bench is done with, so that the servers' state (and their
+    /// autovacuum's rounds) stays the same from one repetition to the next.
+    fn drop_db(&self, servers: &[usize], db: &str) {
+        std::thread::scope(|s| {
+            for &i in servers {
+                s.spawn(move || {
+                    self.servers[i]
+                        .psql("postgres", &format!("DROP DATABASE \"{db}\""))
+                        .expect("drop database")
+                });
+            }
+        });
+    }
+
     fn create_db(&self, servers: &[usize], db: &str) {
         std::thread::scope(|s| {
             for &i in servers {
@@ -865,6 +879,7 @@ impl Bench {
                     .push(sample.wall.as_secs_f64());
             }
         }
+        self.drop_db(&nodes, &db);
         for (k, v) in &times {
             log_samples("1", k, v);
         }
@@ -954,6 +969,7 @@ impl Bench {
             order.rotate_left(rep % 4);
             for v in order {
                 let db = self.unique("tiny");
+                let on = if v < 2 { &[0][..] } else { &[0, 1, 2][..] };
                 let (key, s) = match v {
                     0 => {
                         self.create_db(&[0], &db);
@@ -986,6 +1002,7 @@ impl Bench {
                         ("direct psql", self.run(jobs, 3))
                     }
                 };
+                self.drop_db(on, &db);
                 t.entry(key).or_default().push(s.wall.as_secs_f64());
             }
         }
@@ -1570,6 +1587,7 @@ impl Bench {
                         s
                     }
                 };
+                self.drop_db(&servers, &db);
                 t[i].push(s.wall.as_secs_f64());
             }
         }
