@@ -75,10 +75,10 @@ impl Settings {
             quick,
             reps: if quick { 3 } else { 7 },
             fanout_rows: if quick { 200_000 } else { 2_000_000 },
-            tiny_patches: if quick { 300 } else { 1000 },
+            tiny_patches: 1000,
             scale_nodes: vec![4, 16, 64],
             check_files: 10_000,
-            breakdown_patches: if quick { 50 } else { 200 },
+            breakdown_patches: if quick { 100 } else { 200 },
             only,
         }
     }
@@ -1014,8 +1014,8 @@ impl Bench {
         let (ours, base) = (m("std pgconvoy"), m("std psql"));
         let ratio = r("std pgconvoy", "std psql");
         let patches = thousands(n as u64);
-        let quick_note = if self.settings.quick {
-            " (`--quick`: fewer than the full run's 1,000)"
+        let quick_note = if n < 1000 {
+            " (fewer than the full run's 1,000)"
         } else {
             ""
         };
