@@ -1370,8 +1370,25 @@ enum Replay {
     Transactions,
     /// … plus the claim insert and the stamp update.
     Ledger,
-    /// … plus the savepoint around the body.
+    /// … plus the savepoint around the body: pgconvoy's statements, one round trip each.
     Savepoint,
+    /// The same statements in two round trips per patch, the claim first:
+    /// `BEGIN \; INSERT \; SAVEPOINT \; body`, then `RELEASE \; UPDATE \; COMMIT`.
+    TwoRoundTrips,
+}
+
+fn claim_sql(k: usize) -> String {
+    format!(
+        "INSERT INTO pgconvoy.revision (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by) \
+         VALUES (1, {k}, 0, 'std', '{}', clock_timestamp(), NULL, 'bench')",
+        "0".repeat(64)
+    )
+}
+
+fn stamp_sql(k: usize) -> String {
+    format!(
+        "UPDATE pgconvoy.revision SET end_time = clock_timestamp() WHERE major = 1 AND minor = {k} AND patch = 0"
+    )
 }
 
 /// `n` tiny patches, each in its own transaction, with as much of pgconvoy's statement
@@ -1381,14 +1398,25 @@ fn replay_script(n: usize, what: Replay) -> String {
     let savepoint = what >= Replay::Savepoint;
     let mut s = String::new();
     for k in 0..n {
-        s.push_str("BEGIN;\n");
-        if ledger {
+        if what == Replay::TwoRoundTrips {
+            // psql sends statements joined by `\;` as one request.
+            let body = tiny_body(k);
+            let body = body.trim_end().trim_end_matches(';');
             let _ = writeln!(
                 s,
-                "INSERT INTO pgconvoy.revision (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by) \
-                 VALUES (1, {k}, 0, 'std', '{}', clock_timestamp(), NULL, 'bench');",
-                "0".repeat(64)
+                "BEGIN \\; {} \\; SAVEPOINT pgconvoy_try \\; {body};",
+                claim_sql(k)
             );
+            let _ = writeln!(
+                s,
+                "RELEASE SAVEPOINT pgconvoy_try \\; {} \\; COMMIT;",
+                stamp_sql(k)
+            );
+            continue;
+        }
+        s.push_str("BEGIN;\n");
+        if ledger {
+            let _ = writeln!(s, "{};", claim_sql(k));
         }
         if savepoint {
             s.push_str("SAVEPOINT pgconvoy_try;\n");
@@ -1398,10 +1426,7 @@ fn replay_script(n: usize, what: Replay) -> String {
             s.push_str("RELEASE SAVEPOINT pgconvoy_try;\n");
         }
         if ledger {
-            let _ = writeln!(
-                s,
-                "UPDATE pgconvoy.revision SET end_time = clock_timestamp() WHERE major = 1 AND minor = {k} AND patch = 0;"
-            );
+            let _ = writeln!(s, "{};", stamp_sql(k));
         }
         s.push_str("COMMIT;\n");
     }
@@ -1524,14 +1549,19 @@ impl Bench {
         let std_all = tiny_patches(&std_dir, n, "std");
         let direct_dir = self.dir("steps_direct");
         tiny_patches(&direct_dir, n, "direct");
-        let replays: Vec<PathBuf> = [Replay::Transactions, Replay::Ledger, Replay::Savepoint]
-            .iter()
-            .map(|&r| {
-                let path = std_dir.join(format!("replay_{r:?}.sql"));
-                write(&path, &replay_script(n, r));
-                path
-            })
-            .collect();
+        let replays: Vec<PathBuf> = [
+            Replay::Transactions,
+            Replay::Ledger,
+            Replay::Savepoint,
+            Replay::TwoRoundTrips,
+        ]
+        .iter()
+        .map(|&r| {
+            let path = std_dir.join(format!("replay_{r:?}.sql"));
+            write(&path, &replay_script(n, r));
+            path
+        })
+        .collect();
 
         /// How one step runs, on every node of its group at once.
         enum How<'p> {
@@ -1542,12 +1572,13 @@ impl Bench {
             /// `pgconvoy upgrade --all` on the patches of this dir.
             Pgconvoy(&'p Path),
         }
-        let steps: [(usize, &str, How); 8] = [
+        let steps: [(usize, &str, How); 9] = [
             (1, "`std`, 1 node: `psql -X -1 -f`, every body in one transaction (figure 2's baseline)", How::OneTransaction(&std_all)),
             (1, "〃 `psql -X -f`: `BEGIN; body; COMMIT;` per patch", How::Replay(&replays[0], false)),
             (1, "〃 `psql -X -f`: `BEGIN; INSERT` claim row`; body; UPDATE` stamp`; COMMIT;` per patch", How::Replay(&replays[1], true)),
             (1, "〃 `psql -X -f`: the same with `SAVEPOINT` … `RELEASE SAVEPOINT` around the body (pgconvoy's statements, as plain SQL)", How::Replay(&replays[2], true)),
             (1, "〃 pgconvoy `upgrade --all`", How::Pgconvoy(&std_dir)),
+            (1, "〃 what if, replayed by `psql -X -f`: pgconvoy's statements in 2 round trips per patch, the claim first (`BEGIN \\; INSERT \\; SAVEPOINT \\; body;` then `RELEASE \\; UPDATE \\; COMMIT;`; psql sends statements joined by `\\;` as one request)", How::Replay(&replays[3], true)),
             (3, "`direct`, 3 nodes: 3 parallel `psql -X -1 -f` (figure 2's baseline)", How::OneTransaction(&std_all)),
             (3, "〃 3 parallel `psql -X -f` of pgconvoy's statements as plain SQL, each node on its own", How::Replay(&replays[2], true)),
             (3, "〃 pgconvoy `upgrade --all`: the same statements, the nodes in lockstep patch by patch", How::Pgconvoy(&direct_dir)),
@@ -1578,7 +1609,13 @@ impl Bench {
                             .iter()
                             .map(|d| self.psql_file(d, script, false))
                             .collect();
-                        self.run(jobs, *nodes)
+                        let s = self.run(jobs, *nodes);
+                        if *ledger {
+                            for &k in &servers {
+                                self.assert_done(k, &db, "pgconvoy.revision", n);
+                            }
+                        }
+                        s
                     }
                     How::Pgconvoy(dir) => {
                         let cfg = write_config(dir, &dsns, "");
