@@ -771,11 +771,12 @@ impl Results {
             md.push_str(
                 "Figure 5, statements per patch, counted in the server log of a separate run \
                  with `log_min_duration_statement = 0` (per patch, the run's fixed costs \
-                 included; logging slows both sides; a round trip is a simple query, a \
-                 Parse/Describe, or a Bind/Execute):\n\n",
+                 included; logging slows both sides), and round trips per patch: the \
+                 client's writes to its server sockets, counted by `strace -f` in runs of \
+                 their own (pipelined requests leave in one write):\n\n",
             );
             md.push_str(
-                "| run | statements per patch, in order, with their server time per patch | round trips per patch | server time per patch | wall per patch | wall − server time | client CPU per patch |\n",
+                "| run | statements per patch, in order, with their server time per patch | server time per patch | round trips per patch (the client's socket writes, strace) | wall per patch | wall − server time | client CPU per patch |\n",
             );
             md.push_str("|---|---|---|---|---|---|---|\n");
             for r in &self.breakdown {
@@ -1372,9 +1373,11 @@ enum Replay {
     Ledger,
     /// … plus the savepoint around the body: pgconvoy's statements, one round trip each.
     Savepoint,
-    /// The same statements in two round trips per patch, the claim first:
-    /// `BEGIN \; INSERT \; SAVEPOINT \; body`, then `RELEASE \; UPDATE \; COMMIT`.
-    TwoRoundTrips,
+    /// The same statements in two requests per patch, split where pgconvoy splits them:
+    /// `BEGIN \; INSERT \; SAVEPOINT \; body \; RELEASE \; UPDATE`, then `COMMIT`.
+    TwoRequests,
+    /// The same statements in one request per patch, `COMMIT` included.
+    OneRequest,
 }
 
 fn claim_sql(k: usize) -> String {
@@ -1398,20 +1401,22 @@ fn replay_script(n: usize, what: Replay) -> String {
     let savepoint = what >= Replay::Savepoint;
     let mut s = String::new();
     for k in 0..n {
-        if what == Replay::TwoRoundTrips {
+        if what >= Replay::TwoRequests {
             // psql sends statements joined by `\;` as one request.
             let body = tiny_body(k);
             let body = body.trim_end().trim_end_matches(';');
-            let _ = writeln!(
+            let _ = write!(
                 s,
-                "BEGIN \\; {} \\; SAVEPOINT pgconvoy_try \\; {body};",
-                claim_sql(k)
-            );
-            let _ = writeln!(
-                s,
-                "RELEASE SAVEPOINT pgconvoy_try \\; {} \\; COMMIT;",
+                "BEGIN \\; {} \\; SAVEPOINT pgconvoy_try \\; {body} \\; \
+                 RELEASE SAVEPOINT pgconvoy_try \\; {}",
+                claim_sql(k),
                 stamp_sql(k)
             );
+            s.push_str(if what == Replay::OneRequest {
+                " \\; COMMIT;\n"
+            } else {
+                ";\nCOMMIT;\n"
+            });
             continue;
         }
         s.push_str("BEGIN;\n");
@@ -1447,12 +1452,6 @@ struct LogCount {
 }
 
 impl LogCount {
-    /// Round trips: a simple query is one; tokio-postgres's `execute(sql, params)` is two
-    /// (Parse/Describe/Sync, then Bind/Execute/Sync).
-    fn round_trips(&self) -> usize {
-        self.simple + self.parse + self.execute
-    }
-
     fn statements(&self) -> usize {
         self.simple + self.parse + self.bind + self.execute
     }
@@ -1553,7 +1552,8 @@ impl Bench {
             Replay::Transactions,
             Replay::Ledger,
             Replay::Savepoint,
-            Replay::TwoRoundTrips,
+            Replay::TwoRequests,
+            Replay::OneRequest,
         ]
         .iter()
         .map(|&r| {
@@ -1572,16 +1572,17 @@ impl Bench {
             /// `pgconvoy upgrade --all` on the patches of this dir.
             Pgconvoy(&'p Path),
         }
-        let steps: [(usize, &str, How); 9] = [
+        let steps: [(usize, &str, How); 10] = [
             (1, "`std`, 1 node: `psql -X -1 -f`, every body in one transaction (figure 2's baseline)", How::OneTransaction(&std_all)),
             (1, "〃 `psql -X -f`: `BEGIN; body; COMMIT;` per patch", How::Replay(&replays[0], false)),
             (1, "〃 `psql -X -f`: `BEGIN; INSERT` claim row`; body; UPDATE` stamp`; COMMIT;` per patch", How::Replay(&replays[1], true)),
-            (1, "〃 `psql -X -f`: the same with `SAVEPOINT` … `RELEASE SAVEPOINT` around the body (pgconvoy's statements, as plain SQL)", How::Replay(&replays[2], true)),
-            (1, "〃 pgconvoy `upgrade --all`", How::Pgconvoy(&std_dir)),
-            (1, "〃 what if, replayed by `psql -X -f`: pgconvoy's statements in 2 round trips per patch, the claim first (`BEGIN \\; INSERT \\; SAVEPOINT \\; body;` then `RELEASE \\; UPDATE \\; COMMIT;`; psql sends statements joined by `\\;` as one request)", How::Replay(&replays[3], true)),
+            (1, "〃 `psql -X -f`: the same with `SAVEPOINT` … `RELEASE SAVEPOINT` around the body: pgconvoy's statements, one round trip each", How::Replay(&replays[2], true)),
+            (1, "〃 `psql -X -f`: the same statements in 2 requests per patch, split where pgconvoy splits them (`BEGIN \\; INSERT \\; SAVEPOINT \\; body \\; RELEASE \\; UPDATE;` then `COMMIT;`: psql sends statements joined by `\\;` as one request)", How::Replay(&replays[3], true)),
+            (1, "〃 pgconvoy `upgrade --all` (2 round trips per patch)", How::Pgconvoy(&std_dir)),
+            (1, "〃 what if: `psql -X -f` of the same statements in 1 request per patch, `COMMIT` included", How::Replay(&replays[4], true)),
             (3, "`direct`, 3 nodes: 3 parallel `psql -X -1 -f` (figure 2's baseline)", How::OneTransaction(&std_all)),
-            (3, "〃 3 parallel `psql -X -f` of pgconvoy's statements as plain SQL, each node on its own", How::Replay(&replays[2], true)),
-            (3, "〃 pgconvoy `upgrade --all`: the same statements, the nodes in lockstep patch by patch", How::Pgconvoy(&direct_dir)),
+            (3, "〃 3 parallel `psql -X -f` of pgconvoy's statements in 1 request per patch, each node on its own: the floor for a transaction and a ledger row per patch on every node", How::Replay(&replays[4], true)),
+            (3, "〃 pgconvoy `upgrade --all`: the nodes in lockstep, patch by patch", How::Pgconvoy(&direct_dir)),
         ];
         let mut t: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
         for rep in 0..self.settings.reps {
@@ -1684,13 +1685,46 @@ impl Bench {
             db
         };
         let per = |x: f64| x / n as f64;
-        let mut row = |label: String, c: &LogCount, s: &Sample| {
+
+        let std_dir = self.dir("brk_std");
+        let all = tiny_patches(&std_dir, n, "std");
+        let direct_dir = self.dir("brk_direct");
+        tiny_patches(&direct_dir, n, "direct");
+
+        // Round trips: socket writes of the client, counted by strace in runs of their own
+        // (requests pipelined together leave in one write, which the server log cannot show).
+        let traced = strace_available();
+        let writes = |job: Job| -> String {
+            if !traced {
+                return "— (no strace)".into();
+            }
+            let w = self.socket_writes(job);
+            format!("{:.1}", per(w as f64))
+        };
+        let db = self.unique("brk_trace");
+        server.create_database(&db).expect("create database");
+        let std_writes = writes(self.pgconvoy(
+            &write_config(&std_dir, &[server.dsn(&db)], ""),
+            &["upgrade", "--all"],
+        ));
+        let db = self.unique("brk_trace");
+        server.create_database(&db).expect("create database");
+        let psql_writes = writes(self.psql_file(&server.dsn(&db), &all, true));
+        let (m, r) = (self.unique("brk_trace"), self.unique("brk_trace"));
+        server.create_database(&m).expect("create database");
+        server.create_database(&r).expect("create database");
+        let direct_writes = writes(self.pgconvoy(
+            &write_config(&direct_dir, &[server.dsn(&m), server.dsn(&r)], ""),
+            &["upgrade", "--all"],
+        ));
+
+        let mut row = |label: String, c: &LogCount, s: &Sample, writes: &str| {
             let wall_ms = s.wall.as_secs_f64() * 1000.0;
             out.breakdown.push([
                 label,
                 format!("{:.1}: {}", per(c.statements() as f64), c.describe(n)),
-                format!("{:.1}", per(c.round_trips() as f64)),
                 format!("{:.3} ms", per(c.server_ms)),
+                writes.to_string(),
                 format!("{:.3} ms", per(wall_ms)),
                 format!("{:.3} ms", per(wall_ms - c.server_ms)),
                 format!("{:.3} ms", per(s.cpu.as_secs_f64() * 1000.0)),
@@ -1698,16 +1732,15 @@ impl Bench {
         };
 
         // std on one node: pgconvoy vs psql -1 -f.
-        let dir = self.dir("brk_std");
-        let all = tiny_patches(&dir, n, "std");
         let db = logged_db("brk_std");
-        let cfg = write_config(&dir, &[server.dsn(&db)], "");
+        let cfg = write_config(&std_dir, &[server.dsn(&db)], "");
         let off = log_len();
         let s = self.run_one(self.pgconvoy(&cfg, &["upgrade", "--all"]));
         row(
             format!("pgconvoy, {n} `std` patches, 1 node"),
             &count_log(&log_from(off), &db),
             &s,
+            &std_writes,
         );
         let db = logged_db("brk_psql");
         let off = log_len();
@@ -1716,13 +1749,12 @@ impl Bench {
             format!("`psql -1 -f`, the same {n} patches"),
             &count_log(&log_from(off), &db),
             &s,
+            &psql_writes,
         );
 
         // direct on two nodes (both databases on this server): the master and a replica.
-        let dir = self.dir("brk_direct");
-        tiny_patches(&dir, n, "direct");
         let (m, r) = (logged_db("brk_master"), logged_db("brk_replica"));
-        let cfg = write_config(&dir, &[server.dsn(&m), server.dsn(&r)], "");
+        let cfg = write_config(&direct_dir, &[server.dsn(&m), server.dsn(&r)], "");
         let off = log_len();
         let s = self.run_one(self.pgconvoy(&cfg, &["upgrade", "--all"]));
         let text = log_from(off);
@@ -1731,7 +1763,83 @@ impl Bench {
             format!("pgconvoy, {n} `direct` patches, 2 nodes: the master (wall: the whole run)"),
             &cm,
             &s,
+            &format!("{direct_writes} (both nodes)"),
         );
-        row("〃 the replica (same run)".to_string(), &cr, &s);
+        row("〃 the replica (same run)".to_string(), &cr, &s, "〃");
     }
+
+    /// Runs `job` under `strace -f` and counts its writes to the sockets it connected.
+    fn socket_writes(&self, job: Job) -> usize {
+        let Job { label, cmd } = job;
+        let trace = self.work.path().join(format!("strace_{}.txt", self.next()));
+        let mut traced = Command::new("strace");
+        traced
+            .args([
+                "-f",
+                "-qq",
+                "-e",
+                "trace=connect,write,writev,sendto,sendmsg",
+                "-o",
+            ])
+            .arg(&trace)
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => traced.env(k, v),
+                None => traced.env_remove(k),
+            };
+        }
+        if let Some(d) = cmd.get_current_dir() {
+            traced.current_dir(d);
+        }
+        self.run_one(Job {
+            label: format!("strace {label}"),
+            cmd: traced,
+        });
+        let text = std::fs::read_to_string(&trace).expect("read the strace output");
+        count_socket_writes(&text)
+    }
+}
+
+fn strace_available() -> bool {
+    Command::new("strace")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Counts, in `strace -f` output, the writes to file descriptors that were `connect`ed
+/// to an IP address (the client's connections to servers).
+fn count_socket_writes(text: &str) -> usize {
+    let mut sockets = std::collections::HashSet::new();
+    let mut writes = 0;
+    for line in text.lines() {
+        // `PID name(fd, ...` (a call split by another thread ends in `<unfinished ...>`;
+        // its `<... name resumed>` line is not counted again).
+        let call = line
+            .split_once(' ')
+            .map_or(line, |(_, rest)| rest)
+            .trim_start();
+        let Some((name, args)) = call.split_once('(') else {
+            continue;
+        };
+        let Some(fd) = args
+            .split(',')
+            .next()
+            .and_then(|f| f.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        match name {
+            "connect" if args.contains("AF_INET") => {
+                sockets.insert(fd);
+            }
+            "write" | "writev" | "sendto" | "sendmsg" if sockets.contains(&fd) => writes += 1,
+            _ => {}
+        }
+    }
+    writes
 }
