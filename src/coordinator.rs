@@ -608,14 +608,14 @@ impl Run<'_> {
         let (row, key) = (params.row(), params.key());
         let claim = TxSession::new(session);
         if patch.kind == PatchType::Std {
-            // BEGIN, claim, body, stamp: one round trip; then COMMIT.
+            // BEGIN, claim, body, stamp, COMMIT: one round trip.
             self.reporter.event(&Event::NodeStart {
                 version: patch.version,
                 node: master.name(),
             });
             let t = Instant::now();
             let r = self
-                .body_pipeline(
+                .committed_transaction(
                     claim.client(),
                     0,
                     patch,
@@ -637,17 +637,9 @@ impl Run<'_> {
                 self.patch_done(patch, started, false);
                 return Err(Error::Failed(failure));
             }
-            return match claim.finish("COMMIT").await {
-                Ok(()) => {
-                    self.patch_done(patch, started, true);
-                    Ok(())
-                }
-                Err(e) => Err(Error::Failed(format!(
-                    "patch `{}`: cannot commit the claim on master node `{}`: {e}",
-                    patch.version,
-                    master.name()
-                ))),
-            };
+            claim.release();
+            self.patch_done(patch, started, true);
+            return Ok(());
         }
         // The claim first, on its own: nothing may run anywhere before it holds.
         let opened = pipeline::run(
@@ -1010,9 +1002,9 @@ impl Run<'_> {
         let params = RowParams::new(patch, &self.applied_by);
         let (row, key) = (params.row(), params.key());
         let tx = TxSession::new(session);
-        // BEGIN, ledger row, body, stamp: one round trip; then COMMIT.
+        // BEGIN, ledger row, body, stamp, COMMIT: one round trip.
         match self
-            .body_pipeline(
+            .committed_transaction(
                 tx.client(),
                 i,
                 patch,
@@ -1021,7 +1013,10 @@ impl Run<'_> {
             )
             .await
         {
-            Ok(()) => tx.finish("COMMIT").await.map_err(self.fail(i)),
+            Ok(()) => {
+                tx.release();
+                Ok(())
+            }
             Err(TxFailure::Before(e)) => {
                 tx.rollback().await;
                 Err(self.fail(i)(e))
@@ -1081,6 +1076,61 @@ impl Run<'_> {
             .await
             .map_err(TxFailure::Node)?;
         let results = pipeline::run(client, after).await;
+        match pipeline::first_failure(&results) {
+            None => Ok(()),
+            Some((_, e)) => Err(TxFailure::Node(self.fail(i)(e.clone()))),
+        }
+    }
+
+    /// `before` (BEGIN and a ledger row), the body, `after` and COMMIT, all in
+    /// one round trip: when any of them fails, the COMMIT rolls back. Only if
+    /// the body hit the lock timeout is the transaction opened again, this time
+    /// with the body under a savepoint, so that every further try keeps the
+    /// ledger row (a claim: the coordinator lock keeps others out meanwhile).
+    async fn committed_transaction(
+        &self,
+        client: &tokio_postgres::Client,
+        i: usize,
+        patch: &Patch,
+        before: &[Step<'_>],
+        after: &[Step<'_>],
+    ) -> Result<(), TxFailure> {
+        let statements: Vec<(&str, usize)> = patch
+            .statement_texts()
+            .map(|(text, span)| (text, span.line))
+            .collect();
+        let mut steps: Vec<Step<'_>> = before.to_vec();
+        let body_at = steps.len();
+        steps.extend(statements.iter().map(|(text, _)| Step::Sql(text)));
+        steps.extend_from_slice(after);
+        steps.push(Step::Sql("COMMIT"));
+        let results = pipeline::run(client, &steps).await;
+        let Some((at, e)) = pipeline::first_failure(&results) else {
+            return Ok(());
+        };
+        if at < before.len() {
+            return Err(TxFailure::Before(e.clone()));
+        }
+        let Some(&statement) = at.checked_sub(body_at).and_then(|k| statements.get(k)) else {
+            return Err(TxFailure::Node(self.fail(i)(e.clone())));
+        };
+        if !e.is(&SqlState::LOCK_NOT_AVAILABLE) || self.policy.retries == 0 {
+            let mut f = self.body_failure(i, statement, e.clone());
+            f.line = f.line.or(Some(statement.1));
+            return Err(TxFailure::Node(f));
+        }
+        // The first try hit the lock timeout and was rolled back: again, with
+        // the body under a savepoint from here on.
+        let reopened = pipeline::run(client, before).await;
+        if let Some((_, e)) = pipeline::first_failure(&reopened) {
+            return Err(TxFailure::Before(e.clone()));
+        }
+        self.execute(client, i, patch, (&patch.body, 1), true, 1)
+            .await
+            .map_err(TxFailure::Node)?;
+        let mut finish: Vec<Step<'_>> = after.to_vec();
+        finish.push(Step::Sql("COMMIT"));
+        let results = pipeline::run(client, &finish).await;
         match pipeline::first_failure(&results) {
             None => Ok(()),
             Some((_, e)) => Err(TxFailure::Node(self.fail(i)(e.clone()))),
