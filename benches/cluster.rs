@@ -756,9 +756,9 @@ impl Results {
         if !self.variants.is_empty() {
             md.push_str(
                 "Figure 5, where the time of figure 2 goes: the same tiny patches, from \
-                 `psql -1 -f` up to pgconvoy one step at a time (the steps between replay \
-                 pgconvoy's statements through `psql -f` as plain SQL; \"added\" is the median \
-                 of the per-repetition differences to the row above):\n\n",
+                 `psql -1 -f` up to pgconvoy one step at a time (the steps between replay a \
+                 claim and a stamp per patch through `psql -f` as plain SQL; \"added\" is the \
+                 median of the per-repetition differences to the row above):\n\n",
             );
             md.push_str("| variant | wall | per patch | added per patch by this step |\n");
             md.push_str("|---|---|---|---|\n");
@@ -1364,19 +1364,14 @@ CREATE TABLE pgconvoy.revision (
     checksum text NOT NULL, start_time timestamptz NOT NULL, end_time timestamptz,
     applied_by text NOT NULL, PRIMARY KEY (major, minor, patch));";
 
-/// How much of pgconvoy's statement sequence a `psql` replay includes.
+/// What a `psql` replay of pgconvoy's per-patch work includes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Replay {
-    /// `BEGIN; body; COMMIT;`
+    /// `BEGIN; body; COMMIT;`, one request each.
     Transactions,
-    /// … plus the claim insert and the stamp update.
+    /// … plus the claim row's insert before the body and its stamp after, one request each.
     Ledger,
-    /// … plus the savepoint around the body: pgconvoy's statements, one round trip each.
-    Savepoint,
-    /// The same statements in two requests per patch, split where pgconvoy splits them:
-    /// `BEGIN \; INSERT \; SAVEPOINT \; body \; RELEASE \; UPDATE`, then `COMMIT`.
-    TwoRequests,
-    /// The same statements in one request per patch, `COMMIT` included.
+    /// The same statements in one request per patch.
     OneRequest,
 }
 
@@ -1394,46 +1389,28 @@ fn stamp_sql(k: usize) -> String {
     )
 }
 
-/// `n` tiny patches, each in its own transaction, with as much of pgconvoy's statement
-/// sequence around the body as `what` says, as plain SQL.
+/// `n` tiny patches, each in its own transaction, as `what` says, as plain SQL.
 fn replay_script(n: usize, what: Replay) -> String {
-    let ledger = what >= Replay::Ledger;
-    let savepoint = what >= Replay::Savepoint;
     let mut s = String::new();
     for k in 0..n {
-        if what >= Replay::TwoRequests {
-            // psql sends statements joined by `\;` as one request.
-            let body = tiny_body(k);
-            let body = body.trim_end().trim_end_matches(';');
-            let _ = write!(
+        let body = tiny_body(k);
+        let body = body.trim_end().trim_end_matches(';');
+        let _ = match what {
+            Replay::Transactions => writeln!(s, "BEGIN;\n{body};\nCOMMIT;"),
+            Replay::Ledger => writeln!(
                 s,
-                "BEGIN \\; {} \\; SAVEPOINT pgconvoy_try \\; {body} \\; \
-                 RELEASE SAVEPOINT pgconvoy_try \\; {}",
+                "BEGIN;\n{};\n{body};\n{};\nCOMMIT;",
                 claim_sql(k),
                 stamp_sql(k)
-            );
-            s.push_str(if what == Replay::OneRequest {
-                " \\; COMMIT;\n"
-            } else {
-                ";\nCOMMIT;\n"
-            });
-            continue;
-        }
-        s.push_str("BEGIN;\n");
-        if ledger {
-            let _ = writeln!(s, "{};", claim_sql(k));
-        }
-        if savepoint {
-            s.push_str("SAVEPOINT pgconvoy_try;\n");
-        }
-        s.push_str(&tiny_body(k));
-        if savepoint {
-            s.push_str("RELEASE SAVEPOINT pgconvoy_try;\n");
-        }
-        if ledger {
-            let _ = writeln!(s, "{};", stamp_sql(k));
-        }
-        s.push_str("COMMIT;\n");
+            ),
+            // psql sends statements joined by `\;` as one request.
+            Replay::OneRequest => writeln!(
+                s,
+                "BEGIN \\; {} \\; {body} \\; {} \\; COMMIT;",
+                claim_sql(k),
+                stamp_sql(k)
+            ),
+        };
     }
     s
 }
@@ -1548,20 +1525,14 @@ impl Bench {
         let std_all = tiny_patches(&std_dir, n, "std");
         let direct_dir = self.dir("steps_direct");
         tiny_patches(&direct_dir, n, "direct");
-        let replays: Vec<PathBuf> = [
-            Replay::Transactions,
-            Replay::Ledger,
-            Replay::Savepoint,
-            Replay::TwoRequests,
-            Replay::OneRequest,
-        ]
-        .iter()
-        .map(|&r| {
-            let path = std_dir.join(format!("replay_{r:?}.sql"));
-            write(&path, &replay_script(n, r));
-            path
-        })
-        .collect();
+        let replays: Vec<PathBuf> = [Replay::Transactions, Replay::Ledger, Replay::OneRequest]
+            .iter()
+            .map(|&r| {
+                let path = std_dir.join(format!("replay_{r:?}.sql"));
+                write(&path, &replay_script(n, r));
+                path
+            })
+            .collect();
 
         /// How one step runs, on every node of its group at once.
         enum How<'p> {
@@ -1572,17 +1543,15 @@ impl Bench {
             /// `pgconvoy upgrade --all` on the patches of this dir.
             Pgconvoy(&'p Path),
         }
-        let steps: [(usize, &str, How); 10] = [
+        let steps: [(usize, &str, How); 8] = [
             (1, "`std`, 1 node: `psql -X -1 -f`, every body in one transaction (figure 2's baseline)", How::OneTransaction(&std_all)),
             (1, "〃 `psql -X -f`: `BEGIN; body; COMMIT;` per patch", How::Replay(&replays[0], false)),
-            (1, "〃 `psql -X -f`: `BEGIN; INSERT` claim row`; body; UPDATE` stamp`; COMMIT;` per patch", How::Replay(&replays[1], true)),
-            (1, "〃 `psql -X -f`: the same with `SAVEPOINT` … `RELEASE SAVEPOINT` around the body: pgconvoy's statements, one round trip each", How::Replay(&replays[2], true)),
-            (1, "〃 `psql -X -f`: the same statements in 2 requests per patch, split where pgconvoy splits them (`BEGIN \\; INSERT \\; SAVEPOINT \\; body \\; RELEASE \\; UPDATE;` then `COMMIT;`: psql sends statements joined by `\\;` as one request)", How::Replay(&replays[3], true)),
-            (1, "〃 pgconvoy `upgrade --all` (2 round trips per patch)", How::Pgconvoy(&std_dir)),
-            (1, "〃 what if: `psql -X -f` of the same statements in 1 request per patch, `COMMIT` included", How::Replay(&replays[4], true)),
+            (1, "〃 `psql -X -f`: `BEGIN;` claim row `INSERT; body;` stamp `UPDATE; COMMIT;` per patch, one request each", How::Replay(&replays[1], true)),
+            (1, "〃 `psql -X -f`: the same statements in one request per patch (`BEGIN \\; INSERT … \\; body \\; UPDATE … \\; COMMIT;`: psql sends statements joined by `\\;` as one request)", How::Replay(&replays[2], true)),
+            (1, "〃 pgconvoy `upgrade --all`", How::Pgconvoy(&std_dir)),
             (3, "`direct`, 3 nodes: 3 parallel `psql -X -1 -f` (figure 2's baseline)", How::OneTransaction(&std_all)),
-            (3, "〃 3 parallel `psql -X -f` of pgconvoy's statements in 1 request per patch, each node on its own: the floor for a transaction and a ledger row per patch on every node", How::Replay(&replays[4], true)),
-            (3, "〃 pgconvoy `upgrade --all`: the nodes in lockstep, patch by patch", How::Pgconvoy(&direct_dir)),
+            (3, "〃 3 parallel `psql -X -f`, each node on its own, a transaction and a ledger row per patch in one request: the floor for per-patch transactions on every node", How::Replay(&replays[2], true)),
+            (3, "〃 pgconvoy `upgrade --all`: the same per node, the nodes in lockstep patch by patch", How::Pgconvoy(&direct_dir)),
         ];
         let mut t: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
         for rep in 0..self.settings.reps {
