@@ -28,6 +28,9 @@ pub struct Node {
     pool: Pool,
     session: SessionSettings,
     inflight: Arc<Inflight>,
+    /// With more nodes than `jobs`, a replica's connections are closed after
+    /// use, so the coordinator never holds more than jobs × pool_size of them.
+    close_idle: bool,
 }
 
 /// Settings every session of a run gets, passed at connection startup so they
@@ -105,32 +108,50 @@ impl Drop for Tracked {
 
 /// A pooled session, registered for cancellation while it is held.
 pub struct Session {
-    object: Object,
+    object: Option<Object>,
+    /// Close the connection instead of keeping it idle in the pool.
+    close_on_drop: bool,
     _tracked: Tracked,
 }
 
 impl Session {
     pub fn client(&self) -> &tokio_postgres::Client {
-        &self.object
+        self
     }
 
     /// Closes the connection instead of returning it to the pool: the server
     /// rolls back whatever transaction it had open.
-    pub fn discard(self) {
-        drop(Object::take(self.object));
+    pub fn discard(mut self) {
+        if let Some(object) = self.object.take() {
+            drop(Object::take(object));
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.close_on_drop {
+            if let Some(object) = self.object.take() {
+                drop(Object::take(object));
+            }
+        }
     }
 }
 
 impl Deref for Session {
     type Target = Object;
     fn deref(&self) -> &Object {
-        &self.object
+        self.object
+            .as_ref()
+            .expect("a session holds its connection until dropped")
     }
 }
 
 impl DerefMut for Session {
     fn deref_mut(&mut self) -> &mut Object {
-        &mut self.object
+        self.object
+            .as_mut()
+            .expect("a session holds its connection until dropped")
     }
 }
 
@@ -154,7 +175,8 @@ impl Node {
         let object = self.pool.get().await.map_err(PgFailure::from)?;
         let tracked = self.inflight.track(self.name(), &object);
         Ok(Session {
-            object,
+            object: Some(object),
+            close_on_drop: self.close_idle,
             _tracked: tracked,
         })
     }
@@ -197,6 +219,7 @@ impl Cluster {
     pub fn new(config: &Config) -> Cluster {
         let settings = SessionSettings::from_config(config);
         let inflight = Arc::new(Inflight::default());
+        let bounded = config.replicas.len() + 1 > config.jobs;
         let nodes = config
             .nodes()
             .map(|n| {
@@ -205,6 +228,7 @@ impl Cluster {
                     pool: pool(n, &settings, config.pool_size, config.connect_timeout),
                     session: settings,
                     inflight: Arc::clone(&inflight),
+                    close_idle: bounded && n.role == Role::Replica,
                 })
             })
             .collect();

@@ -620,3 +620,29 @@ fn error_without_a_server_position_still_names_the_line() {
         .says("line 4");
     assert!(!f.has_relation(0, "a"), "nothing half-applied");
 }
+
+#[test]
+fn jobs_smaller_than_the_cluster_still_applies_everywhere() {
+    // With more nodes than --jobs, replicas' connections are closed after use
+    // (bounding what the coordinator holds); the work must be the same.
+    let f = Fixture::new(3);
+    f.patch("patch-1-0-0-direct.sql", "CREATE TABLE j (id int);\n");
+    f.patch(
+        "patch-1-1-0-concurrent.sql",
+        "CREATE INDEX CONCURRENTLY j_id ON j (id);\n",
+    );
+    f.patch(
+        "patch-1-2-0-direct.sql",
+        "ALTER TABLE j ADD COLUMN v text;\n",
+    );
+    f.run(&["upgrade", "--all", "--jobs", "1"]).expect(0);
+    for node in 0..3 {
+        assert!(f.has_relation(node, "j_id"), "node{node}");
+        assert_eq!(
+            f.psql(node, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'j' AND column_name = 'v'"),
+            "1",
+            "node{node}"
+        );
+    }
+    f.run(&["status", "--format", "json"]).expect(0);
+}
