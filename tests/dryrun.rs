@@ -3,6 +3,7 @@
 //! that block it, preflight findings, the report formats, and every lint rule.
 
 mod common;
+use common::{strings, wait_for};
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -12,20 +13,6 @@ use common::cli::Run;
 use common::Fixture;
 use pgconvoy::localpg::{LocalServer, PgBinaries, ServerOptions};
 use serde_json::Value;
-
-/// Polls `cond` every 50 ms until it holds or `secs` seconds have passed.
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Runs `upgrade --dry-run --format json ARGS`; returns the run and its parsed report.
 fn dry_json(f: &Fixture, args: &[&str]) -> (Run, Value) {
@@ -56,10 +43,6 @@ fn outcomes(report: &Value, node: usize) -> Vec<String> {
             )
         })
         .collect()
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
 }
 
 /// Names of user tables (any schema but the system ones) on a node.

@@ -9,9 +9,10 @@
 //! and race set-ups — every failure message prints the seed and the trial number.
 
 mod common;
+use common::{finish, spawn};
 
 use std::collections::BTreeMap;
-use std::process::{Child, Stdio};
+
 use std::time::{Duration, Instant};
 
 use common::cli::Run;
@@ -274,38 +275,6 @@ fn admins(pg: &Pg) -> Vec<tokio_postgres::Client> {
         .iter()
         .map(|s| pg.connect(&s.dsn("postgres")))
         .collect()
-}
-
-fn spawn(f: &Fixture, args: &[&str]) -> Child {
-    common::cli::command(f.scratch.path(), args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn pgconvoy")
-}
-
-/// Waits for a spawned run, killing it if it outlives `secs`.
-fn finish(mut child: Child, secs: u64) -> Run {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut done = false;
-    while Instant::now() < deadline {
-        if child.try_wait().expect("try_wait").is_some() {
-            done = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if !done {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().expect("wait");
-    let run = Run(out);
-    assert!(
-        done,
-        "pgconvoy still running after {secs}s; killed it\n{}",
-        run.all()
-    );
-    run
 }
 
 // --- what the nodes hold --------------------------------------------------------------

@@ -6,6 +6,7 @@
 //! stops the run with the subscription and node named.
 
 mod common;
+use common::{strings, wait_for};
 
 use std::fs::File;
 use std::io::Write;
@@ -53,20 +54,6 @@ fn servers() -> &'static [LocalServer] {
     })
 }
 
-/// Polls `cond` every 100 ms until it holds or `secs` seconds have passed.
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The last `n` lines of a server's log that report an error (the log is
 /// gone once the test process exits, so failures quote it).
 fn log_errors(server: &LocalServer, n: usize) -> String {
@@ -85,10 +72,6 @@ fn error_lines(r: &common::cli::Run) -> String {
         .filter(|l| l.contains("error"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
 }
 
 /// `replication: logical` with a timeout that keeps a stuck test short.

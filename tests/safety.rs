@@ -4,51 +4,13 @@
 //! two-phase commit, and `pgconvoy recover` of leftover prepared transactions.
 
 mod common;
+use common::{finish, spawn, strings, wait_for};
 
-use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cli::Run;
 use common::Fixture;
 use pgconvoy::localpg::{LocalServer, PgBinaries, ServerOptions};
-
-/// Polls `cond` every 50 ms until it holds or `secs` seconds have passed.
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-/// Starts `pgconvoy ARGS` in the fixture's directory, output captured.
-fn spawn(f: &Fixture, args: &[&str]) -> Child {
-    common::cli::command(f.scratch.path(), args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn pgconvoy")
-}
-
-/// Waits for a spawned run, killing it if it outlives `secs`.
-fn finish(mut child: Child, secs: u64) -> Run {
-    let done = wait_for(secs, || child.try_wait().expect("try_wait").is_some());
-    if !done {
-        let _ = child.kill();
-    }
-    let out: Output = child.wait_with_output().expect("wait");
-    assert!(done, "pgconvoy still running after {secs}s; killed it");
-    Run(out)
-}
 
 /// A session of the test's own (not pgconvoy's), kept open across calls: a lock
 /// holder, a reader, a monitor.

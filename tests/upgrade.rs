@@ -3,25 +3,11 @@
 //! `status --format json`, password hygiene and session identification.
 
 mod common;
+use common::{strings, wait_for};
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use common::Fixture;
-
-/// Polls `cond` every 100 ms until it holds or `secs` seconds have passed.
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// `start_time` of a patch's row in a node's ledger table (`revision` or `revision_local`).
 fn start_time(f: &Fixture, node: usize, table: &str, version: (u32, u32, u32)) -> String {
@@ -51,10 +37,6 @@ fn has_pgconvoy_schema(f: &Fixture, node: usize) -> bool {
         node,
         "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgconvoy'",
     ) != "0"
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
 }
 
 #[test]

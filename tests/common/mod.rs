@@ -159,3 +159,45 @@ impl Fixture {
         self.psql(node, &format!("SELECT to_regclass('{name}') IS NOT NULL")) == "t"
     }
 }
+
+/// Polls `cond` every 50 ms until it holds or `secs` seconds have passed.
+pub fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+pub fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Starts `pgconvoy ARGS` in the fixture's directory, output captured.
+pub fn spawn(f: &Fixture, args: &[&str]) -> std::process::Child {
+    cli::command(f.scratch.path(), args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn pgconvoy")
+}
+
+/// Waits for a spawned run, killing it if it outlives `secs`.
+pub fn finish(mut child: std::process::Child, secs: u64) -> Run {
+    let done = wait_for(secs, || child.try_wait().expect("try_wait").is_some());
+    if !done {
+        let _ = child.kill();
+    }
+    let run = Run(child.wait_with_output().expect("wait"));
+    assert!(
+        done,
+        "pgconvoy still running after {secs}s; killed it\n{}",
+        run.all()
+    );
+    run
+}
