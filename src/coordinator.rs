@@ -1028,33 +1028,37 @@ impl Run<'_> {
         }
     }
 
-    /// `before` (opening the transaction and writing its ledger row), the body
-    /// under a savepoint, then `after` — pipelined in one round trip. A body
-    /// that hits the lock timeout is rolled back to its savepoint and retried,
-    /// so the transaction, and a claim in it, live on. Does not commit.
-    async fn body_pipeline(
+    /// The first try of a body, pipelined in one round trip: `before`, the
+    /// body's statements (one request each, so that an error without a server
+    /// position is still pinned to its statement's line; under a savepoint
+    /// when `savepoint`), then `after`. `Ok(false)`: the body hit the lock
+    /// timeout and may be retried.
+    async fn first_try(
         &self,
         client: &tokio_postgres::Client,
         i: usize,
         patch: &Patch,
         before: &[Step<'_>],
+        savepoint: bool,
         after: &[Step<'_>],
-    ) -> Result<(), TxFailure> {
-        let mut steps: Vec<Step<'_>> = before.to_vec();
-        steps.push(Step::Sql("SAVEPOINT pgconvoy_try"));
-        // One request per statement (still one round trip), so that an error
-        // without a server position is still pinned to its statement's line.
-        let body_at = steps.len();
+    ) -> Result<bool, TxFailure> {
         let statements: Vec<(&str, usize)> = patch
             .statement_texts()
             .map(|(text, span)| (text, span.line))
             .collect();
+        let mut steps: Vec<Step<'_>> = before.to_vec();
+        if savepoint {
+            steps.push(Step::Sql("SAVEPOINT pgconvoy_try"));
+        }
+        let body_at = steps.len();
         steps.extend(statements.iter().map(|(text, _)| Step::Sql(text)));
-        steps.push(Step::Sql("RELEASE SAVEPOINT pgconvoy_try"));
+        if savepoint {
+            steps.push(Step::Sql("RELEASE SAVEPOINT pgconvoy_try"));
+        }
         steps.extend_from_slice(after);
         let results = pipeline::run(client, &steps).await;
         let Some((at, e)) = pipeline::first_failure(&results) else {
-            return Ok(());
+            return Ok(true);
         };
         if at < before.len() {
             return Err(TxFailure::Before(e.clone()));
@@ -1062,16 +1066,23 @@ impl Run<'_> {
         let Some(&statement) = at.checked_sub(body_at).and_then(|k| statements.get(k)) else {
             return Err(TxFailure::Node(self.fail(i)(e.clone())));
         };
-        if !e.is(&SqlState::LOCK_NOT_AVAILABLE) || self.policy.retries == 0 {
-            let mut f = self.body_failure(i, statement, e.clone());
-            f.line = f.line.or(Some(statement.1));
-            return Err(TxFailure::Node(f));
+        if e.is(&SqlState::LOCK_NOT_AVAILABLE) && self.policy.retries > 0 {
+            return Ok(false);
         }
-        // The lock timeout: keep the transaction, retry the body.
-        client
-            .batch_execute("ROLLBACK TO SAVEPOINT pgconvoy_try")
-            .await
-            .map_err(|e| TxFailure::Node(self.fail(i)(e.into())))?;
+        let mut f = self.body_failure(i, statement, e.clone());
+        f.line = f.line.or(Some(statement.1));
+        Err(TxFailure::Node(f))
+    }
+
+    /// Retries of a body that hit the lock timeout, inside the open
+    /// transaction under a savepoint, then `after`.
+    async fn retry_body(
+        &self,
+        client: &tokio_postgres::Client,
+        i: usize,
+        patch: &Patch,
+        after: &[Step<'_>],
+    ) -> Result<(), TxFailure> {
         self.execute(client, i, patch, (&patch.body, 1), true, 1)
             .await
             .map_err(TxFailure::Node)?;
@@ -1080,6 +1091,26 @@ impl Run<'_> {
             None => Ok(()),
             Some((_, e)) => Err(TxFailure::Node(self.fail(i)(e.clone()))),
         }
+    }
+
+    /// In an open transaction (the claim): the body under a savepoint, then
+    /// `after`, in one round trip; a lock timeout rolls back to the savepoint
+    /// and retries, so the transaction and its claim live on. Does not commit.
+    async fn body_pipeline(
+        &self,
+        client: &tokio_postgres::Client,
+        i: usize,
+        patch: &Patch,
+        after: &[Step<'_>],
+    ) -> Result<(), TxFailure> {
+        if self.first_try(client, i, patch, &[], true, after).await? {
+            return Ok(());
+        }
+        client
+            .batch_execute("ROLLBACK TO SAVEPOINT pgconvoy_try")
+            .await
+            .map_err(|e| TxFailure::Node(self.fail(i)(e.into())))?;
+        self.retry_body(client, i, patch, after).await
     }
 
     /// `before` (BEGIN and a ledger row), the body, `after` and COMMIT, all in
@@ -1095,46 +1126,19 @@ impl Run<'_> {
         before: &[Step<'_>],
         after: &[Step<'_>],
     ) -> Result<(), TxFailure> {
-        let statements: Vec<(&str, usize)> = patch
-            .statement_texts()
-            .map(|(text, span)| (text, span.line))
-            .collect();
-        let mut steps: Vec<Step<'_>> = before.to_vec();
-        let body_at = steps.len();
-        steps.extend(statements.iter().map(|(text, _)| Step::Sql(text)));
-        steps.extend_from_slice(after);
-        steps.push(Step::Sql("COMMIT"));
-        let results = pipeline::run(client, &steps).await;
-        let Some((at, e)) = pipeline::first_failure(&results) else {
+        let mut finish: Vec<Step<'_>> = after.to_vec();
+        finish.push(Step::Sql("COMMIT"));
+        if self
+            .first_try(client, i, patch, before, false, &finish)
+            .await?
+        {
             return Ok(());
-        };
-        if at < before.len() {
-            return Err(TxFailure::Before(e.clone()));
         }
-        let Some(&statement) = at.checked_sub(body_at).and_then(|k| statements.get(k)) else {
-            return Err(TxFailure::Node(self.fail(i)(e.clone())));
-        };
-        if !e.is(&SqlState::LOCK_NOT_AVAILABLE) || self.policy.retries == 0 {
-            let mut f = self.body_failure(i, statement, e.clone());
-            f.line = f.line.or(Some(statement.1));
-            return Err(TxFailure::Node(f));
-        }
-        // The first try hit the lock timeout and was rolled back: again, with
-        // the body under a savepoint from here on.
         let reopened = pipeline::run(client, before).await;
         if let Some((_, e)) = pipeline::first_failure(&reopened) {
             return Err(TxFailure::Before(e.clone()));
         }
-        self.execute(client, i, patch, (&patch.body, 1), true, 1)
-            .await
-            .map_err(TxFailure::Node)?;
-        let mut finish: Vec<Step<'_>> = after.to_vec();
-        finish.push(Step::Sql("COMMIT"));
-        let results = pipeline::run(client, &finish).await;
-        match pipeline::first_failure(&results) {
-            None => Ok(()),
-            Some((_, e)) => Err(TxFailure::Node(self.fail(i)(e.clone()))),
-        }
+        self.retry_body(client, i, patch, &finish).await
     }
 
     /// The master's part of a `direct` patch, in the open claim transaction.
@@ -1143,7 +1147,7 @@ impl Run<'_> {
         client: &tokio_postgres::Client,
         patch: &Patch,
     ) -> Result<(), NodeFailure> {
-        match self.body_pipeline(client, 0, patch, &[], &[]).await {
+        match self.body_pipeline(client, 0, patch, &[]).await {
             Ok(()) => Ok(()),
             Err(TxFailure::Node(f)) => Err(f),
             Err(TxFailure::Before(e)) => Err(self.fail(0)(e)),
