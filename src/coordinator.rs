@@ -1176,15 +1176,7 @@ impl Run<'_> {
     async fn wait_for_subscribers(&self, patch: &Patch) -> Result<(), Error> {
         let master = self.cluster.master();
         let replicas: Vec<&Node> = self.cluster.replicas().iter().map(|n| &**n).collect();
-        let lsn = {
-            let s = master
-                .session()
-                .await
-                .map_err(|e| node_unreachable(master, &e))?;
-            replication::current_lsn(s.client())
-                .await
-                .map_err(|e| node_unreachable(master, &e))?
-        };
+        let lsn = master_lsn(master).await?;
         let before = replication::baseline(&replicas)
             .await
             .map_err(Error::Failed)?;
@@ -1490,6 +1482,17 @@ impl Run<'_> {
     }
 }
 
+/// The master's WAL position, read in a statement of its own.
+async fn master_lsn(master: &Node) -> Result<String, Error> {
+    let s = master
+        .session()
+        .await
+        .map_err(|e| node_unreachable(master, &e))?;
+    replication::current_lsn(s.client())
+        .await
+        .map_err(|e| node_unreachable(master, &e))
+}
+
 /// Replication bookkeeping around groups: the subscription baseline taken
 /// before the run, tables to publish, and the catch-up check after each group.
 struct ReplicationWatch<'a> {
@@ -1581,15 +1584,7 @@ impl<'a> ReplicationWatch<'a> {
                     })?,
             );
         }
-        let lsn = {
-            let s = master
-                .session()
-                .await
-                .map_err(|e| node_unreachable(master, &e))?;
-            replication::current_lsn(s.client())
-                .await
-                .map_err(|e| node_unreachable(master, &e))?
-        };
+        let lsn = master_lsn(master).await?;
         match self.mode {
             Replication::Logical => {
                 let waited = replication::wait_for_subscribers(

@@ -430,6 +430,47 @@ pub struct LocalServer {
 impl LocalServer {
     /// initdb's a fresh data dir in a new temp dir and starts a server on a free port.
     pub fn start(bins: &PgBinaries, opts: &ServerOptions) -> Result<LocalServer> {
+        let mut server = LocalServer::prepare(bins, opts)?;
+        server.initdb(opts)?;
+        server.start_on_a_free_port()?;
+        Ok(server)
+    }
+
+    /// Starts a hot standby of `primary`: `pg_basebackup -R` of it into a new
+    /// temp dir, then a server on a free port that streams the primary's WAL.
+    pub fn start_standby(primary: &LocalServer, opts: &ServerOptions) -> Result<LocalServer> {
+        let mut server = LocalServer::prepare(&primary.bins, opts)?;
+        let mut cmd = server.server_cmd("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&server.data_dir)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-p",
+            ])
+            .arg(primary.port.to_string());
+        run_checked(&mut cmd)?;
+        let socket_dir = server.root.to_string_lossy().replace('\'', "''");
+        let mut conf = format!(
+            "\n# --- pgconvoy localpg standby ---\nunix_socket_directories = '{socket_dir}'\nhot_standby = on\n"
+        );
+        for (k, v) in &opts.extra_settings {
+            conf.push_str(&format!("{k} = {v}\n"));
+        }
+        server.append(&server.data_dir.join("postgresql.conf"), &conf)?;
+        server.start_on_a_free_port()?;
+        Ok(server)
+    }
+
+    /// A new temp dir (owned by the server user) with its watchdog; no data dir yet.
+    fn prepare(bins: &PgBinaries, opts: &ServerOptions) -> Result<LocalServer> {
         let run_as = server_user()?;
         let base = opts.base_dir.clone().unwrap_or_else(default_base_dir);
         let tempdir = tempfile::Builder::new()
@@ -455,80 +496,17 @@ impl LocalServer {
         };
         // From here on, `server`'s Drop cleans up whatever fails.
         server.spawn_watchdog()?;
-        server.initdb(opts)?;
-
-        let mut last_err = None;
-        for _ in 0..5 {
-            let port = free_port()?;
-            server.set_port(port)?;
-            match server.pg_ctl_start() {
-                Ok(()) => return Ok(server),
-                Err(e @ LocalPgError::StartFailed { .. }) if port_conflict(&e) => {
-                    last_err = Some(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_err.expect("at least one attempt"))
+        Ok(server)
     }
 
-    /// Starts a hot standby of `primary`: `pg_basebackup -R` of it into a new
-    /// temp dir, then a server on a free port that streams the primary's WAL.
-    pub fn start_standby(primary: &LocalServer, opts: &ServerOptions) -> Result<LocalServer> {
-        let bins = primary.bins.clone();
-        let run_as = server_user()?;
-        let base = opts.base_dir.clone().unwrap_or_else(default_base_dir);
-        let tempdir = tempfile::Builder::new()
-            .prefix("pgconvoy-")
-            .tempdir_in(&base)
-            .map_err(io_err("create a temp dir in", &base))?;
-        let root = tempdir.path().to_path_buf();
-        if let Some(u) = run_as {
-            std::os::unix::fs::chown(&root, Some(u.uid), Some(u.gid))
-                .map_err(io_err("chown to postgres", &root))?;
-        }
-        let mut server = LocalServer {
-            bins,
-            run_as,
-            port: 0,
-            data_dir: root.join("data"),
-            log: root.join("server.log"),
-            root,
-            start_timeout_secs: opts.start_timeout_secs.max(1),
-            running: false,
-            tempdir: Some(tempdir),
-            watchdog: None,
-        };
-        server.spawn_watchdog()?;
-        let mut cmd = server.server_cmd("pg_basebackup");
-        cmd.arg("-D")
-            .arg(&server.data_dir)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "-p",
-            ])
-            .arg(primary.port.to_string());
-        run_checked(&mut cmd)?;
-        let socket_dir = server.root.to_string_lossy().replace('\'', "''");
-        let mut conf = format!("\n# --- pgconvoy localpg standby ---\nunix_socket_directories = '{socket_dir}'\nhot_standby = on\n");
-        for (k, v) in &opts.extra_settings {
-            conf.push_str(&format!("{k} = {v}\n"));
-        }
-        server.append(&server.data_dir.join("postgresql.conf"), &conf)?;
+    /// Starts the data dir on a free port, trying another one if it was taken meanwhile.
+    fn start_on_a_free_port(&mut self) -> Result<()> {
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
-            server.set_port(port)?;
-            match server.pg_ctl_start() {
-                Ok(()) => return Ok(server),
+            self.set_port(port)?;
+            match self.pg_ctl_start() {
+                Ok(()) => return Ok(()),
                 Err(e @ LocalPgError::StartFailed { .. }) if port_conflict(&e) => {
                     last_err = Some(e);
                 }
