@@ -234,11 +234,8 @@ async fn probe(node: &Node, ledger: &Ledger) -> Probe {
 pub fn render_text(report: &StatusReport, out: &mut dyn Write) {
     let _ = writeln!(
         out,
-        "cluster {} (patches in {}, ledger {}, replication {:?})",
-        report.config,
-        report.patches,
-        report.ledger_table,
-        format!("{:?}", report.replication).to_lowercase()
+        "cluster {} (patches in {}, ledger {}, replication {})",
+        report.config, report.patches, report.ledger_table, report.replication
     );
     for p in &report.topology_problems {
         let _ = writeln!(out, "BLOCKING: {p}");
