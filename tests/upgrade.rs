@@ -628,3 +628,53 @@ fn jobs_smaller_than_the_cluster_still_applies_everywhere() {
     }
     f.run(&["status", "--format", "json"]).expect(0);
 }
+
+#[test]
+fn passwords_from_password_file_and_pgpassword_authenticate() {
+    let f0 = Fixture::new(2);
+    let role = common::unique_db("pwsrc");
+    let secret = "fileOrEnvPw9";
+    for n in 0..2 {
+        f0.server(n)
+            .psql(
+                "postgres",
+                &format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{secret}'"),
+            )
+            .expect("create role");
+    }
+    let (s0, s1) = (f0.server(0), f0.server(1));
+    let f = Fixture::with_dsns(f0.db.clone(), Vec::new());
+    f.scratch
+        .write("secrets/node0.pass", &format!("{secret}\n"));
+    let yaml = |file: &str| {
+        format!(
+            "patches: patches\nmaster:\n  name: node0\n  dsn: \"host=127.0.0.1 port={} user={role} dbname={}\"\n  password_file: {file}\nreplicas:\n  - name: node1\n    dsn: \"postgresql://{role}@127.0.0.1:{}/{}\"\n",
+            s0.port(),
+            f0.db,
+            s1.port(),
+            f0.db
+        )
+    };
+    f.scratch.write("cluster.yaml", &yaml("secrets/node0.pass"));
+    f.patch("patch-1-0-0-direct.sql", "CREATE TABLE pwsrc (id int);\n");
+    // node0 from its password_file, node1 from PGPASSWORD.
+    f.scratch
+        .run_env(&["upgrade"], &[("PGPASSWORD", secret)])
+        .expect(0)
+        .never_says(secret);
+    assert!(f0.has_relation(0, "pwsrc") && f0.has_relation(1, "pwsrc"));
+    // Without PGPASSWORD node1 cannot log in, and says which node.
+    f.run(&["status"])
+        .expect(1)
+        .says("node1")
+        .never_says(secret);
+    // A wrong password file: authentication fails, naming the node, printing no password.
+    f.scratch.write("secrets/wrong.pass", "notTheSecret\n");
+    f.scratch.write("cluster.yaml", &yaml("secrets/wrong.pass"));
+    f.scratch
+        .run_env(&["status"], &[("PGPASSWORD", secret)])
+        .expect(1)
+        .says("node0")
+        .never_says("notTheSecret")
+        .never_says(secret);
+}
