@@ -10,7 +10,8 @@ const AFTER_HELP: &str = "\
 Exit codes:
   0  success (also: nothing to do)
   1  a patch or a node failed at run time, or a dry run found a patch that fails
-  2  bad input: command line, config, patch directory, or an applied patch whose file changed
+  2  bad input: command line, config, patch directory, an applied patch whose file changed
+     (drift), a --patch-type refusal, a topology that contradicts the config
   3  another coordinator holds the cluster
 
 Patch files are named patch-MAJOR-MINOR-POINT-TYPE.sql, TYPE one of:
@@ -103,8 +104,8 @@ pub struct UpgradeArgs {
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub lock_timeout: Option<std::time::Duration>,
 
-    /// Retries of a statement that hit the lock timeout, with jittered backoff; the claim
-    /// is kept (the body runs under a savepoint). Default: `lock_retries`, else 5.
+    /// Retries of a statement that hit the lock timeout, with jittered backoff; retries run
+    /// under a savepoint so the claim is kept. Default: `lock_retries`, else 5.
     #[arg(long, value_name = "N")]
     pub lock_retries: Option<u32>,
 
