@@ -83,6 +83,25 @@ fn cell(p: Option<&PatchRehearsal>) -> String {
 }
 
 /// Rows of the patch × node table: one per patch the run would apply.
+const NODE_HEADER: [&str; 6] = ["node", "role", "endpoint", "state", "applied", "would run"];
+
+/// One row per node: who it is, its state, what it has and what would run there.
+fn node_rows(r: &DryRunReport) -> Vec<Vec<String>> {
+    r.nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                format!("{:?}", n.role).to_lowercase(),
+                n.endpoint.clone(),
+                state(n),
+                n.ledger.applied.to_string(),
+                n.patches.len().to_string(),
+            ]
+        })
+        .collect()
+}
+
 fn matrix(r: &DryRunReport) -> (Vec<String>, Vec<Vec<String>>) {
     let mut header = vec!["patch".to_string(), "type".to_string()];
     header.extend(r.nodes.iter().map(|n| n.name.clone()));
@@ -208,25 +227,8 @@ fn text(r: &DryRunReport, out: &mut dyn Write) {
         r.ledger_table
     );
     let _ = writeln!(out);
-    let rows: Vec<Vec<String>> = r
-        .nodes
-        .iter()
-        .map(|n| {
-            vec![
-                n.name.clone(),
-                format!("{:?}", n.role).to_lowercase(),
-                n.endpoint.clone(),
-                state(n),
-                n.ledger.applied.to_string(),
-                n.patches.len().to_string(),
-            ]
-        })
-        .collect();
-    text_table(
-        &["node", "role", "endpoint", "state", "applied", "would run"],
-        &rows,
-        out,
-    );
+    let rows = node_rows(r);
+    text_table(&NODE_HEADER, &rows, out);
     let _ = writeln!(out);
 
     if r.pending.is_empty() {
@@ -343,25 +345,8 @@ fn markdown(r: &DryRunReport, out: &mut dyn Write) {
     );
 
     let _ = writeln!(out, "### Nodes\n");
-    let rows: Vec<Vec<String>> = r
-        .nodes
-        .iter()
-        .map(|n| {
-            vec![
-                n.name.clone(),
-                format!("{:?}", n.role).to_lowercase(),
-                n.endpoint.clone(),
-                state(n),
-                n.ledger.applied.to_string(),
-                n.patches.len().to_string(),
-            ]
-        })
-        .collect();
-    markdown_table(
-        &["node", "role", "endpoint", "state", "applied", "would run"],
-        &rows,
-        out,
-    );
+    let rows = node_rows(r);
+    markdown_table(&NODE_HEADER, &rows, out);
 
     let _ = writeln!(out, "\n### Plan\n");
     if r.groups.is_empty() {

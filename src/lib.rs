@@ -21,6 +21,7 @@ pub mod pgerror;
 pub mod pipeline;
 pub mod plan;
 pub mod preflight;
+pub mod probe;
 pub mod recover;
 pub mod rehearsal;
 pub mod replication;

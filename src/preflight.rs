@@ -7,58 +7,10 @@ use std::time::Duration;
 
 use crate::cluster::Node;
 use crate::dryrun::{Finding, FindingKind, Level};
-use crate::ledger::{Ledger, NodeLedger};
 use crate::pgerror::PgFailure;
 use crate::rehearsal::{one_line, seconds};
 
-/// What a first look at a node found.
-#[derive(Debug, Default)]
-pub struct Probe {
-    pub error: Option<String>,
-    pub server_version: Option<String>,
-    pub in_recovery: Option<bool>,
-    pub ledger: NodeLedger,
-}
-
-impl Probe {
-    pub fn reachable(&self) -> bool {
-        self.error.is_none()
-    }
-}
-
-/// Connects, reads the version, recovery state and ledger; writes nothing.
-pub async fn probe(node: &Node, ledger: &Ledger) -> Probe {
-    let mut p = Probe::default();
-    let session = match node.session().await {
-        Ok(s) => s,
-        Err(e) => {
-            p.error = Some(e.to_string());
-            return p;
-        }
-    };
-    match session
-        .query_one(
-            "SELECT current_setting('server_version'), pg_is_in_recovery()",
-            &[],
-        )
-        .await
-    {
-        Ok(row) => {
-            let full: String = row.get(0);
-            p.server_version = full.split_whitespace().next().map(str::to_string);
-            p.in_recovery = Some(row.get(1));
-        }
-        Err(e) => {
-            p.error = Some(PgFailure::from_pg(&e).to_string());
-            return p;
-        }
-    }
-    match ledger.read(session.client()).await {
-        Ok(l) => p.ledger = l,
-        Err(e) => p.error = Some(format!("cannot read the ledger: {e}")),
-    }
-    p
-}
+pub use crate::probe::{probe, Probe};
 
 /// Thresholds from `cluster.yaml`.
 #[derive(Debug, Clone, Copy)]

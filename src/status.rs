@@ -9,7 +9,7 @@ use futures::stream::{self, StreamExt};
 use crate::cluster::{Cluster, Node};
 use crate::config::{Config, Role};
 use crate::error::Error;
-use crate::ledger::{Ledger, NodeLedger};
+use crate::ledger::Ledger;
 use crate::patch::{PatchSet, PatchVersion};
 use crate::plan;
 use crate::report::text_table;
@@ -78,6 +78,7 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
         .collect()
         .await;
     let master_done: Vec<PatchVersion> = probes[0]
+        .first
         .ledger
         .main
         .iter()
@@ -88,7 +89,13 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
         .nodes
         .iter()
         .zip(probes)
-        .map(|(node, p)| {
+        .map(|(node, probe)| {
+            let Probe {
+                first: p,
+                prepared,
+                subscriptions,
+                replay_lsn,
+            } = probe;
             let role = node.role();
             let l = &p.ledger;
             let done = |v: &PatchVersion| l.main.get(v).is_some_and(|r| r.is_done());
@@ -113,7 +120,7 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                 endpoint: node.config.endpoint.clone(),
                 reachable,
                 error: p.error,
-                server_version: p.version,
+                server_version: p.server_version,
                 in_recovery: p.in_recovery,
                 ledger_exists: l.exists,
                 applied: l
@@ -142,9 +149,9 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                     .iter()
                     .map(|d| d.to_string())
                     .collect(),
-                prepared: p.prepared,
-                subscriptions: p.subscriptions,
-                replay_lsn: p.replay_lsn,
+                prepared,
+                subscriptions,
+                replay_lsn,
             }
         })
         .collect::<Vec<NodeStatus>>();
@@ -166,61 +173,30 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
 }
 
 struct Probe {
-    error: Option<String>,
-    version: Option<String>,
-    in_recovery: Option<bool>,
-    ledger: NodeLedger,
+    first: crate::probe::Probe,
     prepared: Vec<crate::recover::Prepared>,
     subscriptions: Vec<crate::replication::Subscription>,
     replay_lsn: Option<String>,
 }
 
 async fn probe(node: &Node, ledger: &Ledger) -> Probe {
+    let (first, session) = crate::probe::look(node, ledger).await;
     let mut p = Probe {
-        error: None,
-        version: None,
-        in_recovery: None,
-        ledger: NodeLedger::default(),
+        first,
         prepared: Vec::new(),
         subscriptions: Vec::new(),
         replay_lsn: None,
     };
-    let session = match node.session().await {
-        Ok(s) => s,
-        Err(e) => {
-            p.error = Some(e.to_string());
-            return p;
-        }
+    let Some(session) = session else {
+        return p;
     };
-    match session
-        .query_one(
-            "SELECT current_setting('server_version'), pg_is_in_recovery()",
-            &[],
-        )
-        .await
-    {
-        Ok(row) => {
-            // "15.18 (Debian 15.18-0+deb12u1)" → "15.18"
-            let full: String = row.get(0);
-            p.version = full.split_whitespace().next().map(str::to_string);
-            p.in_recovery = Some(row.get(1));
-        }
-        Err(e) => {
-            p.error = Some(crate::pgerror::PgFailure::from_pg(&e).to_string());
-            return p;
-        }
-    }
-    match ledger.read(session.client()).await {
-        Ok(l) => p.ledger = l,
-        Err(e) => p.error = Some(format!("cannot read the ledger: {e}")),
-    }
     if let Ok(prepared) = crate::recover::list(session.client(), ledger).await {
         p.prepared = prepared;
     }
     if let Ok(subs) = crate::replication::subscriptions(session.client()).await {
         p.subscriptions = subs;
     }
-    if p.in_recovery == Some(true) {
+    if p.first.in_recovery == Some(true) {
         if let Ok(row) = session
             .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
             .await

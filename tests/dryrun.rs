@@ -3,7 +3,7 @@
 //! that block it, preflight findings, the report formats, and every lint rule.
 
 mod common;
-use common::{strings, wait_for};
+use common::{has_pgconvoy_schema, strings, wait_for};
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -52,13 +52,6 @@ fn user_tables(f: &Fixture, node: usize) -> String {
         "SELECT coalesce(string_agg(schemaname || '.' || tablename, ',' ORDER BY 1), '') \
          FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
     )
-}
-
-fn has_pgconvoy_schema(f: &Fixture, node: usize) -> bool {
-    f.psql(
-        node,
-        "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgconvoy'",
-    ) != "0"
 }
 
 /// Runs SQL on every node.

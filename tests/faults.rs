@@ -2,37 +2,13 @@
 //! killed mid-patch, and two coordinators racing for the same cluster.
 
 mod common;
-use common::{finish, spawn, strings, wait_for};
+use common::{finish, pgconvoy_backends, pgconvoy_sleeping, spawn, strings, wait_for};
 
 use std::time::{Duration, Instant};
 
 use common::cli::Run;
 use common::Fixture;
 use pgconvoy::localpg::{LocalServer, PgBinaries, ServerOptions};
-
-/// Backends of pgconvoy on the node's database: `state:query` of each.
-fn pgconvoy_backends(f: &Fixture, node: usize) -> Vec<String> {
-    f.psql(
-        node,
-        "SELECT coalesce(state, '') || ':' || query FROM pg_stat_activity \
-         WHERE datname = current_database() AND application_name = 'pgconvoy' \
-           AND pid <> pg_backend_pid()",
-    )
-    .lines()
-    .filter(|l| !l.is_empty())
-    .map(str::to_string)
-    .collect()
-}
-
-/// Whether a pgconvoy backend on the node is running `pg_sleep`.
-fn pgconvoy_sleeping(f: &Fixture, node: usize) -> bool {
-    f.psql(
-        node,
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE datname = current_database() AND application_name = 'pgconvoy' \
-           AND state = 'active' AND query ILIKE '%pg_sleep%'",
-    ) != "0"
-}
 
 #[test]
 fn stopped_replica_fails_the_run_and_a_rerun_completes() {

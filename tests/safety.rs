@@ -4,7 +4,10 @@
 //! two-phase commit, and `pgconvoy recover` of leftover prepared transactions.
 
 mod common;
-use common::{finish, spawn, strings, wait_for};
+use common::{
+    finish, has_pgconvoy_schema, index_valid, pgconvoy_backends, pgconvoy_sleeping, spawn,
+    start_time, strings, wait_for,
+};
 
 use std::time::{Duration, Instant};
 
@@ -59,46 +62,11 @@ impl Session {
     }
 }
 
-/// Backends of pgconvoy on the node's database: `state:query` of each.
-fn pgconvoy_backends(f: &Fixture, node: usize) -> Vec<String> {
-    f.psql(
-        node,
-        "SELECT coalesce(state, '') || ':' || query FROM pg_stat_activity \
-         WHERE datname = current_database() AND application_name = 'pgconvoy' \
-           AND pid <> pg_backend_pid()",
-    )
-    .lines()
-    .filter(|l| !l.is_empty())
-    .map(str::to_string)
-    .collect()
-}
-
-/// Whether a pgconvoy backend on the node is running `pg_sleep`.
-fn pgconvoy_sleeping(f: &Fixture, node: usize) -> bool {
-    f.psql(
-        node,
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE datname = current_database() AND application_name = 'pgconvoy' \
-           AND state = 'active' AND query ILIKE '%pg_sleep%'",
-    ) != "0"
-}
-
 /// pgconvoy backends of this database waiting for a lock (SQL for a monitor session).
 const PGCONVOY_WAITING: &str = "SELECT count(*) FROM pg_locks l \
      JOIN pg_stat_activity a ON a.pid = l.pid \
      WHERE NOT l.granted AND a.application_name = 'pgconvoy' \
        AND a.datname = current_database()";
-
-/// Whether the index exists on the node and is valid.
-fn index_valid(f: &Fixture, node: usize, index: &str) -> bool {
-    f.psql(
-        node,
-        &format!(
-            "SELECT coalesce((SELECT indisvalid FROM pg_index \
-             WHERE indexrelid = to_regclass('{index}')), false)"
-        ),
-    ) == "t"
-}
 
 /// Whether the index exists on the node and is invalid (a failed concurrent build).
 fn index_invalid(f: &Fixture, node: usize, index: &str) -> bool {
@@ -121,13 +89,6 @@ fn has_column(f: &Fixture, node: usize, table: &str, column: &str) -> bool {
     ) == "1"
 }
 
-fn has_pgconvoy_schema(f: &Fixture, node: usize) -> bool {
-    f.psql(
-        node,
-        "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgconvoy'",
-    ) != "0"
-}
-
 /// Prepared transactions of the fixture's database on a node (the servers are
 /// shared by every test of this binary, so other databases' are not counted).
 fn prepared_xacts(f: &Fixture, node: usize) -> Vec<String> {
@@ -139,18 +100,6 @@ fn prepared_xacts(f: &Fixture, node: usize) -> Vec<String> {
     .filter(|l| !l.is_empty())
     .map(str::to_string)
     .collect()
-}
-
-/// `start_time` of a patch's row in a node's ledger table (`revision` or `revision_local`).
-fn start_time(f: &Fixture, node: usize, table: &str, version: (u32, u32, u32)) -> String {
-    let (ma, mi, p) = version;
-    f.psql(
-        node,
-        &format!(
-            "SELECT start_time::text FROM pgconvoy.{table} \
-             WHERE major = {ma} AND minor = {mi} AND patch = {p}"
-        ),
-    )
 }
 
 fn status_json(f: &Fixture) -> serde_json::Value {

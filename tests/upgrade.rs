@@ -3,41 +3,11 @@
 //! `status --format json`, password hygiene and session identification.
 
 mod common;
-use common::{strings, wait_for};
+use common::{has_pgconvoy_schema, index_valid, start_time, strings, wait_for};
 
 use std::process::Stdio;
 
 use common::Fixture;
-
-/// `start_time` of a patch's row in a node's ledger table (`revision` or `revision_local`).
-fn start_time(f: &Fixture, node: usize, table: &str, version: (u32, u32, u32)) -> String {
-    let (ma, mi, p) = version;
-    f.psql(
-        node,
-        &format!(
-            "SELECT start_time::text FROM pgconvoy.{table} \
-             WHERE major = {ma} AND minor = {mi} AND patch = {p}"
-        ),
-    )
-}
-
-/// Whether the index exists on the node and is valid.
-fn index_valid(f: &Fixture, node: usize, index: &str) -> bool {
-    f.psql(
-        node,
-        &format!(
-            "SELECT coalesce((SELECT indisvalid FROM pg_index \
-             WHERE indexrelid = to_regclass('{index}')), false)"
-        ),
-    ) == "t"
-}
-
-fn has_pgconvoy_schema(f: &Fixture, node: usize) -> bool {
-    f.psql(
-        node,
-        "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgconvoy'",
-    ) != "0"
-}
 
 #[test]
 fn each_patch_type_lands_where_the_contract_says() {
@@ -535,14 +505,7 @@ fn working_passwords_are_not_printed_either() {
     let f0 = Fixture::new(3);
     let role = common::unique_db("pwok");
     let secret = "r1ghtSecretPw";
-    for n in 0..2 {
-        f0.server(n)
-            .psql(
-                "postgres",
-                &format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{secret}'"),
-            )
-            .expect("create role");
-    }
+    password_role(&f0, &role, secret);
     let s0 = f0.server(0);
     let s1 = f0.server(1);
     let dsns = vec![
@@ -634,14 +597,7 @@ fn passwords_from_password_file_and_pgpassword_authenticate() {
     let f0 = Fixture::new(2);
     let role = common::unique_db("pwsrc");
     let secret = "fileOrEnvPw9";
-    for n in 0..2 {
-        f0.server(n)
-            .psql(
-                "postgres",
-                &format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{secret}'"),
-            )
-            .expect("create role");
-    }
+    password_role(&f0, &role, secret);
     let (s0, s1) = (f0.server(0), f0.server(1));
     let f = Fixture::with_dsns(f0.db.clone(), Vec::new());
     f.scratch
@@ -677,4 +633,16 @@ fn passwords_from_password_file_and_pgpassword_authenticate() {
         .says("node0")
         .never_says("notTheSecret")
         .never_says(secret);
+}
+
+/// A superuser role that must log in with `secret`, on the first two servers.
+fn password_role(f: &Fixture, role: &str, secret: &str) {
+    for n in 0..2 {
+        f.server(n)
+            .psql(
+                "postgres",
+                &format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{secret}'"),
+            )
+            .expect("create role");
+    }
 }

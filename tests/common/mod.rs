@@ -201,3 +201,57 @@ pub fn finish(mut child: std::process::Child, secs: u64) -> Run {
     );
     run
 }
+
+/// Backends of pgconvoy on the node's database: `state:query` of each.
+pub fn pgconvoy_backends(f: &Fixture, node: usize) -> Vec<String> {
+    f.psql(
+        node,
+        "SELECT coalesce(state, '') || ':' || query FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'pgconvoy' \
+           AND pid <> pg_backend_pid()",
+    )
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(str::to_string)
+    .collect()
+}
+
+/// Whether a pgconvoy backend on the node is running `pg_sleep`.
+pub fn pgconvoy_sleeping(f: &Fixture, node: usize) -> bool {
+    f.psql(
+        node,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'pgconvoy' \
+           AND state = 'active' AND query ILIKE '%pg_sleep%'",
+    ) != "0"
+}
+
+/// Whether the index exists on the node and is valid.
+pub fn index_valid(f: &Fixture, node: usize, index: &str) -> bool {
+    f.psql(
+        node,
+        &format!(
+            "SELECT coalesce((SELECT indisvalid FROM pg_index \
+             WHERE indexrelid = to_regclass('{index}')), false)"
+        ),
+    ) == "t"
+}
+
+pub fn has_pgconvoy_schema(f: &Fixture, node: usize) -> bool {
+    f.psql(
+        node,
+        "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgconvoy'",
+    ) != "0"
+}
+
+/// `start_time` of a patch's row in a node's ledger table (`revision` or `revision_local`).
+pub fn start_time(f: &Fixture, node: usize, table: &str, version: (u32, u32, u32)) -> String {
+    let (ma, mi, p) = version;
+    f.psql(
+        node,
+        &format!(
+            "SELECT start_time::text FROM pgconvoy.{table} \
+             WHERE major = {ma} AND minor = {mi} AND patch = {p}"
+        ),
+    )
+}
