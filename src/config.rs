@@ -267,12 +267,17 @@ impl Config {
             )));
         }
 
-        let connect_timeout = match raw.connect_timeout {
-            None => DEFAULT_CONNECT_TIMEOUT,
+        let duration = |key: &str, raw: Option<RawDuration>, default: Duration| match raw {
+            None => Ok(default),
             Some(d) => d
                 .into_duration()
-                .map_err(|m| invalid(format!("key `connect_timeout`: {m}")))?,
+                .map_err(|m| invalid(format!("key `{key}`: {m}"))),
         };
+        let connect_timeout = duration(
+            "connect_timeout",
+            raw.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
         let lock_timeout = match raw.lock_timeout {
             None => DEFAULT_LOCK_TIMEOUT,
             Some(d) => d
@@ -294,24 +299,17 @@ impl Config {
             .filter(|d| !d.is_zero()),
         };
 
-        let threshold = |key: &str, raw: Option<RawDuration>, default: Duration| match raw {
-            None => Ok(default),
-            Some(d) => d
-                .into_duration()
-                .map_err(|m| invalid(format!("key `{key}`: {m}"))),
-        };
-        let long_running_threshold = threshold(
+        let long_running_threshold = duration(
             "long_running_threshold",
             raw.long_running_threshold,
             DEFAULT_LONG_RUNNING_THRESHOLD,
         )?;
-        let lag_threshold = threshold("lag_threshold", raw.lag_threshold, DEFAULT_LAG_THRESHOLD)?;
-        let replication_timeout = match raw.replication_timeout {
-            None => DEFAULT_REPLICATION_TIMEOUT,
-            Some(d) => d
-                .into_duration()
-                .map_err(|m| invalid(format!("key `replication_timeout`: {m}")))?,
-        };
+        let lag_threshold = duration("lag_threshold", raw.lag_threshold, DEFAULT_LAG_THRESHOLD)?;
+        let replication_timeout = duration(
+            "replication_timeout",
+            raw.replication_timeout,
+            DEFAULT_REPLICATION_TIMEOUT,
+        )?;
         let publication = match raw.publication {
             None => None,
             Some(_) if raw.replication != Replication::Logical => {
