@@ -319,7 +319,7 @@ pub fn discover(dir: &Path, strict: bool) -> Result<PatchSet, DiscoverError> {
     names.sort();
 
     let mut findings = Vec::new();
-    let mut patches = Vec::new();
+    let mut named: Vec<(PatchVersion, PatchType, PathBuf)> = Vec::new();
     let display = |name: &str| dir.join(name).display().to_string();
     for name in names {
         let name = match name {
@@ -339,74 +339,38 @@ pub fn discover(dir: &Path, strict: bool) -> Result<PatchSet, DiscoverError> {
                 continue;
             }
         };
-        let path = dir.join(&name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                findings.push(error(format!("{}: cannot read: {e}", path.display())));
-                continue;
-            }
-        };
-        let checksum = checksum(&bytes);
-        let body = match String::from_utf8(bytes) {
-            Ok(b) => b,
-            Err(_) => {
-                findings.push(error(format!("{}: not valid UTF-8", path.display())));
-                continue;
-            }
-        };
-        let statements = match sql::split(&body) {
-            Ok(stmts) => stmts
-                .iter()
-                .map(|s| StatementSpan {
-                    offset: s.offset,
-                    len: s.text.len(),
-                    line: s.line,
-                })
-                .collect(),
-            Err(e) => {
-                findings.push(error(format!("{}: {e}", path.display())));
-                continue;
-            }
-        };
-        let order = match parse_header(&body) {
-            Ok(o) => o,
-            Err(e) => {
-                findings.push(error(format!("{}: {e}", path.display())));
-                continue;
-            }
-        };
-        patches.push(Patch {
-            version,
-            kind,
-            path,
-            body,
-            checksum,
-            statements,
-            order,
-        });
+        named.push((version, kind, dir.join(&name)));
     }
-    patches.sort_by(|a, b| a.version.cmp(&b.version).then(a.path.cmp(&b.path)));
+    named.sort_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
 
-    // Duplicates: keep the first file of a version, name every clash.
-    let mut unique: Vec<Patch> = Vec::with_capacity(patches.len());
-    let mut duplicate_versions = Vec::new();
-    for patch in patches {
-        match unique.last() {
-            Some(prev) if prev.version == patch.version => {
-                findings.push(error(format!(
-                    "{} and {}: both are version {}",
-                    prev.path.display(),
-                    patch.path.display(),
-                    patch.version
-                )));
-                duplicate_versions.push(patch.version);
-            }
-            _ => unique.push(patch),
+    // Duplicates are judged on names alone, so every clash is named even when
+    // a file's content is broken too.
+    for pair in named.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            findings.push(error(format!(
+                "{} and {}: both are version {}",
+                pair[0].2.display(),
+                pair[1].2.display(),
+                pair[1].0
+            )));
         }
     }
 
-    let versions: Vec<PatchVersion> = unique.iter().map(|p| p.version).collect();
+    // Every file's content is checked; the first file of a version is kept.
+    let mut patches: Vec<Patch> = Vec::with_capacity(named.len());
+    let mut previous = None;
+    for (version, kind, path) in named.iter().cloned() {
+        let first = previous != Some(version);
+        previous = Some(version);
+        match load(version, kind, path) {
+            Ok(patch) if first => patches.push(patch),
+            Ok(_) => {}
+            Err(message) => findings.push(error(message)),
+        }
+    }
+
+    let mut versions: Vec<PatchVersion> = named.iter().map(|n| n.0).collect();
+    versions.dedup();
     let gap_severity = if strict {
         Severity::Error
     } else {
@@ -421,8 +385,36 @@ pub fn discover(dir: &Path, strict: bool) -> Result<PatchSet, DiscoverError> {
 
     Ok(PatchSet {
         dir: dir.to_path_buf(),
-        patches: unique,
+        patches,
         findings,
+    })
+}
+
+/// Reads and checks one well-named patch file; the error names the file.
+fn load(version: PatchVersion, kind: PatchType, path: PathBuf) -> Result<Patch, String> {
+    let bytes =
+        std::fs::read(&path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let checksum = checksum(&bytes);
+    let body =
+        String::from_utf8(bytes).map_err(|_| format!("{}: not valid UTF-8", path.display()))?;
+    let statements = sql::split(&body)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .iter()
+        .map(|s| StatementSpan {
+            offset: s.offset,
+            len: s.text.len(),
+            line: s.line,
+        })
+        .collect();
+    let order = parse_header(&body).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Patch {
+        version,
+        kind,
+        path,
+        body,
+        checksum,
+        statements,
+        order,
     })
 }
 

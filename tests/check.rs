@@ -212,3 +212,17 @@ fn help_teaches_exit_codes_and_patch_types() {
         .says("Exit codes")
         .says("concurrent");
 }
+
+#[test]
+fn duplicates_are_named_even_when_a_file_is_also_broken() {
+    let s = scratch();
+    s.patch("patch-1-0-0-std.sql", "CREATE TABLE a (id int)\n");
+    s.patch("patch-1-00-0-direct.sql", "SELECT 1;\n");
+    s.run(&["check"])
+        .expect(2)
+        .says("patch-1-0-0-std.sql and")
+        .says("patch-1-00-0-direct.sql")
+        .says("both are version 1-0-0")
+        .says("not terminated")
+        .says("2 error(s)");
+}
