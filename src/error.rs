@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::config::ConfigError;
-use crate::patch::DiscoverError;
+use crate::patches::discover::DiscoverError;
 
 /// Documented exit codes (see `pgconvoy --help` and the README).
 pub mod exit {
@@ -37,6 +37,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error and its causes on one line, as printed on stderr.
+    pub fn chain(&self) -> String {
+        crate::output::human::error_chain(self)
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) | Error::Discover(_) | Error::PatchDir { .. } | Error::BadInput(_) => {

@@ -6,10 +6,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = pgconvoy::cli::Cli::parse();
-    match pgconvoy::run::run(cli) {
+    match pgconvoy::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pgconvoy: error: {}", pgconvoy::run::error_chain(&e));
+            eprintln!("pgconvoy: error: {}", e.chain());
             ExitCode::from(e.exit_code())
         }
     }

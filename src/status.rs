@@ -2,17 +2,16 @@
 //! its ledger holds, what it still needs, and how it diverges from the master.
 //! Reads only: safe for a read-only role.
 
-use std::io::Write;
-
 use futures::stream::{self, StreamExt};
 
-use crate::cluster::{Cluster, Node};
 use crate::config::{Config, Role};
+use crate::db::cluster::{Cluster, Node};
+use crate::db::ledger::Ledger;
+use crate::db::probe::{probe_keeping_session, NodeProbe};
 use crate::error::Error;
-use crate::ledger::Ledger;
-use crate::patch::{PatchSet, PatchVersion};
-use crate::plan;
-use crate::report::text_table;
+use crate::patches::discover::PatchSet;
+use crate::patches::patch::PatchVersion;
+use crate::upgrade::plan;
 
 #[derive(Debug, serde::Serialize)]
 pub struct StatusReport {
@@ -47,9 +46,9 @@ pub struct NodeStatus {
     /// Applied patches whose file changed or vanished.
     pub drift: Vec<String>,
     /// Prepared transactions left by an interrupted `--atomic` run (`pgconvoy recover` resolves them).
-    pub prepared: Vec<crate::recover::Prepared>,
+    pub prepared: Vec<crate::db::prepared::Prepared>,
     /// Logical subscriptions in this node's database.
-    pub subscriptions: Vec<crate::replication::Subscription>,
+    pub subscriptions: Vec<crate::replication::subscriptions::Subscription>,
     /// Standbys: the WAL position replayed so far.
     pub replay_lsn: Option<String>,
 }
@@ -72,13 +71,13 @@ impl StatusReport {
 pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
     let cluster = Cluster::new(config);
     let ledger = Ledger::new(config.ledger.clone());
-    let probes: Vec<Probe> = stream::iter(cluster.nodes.iter())
-        .map(|n| probe(n, &ledger))
+    let observed: Vec<Observed> = stream::iter(cluster.nodes.iter())
+        .map(|n| observe(n, &ledger))
         .buffered(cluster.jobs)
         .collect()
         .await;
-    let master_done: Vec<PatchVersion> = probes[0]
-        .first
+    let master_done: Vec<PatchVersion> = observed[0]
+        .probe
         .ledger
         .main
         .iter()
@@ -88,14 +87,14 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
     let nodes = cluster
         .nodes
         .iter()
-        .zip(probes)
-        .map(|(node, probe)| {
-            let Probe {
-                first: p,
+        .zip(observed)
+        .map(|(node, observed)| {
+            let Observed {
+                probe: p,
                 prepared,
                 subscriptions,
                 replay_lsn,
-            } = probe;
+            } = observed;
             let role = node.role();
             let l = &p.ledger;
             let done = |v: &PatchVersion| l.main.get(v).is_some_and(|r| r.is_done());
@@ -164,7 +163,10 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
         .collect();
     StatusReport {
         replication: config.replication,
-        topology_problems: crate::replication::topology_problems(config.replication, &topology),
+        topology_problems: crate::replication::topology::topology_problems(
+            config.replication,
+            &topology,
+        ),
         config: config.path.display().to_string(),
         patches: patches.dir.display().to_string(),
         ledger_table: ledger.name(),
@@ -172,17 +174,18 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
     }
 }
 
-struct Probe {
-    first: crate::probe::Probe,
-    prepared: Vec<crate::recover::Prepared>,
-    subscriptions: Vec<crate::replication::Subscription>,
+/// What `status` reads on one node: the first look, then what only status shows.
+struct Observed {
+    probe: NodeProbe,
+    prepared: Vec<crate::db::prepared::Prepared>,
+    subscriptions: Vec<crate::replication::subscriptions::Subscription>,
     replay_lsn: Option<String>,
 }
 
-async fn probe(node: &Node, ledger: &Ledger) -> Probe {
-    let (first, session) = crate::probe::look(node, ledger).await;
-    let mut p = Probe {
-        first,
+async fn observe(node: &Node, ledger: &Ledger) -> Observed {
+    let (probe, session) = probe_keeping_session(node, ledger).await;
+    let mut p = Observed {
+        probe,
         prepared: Vec::new(),
         subscriptions: Vec::new(),
         replay_lsn: None,
@@ -190,13 +193,13 @@ async fn probe(node: &Node, ledger: &Ledger) -> Probe {
     let Some(session) = session else {
         return p;
     };
-    if let Ok(prepared) = crate::recover::list(session.client(), ledger).await {
+    if let Ok(prepared) = crate::db::prepared::list(session.client(), ledger).await {
         p.prepared = prepared;
     }
-    if let Ok(subs) = crate::replication::subscriptions(session.client()).await {
+    if let Ok(subs) = crate::replication::subscriptions::subscriptions(session.client()).await {
         p.subscriptions = subs;
     }
-    if p.first.in_recovery == Some(true) {
+    if p.probe.in_recovery == Some(true) {
         if let Ok(row) = session
             .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
             .await
@@ -205,103 +208,6 @@ async fn probe(node: &Node, ledger: &Ledger) -> Probe {
         }
     }
     p
-}
-
-pub fn render_text(report: &StatusReport, out: &mut dyn Write) {
-    let _ = writeln!(
-        out,
-        "cluster {} (patches in {}, ledger {}, replication {})",
-        report.config, report.patches, report.ledger_table, report.replication
-    );
-    for p in &report.topology_problems {
-        let _ = writeln!(out, "BLOCKING: {p}");
-    }
-    let rows: Vec<Vec<String>> = report
-        .nodes
-        .iter()
-        .map(|n| {
-            let state = match (&n.error, n.in_recovery) {
-                (Some(_), _) => "UNREACHABLE".to_string(),
-                (None, Some(true)) => format!(
-                    "up {} (in recovery)",
-                    n.server_version.as_deref().unwrap_or("?")
-                ),
-                (None, _) => format!("up {}", n.server_version.as_deref().unwrap_or("?")),
-            };
-            vec![
-                n.name.clone(),
-                format!("{:?}", n.role).to_lowercase(),
-                n.endpoint.clone(),
-                state,
-                n.applied.len().to_string(),
-                list(&n.pending),
-            ]
-        })
-        .collect();
-    text_table(
-        &["node", "role", "endpoint", "state", "applied", "pending"],
-        &rows,
-        out,
-    );
-    for n in &report.nodes {
-        if let Some(e) = &n.error {
-            let _ = writeln!(out, "node `{}`: {e}", n.name);
-        }
-        if !n.unfinished.is_empty() {
-            let _ = writeln!(
-                out,
-                "node `{}`: started but not finished: {}",
-                n.name,
-                n.unfinished.join(", ")
-            );
-        }
-        if !n.missing_from_master.is_empty() {
-            let _ = writeln!(
-                out,
-                "node `{}`: diverges from the master, missing {}",
-                n.name,
-                n.missing_from_master.join(", ")
-            );
-        }
-        for s in &n.subscriptions {
-            let state = if !s.enabled {
-                "disabled".to_string()
-            } else if s.worker_running {
-                "apply worker running".to_string()
-            } else {
-                "APPLY WORKER NOT RUNNING".to_string()
-            };
-            let _ = writeln!(
-                out,
-                "node `{}`: subscription `{}` to {}: {state}, {} apply error(s)",
-                n.name,
-                s.name,
-                s.publications.join(", "),
-                s.apply_errors
-            );
-        }
-        if let Some(lsn) = &n.replay_lsn {
-            let _ = writeln!(out, "node `{}`: standby, replayed up to {lsn}", n.name);
-        }
-        for p in &n.prepared {
-            let _ = writeln!(
-                out,
-                "node `{}`: prepared transaction '{}' since {} (interrupted --atomic run): run `pgconvoy recover`",
-                n.name, p.gid, p.prepared_at
-            );
-        }
-        for d in &n.drift {
-            let _ = writeln!(out, "drift: {d}");
-        }
-    }
-}
-
-fn list(v: &[String]) -> String {
-    match v.len() {
-        0 => "-".into(),
-        1..=6 => v.join(", "),
-        n => format!("{}, … {} ({n} in all)", v[..3].join(", "), v[n - 1]),
-    }
 }
 
 /// Convenience for `run`: the error a status run maps to, if any.

@@ -493,7 +493,7 @@ fn preflight_reports_old_sessions_leftovers_and_unreachable_nodes() {
 fn a_running_coordinator_blocks() {
     let f = Fixture::new(1);
     f.patch("patch-1-0-0-direct.sql", "CREATE TABLE t (id int);\n");
-    let key = pgconvoy::ledger::Ledger::new(
+    let key = pgconvoy::db::ledger::Ledger::new(
         pgconvoy::config::LedgerTable::parse("pgconvoy.revision").unwrap(),
     )
     .advisory_key();

@@ -692,7 +692,7 @@ fn leftover_committed_somewhere_is_committed(major: u32, committed: &[usize], pr
     let file = f
         .scratch
         .patch(&format!("patch-{major}-1-0-direct.sql"), body);
-    let sum = pgconvoy::patch::checksum(&std::fs::read(file).unwrap());
+    let sum = pgconvoy::patches::patch::checksum(&std::fs::read(file).unwrap());
     let part = format!(
         "CREATE TABLE t_m10 (id int); \
          INSERT INTO pgconvoy.revision VALUES ({major},1,0,'direct','{sum}',now(),now(),'test');"

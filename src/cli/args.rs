@@ -1,0 +1,186 @@
+//! The raw command line (clap derive). Checked values are built from it by the
+//! dispatch in [`super::run`] and by [`crate::config::Config::load`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Overrides;
+use crate::output::{ReportFormat, StatusFormat};
+use crate::patches::patch::PatchType;
+use crate::upgrade::plan::Selection;
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success (also: nothing to do)
+  1  a patch or a node failed at run time, or a dry run found a patch that fails
+  2  bad input: command line, config, patch directory, an applied patch whose file changed
+     (drift), a --patch-type refusal, a topology that contradicts the config
+  3  another coordinator holds the cluster
+
+Patch files are named patch-MAJOR-MINOR-POINT-TYPE.sql, TYPE one of:
+  std         the master only, inside the claim transaction (replication carries it)
+  direct      every node, each inside its own transaction
+  concurrent  every node concurrently, outside any transaction, one statement at a time";
+
+/// Cluster-aware migration orchestrator for PostgreSQL.
+///
+/// One coordinator claims each schema patch in a transaction on the master, fans it
+/// out to every node that needs it, stamps it done and commits.
+#[derive(Debug, Parser)]
+#[command(name = "pgconvoy", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Cluster config file (patch directory, master, replicas).
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "cluster.yaml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the patch directory without connecting to any node.
+    ///
+    /// Reports every file whose name does not match patch-MAJOR-MINOR-POINT-TYPE.sql,
+    /// duplicate versions (1-02-0 and 1-2-0 are the same), empty patches, a last
+    /// statement not terminated by `;`, and gaps in numbering (a warning, an error
+    /// with --strict or `strict: true`).
+    Check(CheckArgs),
+
+    /// Show every node: reachable, server version, in recovery, applied and pending
+    /// patches, unfinished ledger rows, divergence from the master, drift.
+    ///
+    /// Reads only (not even the ledger's schema is created), so a read-only role will do.
+    /// Exits 1 when a node is unreachable, 2 when an applied patch's file changed.
+    Status(StatusArgs),
+
+    /// Apply pending patches: claim each on the master, fan it out, stamp it, commit.
+    ///
+    /// Consecutive pending patches of one type form a group. One invocation applies
+    /// the first group only; --all loops group after group until nothing is pending;
+    /// -1 applies a single patch. A failed patch is not recorded on the master, and a
+    /// re-run applies it only on the nodes where it is missing.
+    Upgrade(UpgradeArgs),
+
+    /// Resolve prepared transactions left by an `--atomic` coordinator that died between
+    /// PREPARE and COMMIT: commit them where the patch committed anywhere, roll back otherwise.
+    Recover,
+
+    /// Start a throwaway local 3-node cluster from the installed PostgreSQL binaries,
+    /// upgrade it with the example patches (--all), show its status, and clean up.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format; `json` prints an object with a `nodes` array.
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    pub format: StatusFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Loop group after group until nothing is pending.
+    #[arg(long, conflicts_with = "one")]
+    pub all: bool,
+
+    /// Apply one patch only.
+    #[arg(short = '1', long = "one")]
+    pub one: bool,
+
+    /// Refuse to start unless the next group is of this type (repeatable).
+    #[arg(long = "patch-type", value_name = "TYPE", value_parser = parse_patch_type)]
+    pub patch_types: Vec<PatchType>,
+
+    /// When another coordinator holds the cluster, wait for it instead of exiting 3.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Session `lock_timeout` (e.g. 300ms, 2s): no other session queues behind a patch
+    /// waiting for its lock longer than this. Default: `lock_timeout` in the config, else 2s.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub lock_timeout: Option<std::time::Duration>,
+
+    /// Retries of a statement that hit the lock timeout, with jittered backoff; retries run
+    /// under a savepoint so the claim is kept. Default: `lock_retries`, else 5.
+    #[arg(long, value_name = "N")]
+    pub lock_retries: Option<u32>,
+
+    /// Session `statement_timeout` (0: none). Default: `statement_timeout`, else none.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub statement_timeout: Option<std::time::Duration>,
+
+    /// Apply `direct` groups with two-phase commit: every node prepares, then all commit
+    /// (the master's claim last); if any node fails, no node keeps any of it.
+    /// Needs max_prepared_transactions > 0 on every node. Config: `atomic_direct: true`.
+    #[arg(long)]
+    pub atomic: bool,
+
+    /// At most this many nodes are worked on at once (default: `jobs` in the config, else 16).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+
+    /// Rehearse instead of applying: the maintenance-window report. On every node, the
+    /// patches this run would apply (same --all/-1/--patch-type selection) run inside one
+    /// transaction that is always rolled back; the report gives each patch's outcome per
+    /// node, the locks it takes and what they block, sessions that would block it (the
+    /// rehearsal waits at most --lock-timeout for a lock), long transactions, replication
+    /// lag, leftovers and lint findings. `concurrent` patches are listed, not rehearsed.
+    /// Writes nothing on any node, not even the ledger. Exit 1 when a rehearsal fails or
+    /// something blocks the run.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Format of the summary printed on stdout (progress goes to stderr).
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Leave the cluster running and print how to use and stop it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Treat gaps in patch numbering as errors.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// Accepts `std`, `direct` or `concurrent` on the command line.
+pub fn parse_patch_type(s: &str) -> Result<PatchType, String> {
+    s.parse()
+}
+
+impl UpgradeArgs {
+    /// What to apply: `--all`, `-1`, `--patch-type`.
+    pub fn selection(&self) -> Selection {
+        Selection {
+            all: self.all,
+            one: self.one,
+            types: self.patch_types.clone(),
+        }
+    }
+
+    /// The flags that override `cluster.yaml`.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            jobs: self.jobs.map(usize::from),
+            lock_timeout: self.lock_timeout,
+            lock_retries: self.lock_retries,
+            statement_timeout: self.statement_timeout,
+            atomic: self.atomic,
+            strict: false,
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The command line: the raw arguments ([`args`]), the dispatch of a command, and the
+//! rendering of each command's output on stdout (progress goes to stderr).
+
+use crate::config::{Config, Overrides};
+use crate::error::Error;
+use crate::patches::discover::{discover, PatchSet};
+
+pub mod args;
+pub mod check;
+pub mod demo;
+pub mod status;
+pub mod upgrade;
+
+pub use args::{Cli, Command};
+
+/// Runs one command to completion.
+pub fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Check(args) => {
+            let overrides = Overrides {
+                strict: args.strict,
+                ..Overrides::default()
+            };
+            let config = Config::load(&cli.config, &overrides)?;
+            check::check(&config, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
+        Command::Status(args) => {
+            let config = Config::load(&cli.config, &Overrides::default())?;
+            let patches = load_patches(&config)?;
+            status::status(&config, &patches, args.format)
+        }
+        Command::Upgrade(args) => {
+            let config = Config::load(&cli.config, &args.overrides())?;
+            let patches = load_patches(&config)?;
+            if args.dry_run {
+                upgrade::dry_run(&config, &patches, &args)
+            } else {
+                upgrade::upgrade(&config, &patches, &args.selection(), args.wait, args.format)
+            }
+        }
+        Command::Recover => {
+            let config = Config::load(&cli.config, &Overrides::default())?;
+            runtime().block_on(crate::upgrade::recover::recover(
+                &config,
+                &mut std::io::stdout().lock(),
+            ))
+        }
+        Command::Demo(args) => demo::demo(args.keep),
+    }
+}
+
+/// Discovers the patch directory; any error refuses the run (warnings go to stderr).
+pub fn load_patches(config: &Config) -> Result<PatchSet, Error> {
+    let set = discover(&config.patches, config.strict)?;
+    for finding in &set.findings {
+        eprintln!("{finding}");
+    }
+    let errors = set.errors().count();
+    if errors > 0 {
+        return Err(Error::PatchDir {
+            dir: set.dir.display().to_string(),
+            count: errors,
+        });
+    }
+    Ok(set)
+}
+
+/// The runtime every command that talks to nodes runs on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime can always be built")
+}

@@ -1,0 +1,121 @@
+//! `pgconvoy status`: the report as text (a table and one line per problem) or JSON.
+
+use std::io::Write;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::output::table::text_table;
+use crate::output::StatusFormat;
+use crate::patches::discover::PatchSet;
+use crate::status::StatusReport;
+
+pub fn render_text(report: &StatusReport, out: &mut dyn Write) {
+    let _ = writeln!(
+        out,
+        "cluster {} (patches in {}, ledger {}, replication {})",
+        report.config, report.patches, report.ledger_table, report.replication
+    );
+    for p in &report.topology_problems {
+        let _ = writeln!(out, "BLOCKING: {p}");
+    }
+    let rows: Vec<Vec<String>> = report
+        .nodes
+        .iter()
+        .map(|n| {
+            let state = match (&n.error, n.in_recovery) {
+                (Some(_), _) => "UNREACHABLE".to_string(),
+                (None, Some(true)) => format!(
+                    "up {} (in recovery)",
+                    n.server_version.as_deref().unwrap_or("?")
+                ),
+                (None, _) => format!("up {}", n.server_version.as_deref().unwrap_or("?")),
+            };
+            vec![
+                n.name.clone(),
+                format!("{:?}", n.role).to_lowercase(),
+                n.endpoint.clone(),
+                state,
+                n.applied.len().to_string(),
+                list(&n.pending),
+            ]
+        })
+        .collect();
+    text_table(
+        &["node", "role", "endpoint", "state", "applied", "pending"],
+        &rows,
+        out,
+    );
+    for n in &report.nodes {
+        if let Some(e) = &n.error {
+            let _ = writeln!(out, "node `{}`: {e}", n.name);
+        }
+        if !n.unfinished.is_empty() {
+            let _ = writeln!(
+                out,
+                "node `{}`: started but not finished: {}",
+                n.name,
+                n.unfinished.join(", ")
+            );
+        }
+        if !n.missing_from_master.is_empty() {
+            let _ = writeln!(
+                out,
+                "node `{}`: diverges from the master, missing {}",
+                n.name,
+                n.missing_from_master.join(", ")
+            );
+        }
+        for s in &n.subscriptions {
+            let state = if !s.enabled {
+                "disabled".to_string()
+            } else if s.worker_running {
+                "apply worker running".to_string()
+            } else {
+                "APPLY WORKER NOT RUNNING".to_string()
+            };
+            let _ = writeln!(
+                out,
+                "node `{}`: subscription `{}` to {}: {state}, {} apply error(s)",
+                n.name,
+                s.name,
+                s.publications.join(", "),
+                s.apply_errors
+            );
+        }
+        if let Some(lsn) = &n.replay_lsn {
+            let _ = writeln!(out, "node `{}`: standby, replayed up to {lsn}", n.name);
+        }
+        for p in &n.prepared {
+            let _ = writeln!(
+                out,
+                "node `{}`: prepared transaction '{}' since {} (interrupted --atomic run): run `pgconvoy recover`",
+                n.name, p.gid, p.prepared_at
+            );
+        }
+        for d in &n.drift {
+            let _ = writeln!(out, "drift: {d}");
+        }
+    }
+}
+
+fn list(v: &[String]) -> String {
+    match v.len() {
+        0 => "-".into(),
+        1..=6 => v.join(", "),
+        n => format!("{}, … {} ({n} in all)", v[..3].join(", "), v[n - 1]),
+    }
+}
+
+/// `pgconvoy status`: reads every node, prints the report, exits by what it found.
+pub fn status(config: &Config, patches: &PatchSet, format: StatusFormat) -> Result<(), Error> {
+    let report = super::runtime().block_on(crate::status::status(config, patches));
+    let mut out = std::io::stdout().lock();
+    match format {
+        StatusFormat::Text => render_text(&report, &mut out),
+        StatusFormat::Json => {
+            let _ = serde_json::to_writer_pretty(&mut out, &report);
+            let _ = writeln!(out);
+        }
+    }
+    crate::status::as_error(&report).map_or(Ok(()), Err)
+}

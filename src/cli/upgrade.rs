@@ -1,0 +1,112 @@
+//! `pgconvoy upgrade`: runs the coordinator (or the dry run) and prints the summary
+//! of the run as text, JSON or Markdown.
+
+use std::io::Write;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::output::human;
+use crate::output::table::{markdown_table, text_table};
+use crate::output::ReportFormat;
+use crate::patches::discover::PatchSet;
+use crate::progress::{self, Reporter};
+use crate::upgrade::plan::Selection;
+use crate::upgrade::{RunReport, UpgradeOptions};
+
+use super::args::UpgradeArgs;
+use super::runtime;
+
+/// `upgrade`: the run, then its summary on stdout; the run's error, if any.
+pub fn upgrade(
+    config: &Config,
+    patches: &PatchSet,
+    selection: &Selection,
+    wait: bool,
+    format: ReportFormat,
+) -> Result<(), Error> {
+    let opts = UpgradeOptions {
+        selection: selection.clone(),
+        wait,
+    };
+    let reporter: Box<dyn Reporter> = progress::for_stderr();
+    let mut result =
+        runtime().block_on(crate::upgrade::upgrade(config, patches, &opts, &*reporter));
+    let mut out = std::io::stdout().lock();
+    render_run(&result, format, &mut out);
+    match result.failure.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// `upgrade --dry-run`: the report on stdout, then exit 1 (something blocks) or 2 (refused).
+pub fn dry_run(config: &Config, patches: &PatchSet, args: &UpgradeArgs) -> Result<(), Error> {
+    let reporter: Box<dyn Reporter> = progress::for_stderr();
+    let report = runtime().block_on(crate::dryrun::dry_run(
+        config,
+        patches,
+        &args.selection(),
+        &*reporter,
+    ));
+    reporter.finish();
+    let report = report?;
+    crate::dryrun::render::render(&report, args.format, &mut std::io::stdout().lock());
+    report.as_error().map_or(Ok(()), Err)
+}
+
+/// The end-of-run summary on stdout: patch × node, duration, outcome.
+pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) {
+    let header = ["patch", "type", "node", "duration", "outcome"];
+    let rows: Vec<Vec<String>> = r
+        .results
+        .iter()
+        .map(|n| {
+            vec![
+                n.patch.clone(),
+                n.patch_type.to_string(),
+                n.node.clone(),
+                human::duration(std::time::Duration::from_millis(n.duration_ms as u64)),
+                match &n.error {
+                    None => "ok".into(),
+                    Some(e) => format!("FAILED: {e}"),
+                },
+            ]
+        })
+        .collect();
+    let pending = if r.pending.is_empty() {
+        "none".to_string()
+    } else {
+        r.pending.join(", ")
+    };
+    match format {
+        ReportFormat::Json => {
+            let _ = serde_json::to_writer_pretty(&mut *out, r);
+            let _ = writeln!(out);
+        }
+        ReportFormat::Text if !r.planned => {}
+        ReportFormat::Text => {
+            if !rows.is_empty() {
+                text_table(&header, &rows, out);
+            }
+            let _ = writeln!(
+                out,
+                "applied {} patch(es); still pending: {pending}",
+                r.applied.len()
+            );
+        }
+        ReportFormat::Markdown => {
+            let _ = writeln!(out, "## pgconvoy upgrade\n");
+            let _ = writeln!(
+                out,
+                "Applied {} patch(es); still pending: {pending}.\n",
+                r.applied.len()
+            );
+            if let Some(e) = &r.error {
+                let _ = writeln!(out, "**Failed:** {e}\n");
+            }
+            if !rows.is_empty() {
+                markdown_table(&header, &rows, out);
+            }
+        }
+    }
+}

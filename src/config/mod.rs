@@ -1,0 +1,616 @@
+//! `cluster.yaml` and the command-line overrides → one checked [`Config`]. The only
+//! module that touches serde_yaml.
+//!
+//! Raw YAML is deserialised into private `Raw*` structs that deny unknown keys,
+//! then turned into types that cannot hold an invalid state: node names are
+//! unique and well-formed, DSNs are parsed, passwords are resolved (and never
+//! printed), the patch directory exists and is resolved against the config
+//! file's own directory. Flags given on the command line ([`Overrides`]) are laid
+//! over the file in [`Config::load`], the one place the two meet.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod duration;
+mod node;
+
+pub use duration::parse_duration;
+pub use node::{parse_dsn, NodeConfig, NodeName, Role};
+
+use duration::RawDuration;
+use node::RawNode;
+
+/// Default ledger table on every node.
+pub const DEFAULT_LEDGER: &str = "pgconvoy.revision";
+/// Default size of each node's connection pool.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+/// Default bound on how many nodes are worked on at once.
+pub const DEFAULT_JOBS: usize = 16;
+/// Default connect timeout when the DSN does not set one.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `lock_timeout` of every pgconvoy session: no other session queues
+/// behind a patch waiting for its lock for longer than this.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default number of retries of a statement that hit the lock timeout.
+pub const DEFAULT_LOCK_RETRIES: u32 = 5;
+/// Default bound on waiting for subscribers or standbys to catch up.
+pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default age from which the dry run reports another session's transaction or query.
+pub const DEFAULT_LONG_RUNNING_THRESHOLD: Duration = Duration::from_secs(60);
+/// Default replication lag above which the dry run reports a blocking finding.
+pub const DEFAULT_LAG_THRESHOLD: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    /// A command-line flag that overrides a key has a value the key would not accept.
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
+}
+
+/// How the replicas follow the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// Independent nodes (or replication pgconvoy need not know about).
+    #[default]
+    None,
+    /// The master publishes, the replicas subscribe (native logical replication):
+    /// DDL is not replicated, so order matters.
+    Logical,
+    /// The replicas are hot standbys: they take no DDL, they replay the master's WAL.
+    Physical,
+}
+
+impl fmt::Display for Replication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Replication::None => "none",
+            Replication::Logical => "logical",
+            Replication::Physical => "physical",
+        })
+    }
+}
+
+/// A schema-qualified table name whose parts are plain lowercase identifiers,
+/// so it can be quoted once and compared with catalog names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerTable {
+    pub schema: String,
+    pub table: String,
+}
+
+impl LedgerTable {
+    pub fn parse(text: &str) -> Result<LedgerTable, String> {
+        let (schema, table) = text
+            .split_once('.')
+            .ok_or_else(|| format!("ledger table `{text}` must be written `schema.table`"))?;
+        for part in [schema, table] {
+            let ok = !part.is_empty()
+                && part.len() <= 63
+                && part
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                return Err(format!(
+                    "ledger table `{text}`: `{part}` must be a lowercase identifier (a-z, 0-9, _)"
+                ));
+            }
+        }
+        Ok(LedgerTable {
+            schema: schema.to_string(),
+            table: table.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for LedgerTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// The checked configuration of a cluster.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file it was read from.
+    pub path: PathBuf,
+    /// The patch directory, resolved against the config file's directory.
+    pub patches: PathBuf,
+    pub master: NodeConfig,
+    pub replicas: Vec<NodeConfig>,
+    /// Gaps in patch numbering are errors, not warnings.
+    pub strict: bool,
+    pub ledger: LedgerTable,
+    pub pool_size: usize,
+    pub jobs: usize,
+    pub connect_timeout: Duration,
+    /// `lock_timeout` of every session; a statement that hits it is retried.
+    pub lock_timeout: Duration,
+    /// How often a statement that hit the lock timeout is retried.
+    pub lock_retries: u32,
+    /// `statement_timeout` of every session (None: no limit).
+    pub statement_timeout: Option<Duration>,
+    /// Apply `direct` groups with two-phase commit.
+    pub atomic_direct: bool,
+    pub replication: Replication,
+    /// With logical replication: the master's publication new tables are added to.
+    pub publication: Option<String>,
+    /// How long to wait for subscribers or standbys to catch up.
+    pub replication_timeout: Duration,
+    /// Dry run: other sessions whose transaction (or query) is older than this are reported.
+    pub long_running_threshold: Duration,
+    /// Dry run: replication lag above this is a blocking finding.
+    pub lag_threshold: Duration,
+}
+
+/// Command-line flags that override keys of `cluster.yaml` (`None`/`false`: the file's
+/// value, else the default).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--jobs` (`jobs`).
+    pub jobs: Option<usize>,
+    /// `--lock-timeout` (`lock_timeout`).
+    pub lock_timeout: Option<Duration>,
+    /// `--lock-retries` (`lock_retries`).
+    pub lock_retries: Option<u32>,
+    /// `--statement-timeout` (`statement_timeout`); zero means none.
+    pub statement_timeout: Option<Duration>,
+    /// `--atomic` (`atomic_direct: true`).
+    pub atomic: bool,
+    /// `check --strict` (`strict: true`).
+    pub strict: bool,
+}
+
+impl Config {
+    /// Every node, master first.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeConfig> {
+        std::iter::once(&self.master).chain(self.replicas.iter())
+    }
+
+    /// Reads and checks `path`, then lays the command-line `overrides` over it. The
+    /// environment is consulted for `PGPASSWORD`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let env_password = std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty());
+        let mut config = Config::from_yaml(path, &text, env_password.as_deref())?;
+        config.apply(overrides)?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(jobs) = o.jobs {
+            self.jobs = jobs;
+        }
+        if let Some(t) = o.lock_timeout {
+            self.lock_timeout = lock_timeout(t).map_err(|message| ConfigError::Flag {
+                flag: "--lock-timeout",
+                message,
+            })?;
+        }
+        if let Some(n) = o.lock_retries {
+            self.lock_retries = n;
+        }
+        if let Some(t) = o.statement_timeout {
+            self.statement_timeout = Some(t).filter(|t| !t.is_zero());
+        }
+        self.atomic_direct |= o.atomic;
+        self.strict |= o.strict;
+        Ok(())
+    }
+
+    /// Checks the YAML `text` as if read from `path`.
+    pub fn from_yaml(
+        path: &Path,
+        text: &str,
+        env_password: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: yaml_message(&e),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let patches = patch_dir(base, raw.patches.clone()).map_err(invalid)?;
+        let t = Timeouts::check(&raw).map_err(invalid)?;
+        let publication = publication(&raw).map_err(invalid)?;
+        let (master, replicas) =
+            nodes(raw.master, raw.replicas, base, env_password, t.connect).map_err(invalid)?;
+        let ledger = LedgerTable::parse(raw.ledger_table.as_deref().unwrap_or(DEFAULT_LEDGER))
+            .map_err(|m| invalid(format!("key `ledger_table`: {m}")))?;
+        let pool_size = positive("pool_size", raw.pool_size, DEFAULT_POOL_SIZE).map_err(invalid)?;
+        if pool_size < 2 {
+            // The master needs its claim session and a work session at once.
+            return Err(invalid(
+                "key `pool_size` must be at least 2 (the master holds the claim session while it works)".into(),
+            ));
+        }
+        let jobs = positive("jobs", raw.jobs, DEFAULT_JOBS).map_err(invalid)?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            patches,
+            master,
+            replicas,
+            strict: raw.strict,
+            ledger,
+            pool_size,
+            jobs,
+            connect_timeout: t.connect,
+            lock_timeout: t.lock,
+            lock_retries: raw.lock_retries.unwrap_or(DEFAULT_LOCK_RETRIES),
+            statement_timeout: t.statement,
+            atomic_direct: raw.atomic_direct,
+            replication: raw.replication,
+            publication,
+            replication_timeout: t.replication,
+            long_running_threshold: t.long_running,
+            lag_threshold: t.lag,
+        })
+    }
+}
+
+/// `patches:` resolved against the config file's directory; it must exist.
+fn patch_dir(base: &Path, raw: Option<PathBuf>) -> Result<PathBuf, String> {
+    let rel = raw.unwrap_or_else(|| PathBuf::from("patches"));
+    let patches = base.join(&rel);
+    if !patches.is_dir() {
+        return Err(format!(
+            "key `patches`: directory `{}` does not exist (resolved against the config file's directory as `{}`)",
+            rel.display(),
+            patches.display()
+        ));
+    }
+    Ok(patches)
+}
+
+/// Every duration key, checked.
+struct Timeouts {
+    connect: Duration,
+    lock: Duration,
+    statement: Option<Duration>,
+    replication: Duration,
+    long_running: Duration,
+    lag: Duration,
+}
+
+impl Timeouts {
+    fn check(raw: &RawConfig) -> Result<Timeouts, String> {
+        let duration = |key: &str, raw: &Option<RawDuration>, default: Duration| match raw {
+            None => Ok(default),
+            Some(d) => d.to_duration().map_err(|m| format!("key `{key}`: {m}")),
+        };
+        let lock = match &raw.lock_timeout {
+            None => DEFAULT_LOCK_TIMEOUT,
+            Some(d) => d
+                .to_duration()
+                .and_then(lock_timeout)
+                .map_err(|m| format!("key `lock_timeout`: {m}"))?,
+        };
+        let statement = match &raw.statement_timeout {
+            None => None,
+            Some(d) => Some(
+                d.to_duration()
+                    .map_err(|m| format!("key `statement_timeout`: {m}"))?,
+            )
+            .filter(|d| !d.is_zero()),
+        };
+        Ok(Timeouts {
+            connect: duration(
+                "connect_timeout",
+                &raw.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
+            lock,
+            statement,
+            replication: duration(
+                "replication_timeout",
+                &raw.replication_timeout,
+                DEFAULT_REPLICATION_TIMEOUT,
+            )?,
+            long_running: duration(
+                "long_running_threshold",
+                &raw.long_running_threshold,
+                DEFAULT_LONG_RUNNING_THRESHOLD,
+            )?,
+            lag: duration("lag_threshold", &raw.lag_threshold, DEFAULT_LAG_THRESHOLD)?,
+        })
+    }
+}
+
+/// The one check of a lock timeout, from the file or the command line: a session
+/// `lock_timeout` of 0 would mean "wait forever".
+fn lock_timeout(d: Duration) -> Result<Duration, String> {
+    if d >= Duration::from_millis(1) {
+        Ok(d)
+    } else {
+        Err("expected a duration of at least 1ms, e.g. 2s".into())
+    }
+}
+
+fn publication(raw: &RawConfig) -> Result<Option<String>, String> {
+    match &raw.publication {
+        None => Ok(None),
+        Some(_) if raw.replication != Replication::Logical => {
+            Err("key `publication` needs `replication: logical`".into())
+        }
+        Some(p) if p.is_empty() || p.len() > 63 || p.contains('\0') => {
+            Err(format!("key `publication`: `{p}` is not a valid name"))
+        }
+        Some(p) => Ok(Some(p.clone())),
+    }
+}
+
+/// The master and the replicas, checked, with names unique across them.
+fn nodes(
+    master: Option<RawNode>,
+    replicas: Vec<RawNode>,
+    base: &Path,
+    env_password: Option<&str>,
+    connect_timeout: Duration,
+) -> Result<(NodeConfig, Vec<NodeConfig>), String> {
+    let master = master.ok_or("missing key `master` (the node that claims patches)")?;
+    let mut seen = HashSet::new();
+    let master = master
+        .check(Role::Master, base, env_password, connect_timeout, &mut seen)
+        .map_err(|m| format!("master: {m}"))?;
+    let replicas = replicas
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            raw.check(
+                Role::Replica,
+                base,
+                env_password,
+                connect_timeout,
+                &mut seen,
+            )
+            .map_err(|m| format!("replicas[{i}]: {m}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((master, replicas))
+}
+
+fn positive(key: &str, value: Option<usize>, default: usize) -> Result<usize, String> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(format!("key `{key}` must be at least 1")),
+        Some(n) => Ok(n),
+    }
+}
+
+/// serde_yaml's message already says "at line L column C"; unknown keys come
+/// out as "unknown field `paches`, expected one of …", which names the key.
+fn yaml_message(e: &serde_yaml::Error) -> String {
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) if !msg.contains("line") => {
+            format!("{msg} at line {} column {}", loc.line(), loc.column())
+        }
+        _ => msg,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    patches: Option<PathBuf>,
+    master: Option<RawNode>,
+    #[serde(default)]
+    replicas: Vec<RawNode>,
+    #[serde(default)]
+    strict: bool,
+    ledger_table: Option<String>,
+    pool_size: Option<usize>,
+    jobs: Option<usize>,
+    connect_timeout: Option<RawDuration>,
+    lock_timeout: Option<RawDuration>,
+    lock_retries: Option<u32>,
+    statement_timeout: Option<RawDuration>,
+    #[serde(default)]
+    atomic_direct: bool,
+    #[serde(default)]
+    replication: Replication,
+    publication: Option<String>,
+    replication_timeout: Option<RawDuration>,
+    long_running_threshold: Option<RawDuration>,
+    lag_threshold: Option<RawDuration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("patches")).unwrap();
+        d
+    }
+
+    fn load(d: &tempfile::TempDir, yaml: &str) -> Result<Config, String> {
+        Config::from_yaml(&d.path().join("cluster.yaml"), yaml, None).map_err(|e| e.to_string())
+    }
+
+    const OK: &str = "patches: patches\nmaster:\n  name: node0\n  dsn: \"host=db0 port=5432 dbname=app user=migrator\"\nreplicas:\n  - name: node1\n    dsn: \"postgresql://migrator:s3cret@db1:5433/app\"\n";
+
+    #[test]
+    fn accepts_key_value_and_url_dsns() {
+        let d = dir();
+        let c = load(&d, OK).unwrap();
+        assert_eq!(c.master.endpoint, "db0:5432/app");
+        assert_eq!(c.replicas[0].endpoint, "db1:5433/app");
+        assert_eq!(c.replicas[0].pg.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(c.nodes().count(), 2);
+        assert_eq!(c.ledger.to_string(), "pgconvoy.revision");
+        assert_eq!(c.patches, d.path().join("patches"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let d = dir();
+        let e = load(&d, &OK.replace("patches: patches", "paches: patches")).unwrap_err();
+        assert!(e.contains("paches"), "{e}");
+        assert!(e.contains("cluster.yaml"), "{e}");
+    }
+
+    #[test]
+    fn unknown_node_key_is_named() {
+        let d = dir();
+        let e = load(&d, &OK.replace("  name: node0", "  nam: node0")).unwrap_err();
+        assert!(e.contains("`nam`"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let d = dir();
+        let e = load(&d, "patches: patches\nmaster: [\n  name: x\n").unwrap_err();
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn missing_master() {
+        let d = dir();
+        let e = load(&d, "patches: patches\n").unwrap_err();
+        assert!(e.contains("master"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_node_name() {
+        let d = dir();
+        let e = load(&d, &OK.replace("name: node1", "name: node0")).unwrap_err();
+        assert!(e.contains("duplicate node name `node0`"), "{e}");
+    }
+
+    #[test]
+    fn bad_dsn_names_node_and_hides_password() {
+        let d = dir();
+        let yaml = OK.replace(
+            "postgresql://migrator:s3cret@db1:5433/app",
+            "host=db1 password=s3cret port=notaport",
+        );
+        let e = load(&d, &yaml).unwrap_err();
+        assert!(e.contains("node1"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let yaml = OK.replace(
+            "postgresql://migrator:s3cret@db1:5433/app",
+            "host=db1 password='s3cret",
+        );
+        let e = load(&d, &yaml).unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn missing_patch_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let e = load(&d, OK).unwrap_err();
+        assert!(e.contains("`patches`"), "{e}");
+    }
+
+    #[test]
+    fn empty_node_name() {
+        let d = dir();
+        let e = load(&d, &OK.replace("name: node1", "name: ''")).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn password_sources_in_order() {
+        let d = dir();
+        std::fs::write(d.path().join("pw"), "from-file\n").unwrap();
+        let yaml = "master:\n  name: a\n  dsn: host=x password=from-dsn\n  password_file: pw\nreplicas:\n  - name: b\n    dsn: host=y\n    password_file: pw\n  - name: c\n    dsn: host=z\n";
+        let c = Config::from_yaml(&d.path().join("c.yaml"), yaml, Some("from-env")).unwrap();
+        assert_eq!(c.master.pg.get_password(), Some(&b"from-dsn"[..]));
+        assert_eq!(c.replicas[0].pg.get_password(), Some(&b"from-file"[..]));
+        assert_eq!(c.replicas[1].pg.get_password(), Some(&b"from-env"[..]));
+    }
+
+    #[test]
+    fn safety_settings() {
+        let d = dir();
+        let c = load(&d, OK).unwrap();
+        assert_eq!(c.lock_timeout, DEFAULT_LOCK_TIMEOUT);
+        assert_eq!(c.lock_retries, DEFAULT_LOCK_RETRIES);
+        assert_eq!(c.statement_timeout, None);
+        assert!(!c.atomic_direct);
+        let yaml = format!("lock_timeout: 300ms\nlock_retries: 40\nstatement_timeout: 1m\natomic_direct: true\nconnect_timeout: 3s\n{OK}");
+        let c = load(&d, &yaml).unwrap();
+        assert_eq!(c.lock_timeout, Duration::from_millis(300));
+        assert_eq!(c.lock_retries, 40);
+        assert_eq!(c.statement_timeout, Some(Duration::from_secs(60)));
+        assert!(c.atomic_direct);
+        assert_eq!(
+            c.master.pg.get_connect_timeout(),
+            Some(&Duration::from_secs(3))
+        );
+        let e = load(&d, &format!("lock_timeout: 0s\n{OK}")).unwrap_err();
+        assert!(e.contains("lock_timeout"), "{e}");
+    }
+
+    #[test]
+    fn replication_settings() {
+        let d = dir();
+        let c = load(&d, OK).unwrap();
+        assert_eq!(c.replication, Replication::None);
+        let c = load(
+            &d,
+            &format!("replication: logical\npublication: app_pub\nreplication_timeout: 5s\n{OK}"),
+        )
+        .unwrap();
+        assert_eq!(c.replication, Replication::Logical);
+        assert_eq!(c.publication.as_deref(), Some("app_pub"));
+        assert_eq!(c.replication_timeout, Duration::from_secs(5));
+        let e = load(&d, &format!("replication: streaming\n{OK}")).unwrap_err();
+        assert!(e.contains("streaming"), "{e}");
+        let e = load(&d, &format!("publication: p\n{OK}")).unwrap_err();
+        assert!(e.contains("replication: logical"), "{e}");
+    }
+
+    #[test]
+    fn ledger_table_names() {
+        assert!(LedgerTable::parse("pgconvoy.revision").is_ok());
+        assert!(LedgerTable::parse("revision").is_err());
+        assert!(LedgerTable::parse("a.B").is_err());
+        assert!(LedgerTable::parse("a.b;drop").is_err());
+    }
+
+    #[test]
+    fn dry_run_thresholds() {
+        let d = dir();
+        let c = load(&d, OK).unwrap();
+        assert_eq!(c.long_running_threshold, DEFAULT_LONG_RUNNING_THRESHOLD);
+        assert_eq!(c.lag_threshold, DEFAULT_LAG_THRESHOLD);
+        let c = load(
+            &d,
+            &format!("long_running_threshold: 5m\nlag_threshold: 500ms\n{OK}"),
+        )
+        .unwrap();
+        assert_eq!(c.long_running_threshold, Duration::from_secs(300));
+        assert_eq!(c.lag_threshold, Duration::from_millis(500));
+        let e = load(&d, &format!("lag_threshold: soon\n{OK}")).unwrap_err();
+        assert!(e.contains("`lag_threshold`"), "{e}");
+    }
+}

@@ -1,0 +1,316 @@
+//! The per-node ledger: its DDL, reading it, and the claim / record / stamp statements.
+//!
+//! Every node has `schema.table` (default `pgconvoy.revision`). On the master it
+//! lists every patch applied to the cluster, one row per claim, committed only
+//! with the claim. On a replica it lists the `direct` and `concurrent` patches
+//! applied there. The master also has `schema.table_local`: the master's own
+//! part of `concurrent` patches, recorded outside the claim, so that a run whose
+//! claim rolled back does not repeat the body on the master, while the claim's
+//! row still does not show the patch as done.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::GenericClient;
+
+use crate::config::LedgerTable;
+use crate::db::pgerror::PgFailure;
+use crate::db::quote::quote_ident;
+use crate::patches::patch::{Patch, PatchVersion};
+
+/// Which of a node's two ledger tables a statement is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Book {
+    /// `schema.table`: the claim rows on the master, the node's own rows on replicas.
+    Main,
+    /// `schema.table_local`: the master's own part of `concurrent` patches.
+    Local,
+}
+
+/// The SQL names of a ledger.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    table: LedgerTable,
+}
+
+/// One row of a ledger.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerRow {
+    pub version: String,
+    pub patch_type: String,
+    pub checksum: String,
+    pub start_time: String,
+    pub end_time: Option<String>,
+    pub applied_by: String,
+}
+
+impl LedgerRow {
+    pub fn is_done(&self) -> bool {
+        self.end_time.is_some()
+    }
+}
+
+/// What one node's ledger holds; empty when the ledger does not exist yet.
+#[derive(Debug, Clone, Default)]
+pub struct NodeLedger {
+    pub exists: bool,
+    pub main: BTreeMap<PatchVersion, LedgerRow>,
+    pub local: BTreeMap<PatchVersion, LedgerRow>,
+}
+
+impl Ledger {
+    pub fn new(table: LedgerTable) -> Ledger {
+        Ledger { table }
+    }
+
+    pub fn name(&self) -> String {
+        self.table.to_string()
+    }
+
+    fn qualified(&self, book: Book) -> String {
+        let table = match book {
+            Book::Main => self.table.table.clone(),
+            Book::Local => format!("{}_local", self.table.table),
+        };
+        format!(
+            "{}.{}",
+            quote_ident(&self.table.schema),
+            quote_ident(&table)
+        )
+    }
+
+    /// Key for the coordinators' session advisory lock on the master: derived
+    /// from the ledger's name so that two clusters sharing a master database
+    /// with different ledgers do not exclude each other.
+    pub fn advisory_key(&self) -> i64 {
+        let digest = crate::patches::patch::checksum(format!("pgconvoy:{}", self.table).as_bytes());
+        i64::from_str_radix(&digest[..15], 16).unwrap_or(0x5047_434f_4e56)
+    }
+
+    /// Creates the schema and tables unless they exist. Only ever called by a
+    /// coordinator holding the advisory lock, so `IF NOT EXISTS` cannot race.
+    pub async fn ensure(&self, client: &impl GenericClient, book: Book) -> Result<(), PgFailure> {
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&self.qualified(book)],
+            )
+            .await?
+            .get(0);
+        if exists {
+            return Ok(());
+        }
+        let ddl = format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {table} (
+                 major      integer NOT NULL,
+                 minor      integer NOT NULL,
+                 patch      integer NOT NULL,
+                 patch_type text NOT NULL CHECK (patch_type IN ('std', 'direct', 'concurrent')),
+                 checksum   text NOT NULL,
+                 start_time timestamptz NOT NULL,
+                 end_time   timestamptz,
+                 applied_by text NOT NULL,
+                 PRIMARY KEY (major, minor, patch)
+             );
+             COMMENT ON TABLE {table} IS {comment};",
+            schema = quote_ident(&self.table.schema),
+            table = self.qualified(book),
+            comment = match book {
+                Book::Main => "'pgconvoy ledger: patches applied (master: to the cluster; replica: on this node). end_time NULL = started, not finished.'",
+                Book::Local => "'pgconvoy ledger: the master''s own part of concurrent patches, recorded apart from the claim.'",
+            },
+        );
+        client.batch_execute(&ddl).await?;
+        Ok(())
+    }
+
+    /// Reads a node's ledger without writing anything (safe for read-only roles).
+    pub async fn read(&self, client: &impl GenericClient) -> Result<NodeLedger, PgFailure> {
+        let mut out = NodeLedger::default();
+        for book in [Book::Main, Book::Local] {
+            let name = self.qualified(book);
+            let exists: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+                .await?
+                .get(0);
+            if !exists {
+                continue;
+            }
+            if book == Book::Main {
+                out.exists = true;
+            }
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT major, minor, patch, patch_type, checksum,
+                                to_char(start_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                                to_char(end_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                                applied_by
+                           FROM {name} ORDER BY 1, 2, 3"
+                    ),
+                    &[],
+                )
+                .await?;
+            let target = match book {
+                Book::Main => &mut out.main,
+                Book::Local => &mut out.local,
+            };
+            for row in rows {
+                let (major, minor, point): (i32, i32, i32) = (row.get(0), row.get(1), row.get(2));
+                let version = PatchVersion::new(
+                    u32::try_from(major).unwrap_or(0),
+                    u32::try_from(minor).unwrap_or(0),
+                    u32::try_from(point).unwrap_or(0),
+                );
+                target.insert(
+                    version,
+                    LedgerRow {
+                        version: version.to_string(),
+                        patch_type: row.get(3),
+                        checksum: row.get(4),
+                        start_time: row.get(5),
+                        end_time: row.get(6),
+                        applied_by: row.get(7),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The claim: inserts the master's row with `end_time` NULL. A second
+    /// coordinator inserting the same row blocks on it, then fails.
+    /// Parameters: [`RowParams::row`].
+    pub fn claim_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by)
+             VALUES ($1, $2, $3, $4, $5, clock_timestamp(), NULL, $6)",
+            self.qualified(Book::Main)
+        )
+    }
+
+    /// Records that a node started the body (replicas; the master's local book):
+    /// a row with `end_time` NULL, replacing an earlier unfinished one.
+    /// Parameters: [`RowParams::row`].
+    pub fn record_start_sql(&self, book: Book) -> String {
+        format!(
+            "INSERT INTO {} AS r (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by)
+             VALUES ($1, $2, $3, $4, $5, clock_timestamp(), NULL, $6)
+             ON CONFLICT (major, minor, patch) DO UPDATE
+                SET patch_type = EXCLUDED.patch_type, checksum = EXCLUDED.checksum,
+                    start_time = EXCLUDED.start_time, end_time = NULL, applied_by = EXCLUDED.applied_by",
+            self.qualified(book)
+        )
+    }
+
+    /// Stamps `end_time`: the patch is done in that book. Parameters: [`RowParams::key`].
+    pub fn stamp_sql(&self, book: Book) -> String {
+        format!(
+            "UPDATE {} SET end_time = clock_timestamp() WHERE major = $1 AND minor = $2 AND patch = $3",
+            self.qualified(book)
+        )
+    }
+
+    pub async fn claim(
+        &self,
+        client: &impl GenericClient,
+        patch: &Patch,
+        applied_by: &str,
+    ) -> Result<(), PgFailure> {
+        let p = RowParams::new(patch, applied_by);
+        client.execute(&self.claim_sql(), &p.row()).await?;
+        Ok(())
+    }
+
+    pub async fn record_start(
+        &self,
+        client: &impl GenericClient,
+        book: Book,
+        patch: &Patch,
+        applied_by: &str,
+    ) -> Result<(), PgFailure> {
+        let p = RowParams::new(patch, applied_by);
+        client
+            .execute(&self.record_start_sql(book), &p.row())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn stamp(
+        &self,
+        client: &impl GenericClient,
+        book: Book,
+        version: PatchVersion,
+    ) -> Result<(), PgFailure> {
+        let (a, b, c) = key(version);
+        let n = client.execute(&self.stamp_sql(book), &[&a, &b, &c]).await?;
+        if n != 1 {
+            return Err(PgFailure::other(format!(
+                "ledger row for {version} vanished before it could be stamped"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The parameter values of a patch's ledger row.
+pub struct RowParams {
+    major: i32,
+    minor: i32,
+    point: i32,
+    kind: &'static str,
+    checksum: String,
+    applied_by: String,
+}
+
+impl RowParams {
+    pub fn new(patch: &Patch, applied_by: &str) -> RowParams {
+        let (major, minor, point) = key(patch.version);
+        RowParams {
+            major,
+            minor,
+            point,
+            kind: patch.kind.as_str(),
+            checksum: patch.checksum.clone(),
+            applied_by: applied_by.to_string(),
+        }
+    }
+
+    /// For the claim and record-start statements.
+    pub fn row(&self) -> [&(dyn ToSql + Sync); 6] {
+        [
+            &self.major,
+            &self.minor,
+            &self.point,
+            &self.kind,
+            &self.checksum,
+            &self.applied_by,
+        ]
+    }
+
+    /// For the stamp statement.
+    pub fn key(&self) -> [&(dyn ToSql + Sync); 3] {
+        [&self.major, &self.minor, &self.point]
+    }
+}
+
+fn key(v: PatchVersion) -> (i32, i32, i32) {
+    let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    (clamp(v.major), clamp(v.minor), clamp(v.point))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_key() {
+        let l = Ledger::new(LedgerTable::parse("pgconvoy.revision").unwrap());
+        assert_eq!(l.qualified(Book::Main), "\"pgconvoy\".\"revision\"");
+        assert_eq!(l.qualified(Book::Local), "\"pgconvoy\".\"revision_local\"");
+        let other = Ledger::new(LedgerTable::parse("ops.ledger").unwrap());
+        assert_ne!(l.advisory_key(), other.advisory_key());
+        assert_eq!(l.advisory_key(), l.advisory_key());
+    }
+}

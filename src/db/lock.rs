@@ -1,0 +1,113 @@
+//! The cluster lock: a session advisory lock on the master that keeps coordinators
+//! (`upgrade`, `recover`) out of each other's way, and who holds it.
+
+use std::time::Duration;
+
+use crate::db::cluster::{Cluster, Dedicated, Node};
+use crate::db::ledger::Ledger;
+use crate::db::pgerror::PgFailure;
+use crate::error::Error;
+use crate::progress::{Event, Reporter};
+
+/// The coordinators' mutual exclusion: a session advisory lock on the master,
+/// held by a dedicated connection for the whole run. A killed coordinator's
+/// lock goes with its connection.
+pub async fn acquire_lock(
+    cluster: &Cluster,
+    ledger: &Ledger,
+    wait: bool,
+    reporter: &dyn Reporter,
+) -> Result<Dedicated, Error> {
+    let master = cluster.master();
+    let lock = master
+        .dedicated()
+        .await
+        .map_err(|e| node_unreachable(master, &e))?;
+    let key = ledger.advisory_key();
+    let failed = |e: tokio_postgres::Error| {
+        Error::Failed(format!(
+            "cannot take the coordinator lock on master node `{}`: {}",
+            master.name(),
+            PgFailure::from_pg(&e)
+        ))
+    };
+    let got: bool = lock
+        .client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await
+        .map_err(failed)?
+        .get(0);
+    if got {
+        return Ok(lock);
+    }
+    let holder = lock_holder(&lock.client, key).await;
+    if !wait {
+        return Err(Error::Busy(format!(
+            "cluster busy: another coordinator holds the lock on master node `{}` ({holder}); try again later or pass --wait",
+            master.name()
+        )));
+    }
+    reporter.event(&Event::Note(&format!(
+        "waiting for another coordinator to finish ({holder})"
+    )));
+    // Poll rather than block in pg_advisory_lock: a statement waiting on the
+    // lock holds a snapshot, and CREATE INDEX CONCURRENTLY on the master would
+    // wait for it.
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let got: bool = lock
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(failed)?
+            .get(0);
+        if got {
+            break;
+        }
+    }
+    reporter.event(&Event::Note("lock acquired"));
+    Ok(lock)
+}
+
+async fn lock_holder(client: &tokio_postgres::Client, key: i64) -> String {
+    let hi = key >> 32;
+    let lo = key & 0xffff_ffff;
+    let row = client
+        .query_opt(
+            "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket'),
+                    coalesce(a.usename::text, ''), to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND l.classid::bigint = $1 AND l.objid::bigint = $2
+              LIMIT 1",
+            &[&hi, &lo],
+        )
+        .await;
+    match row {
+        Ok(Some(r)) => format!(
+            "pid {} application `{}` from {} as `{}` since {}",
+            r.get::<_, i32>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2),
+            r.get::<_, String>(3),
+            r.get::<_, String>(4)
+        ),
+        _ => "holder not visible to this role".into(),
+    }
+}
+
+pub async fn release_lock(lock: Dedicated, ledger: &Ledger) {
+    let _ = lock
+        .client
+        .execute("SELECT pg_advisory_unlock($1)", &[&ledger.advisory_key()])
+        .await;
+}
+
+pub fn node_unreachable(node: &Node, e: &PgFailure) -> Error {
+    Error::Failed(format!(
+        "node `{}` ({}) is unreachable: {e}",
+        node.name(),
+        node.config.endpoint
+    ))
+}

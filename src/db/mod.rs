@@ -1,0 +1,15 @@
+//! The nodes at run time: connection pools and sessions, the one transaction type,
+//! pipelined requests, the per-node ledger, PostgreSQL's errors, a first read-only
+//! look at a node, the cluster lock, two-phase-commit bookkeeping, lock-timeout
+//! retries and identifier quoting. Primitives: nothing here knows about commands.
+
+pub mod cluster;
+pub mod ledger;
+pub mod lock;
+pub mod pgerror;
+pub mod pipeline;
+pub mod prepared;
+pub mod probe;
+pub mod quote;
+pub mod retry;
+pub mod transaction;

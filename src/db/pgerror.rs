@@ -1,0 +1,88 @@
+//! What PostgreSQL (or the connection) said about a failure, kept whole:
+//! SQLSTATE, message, detail, hint and the error position.
+
+use std::fmt;
+
+use tokio_postgres::error::{ErrorPosition, SqlState};
+
+use crate::output::human::error_chain;
+
+/// A failure reported by a server, or a connection-level error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgFailure {
+    /// SQLSTATE, when the server sent one.
+    pub code: Option<SqlState>,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+    /// 1-based character position in the query text that was sent.
+    pub position: Option<u32>,
+}
+
+impl PgFailure {
+    pub fn from_pg(e: &tokio_postgres::Error) -> PgFailure {
+        match e.as_db_error() {
+            Some(db) => PgFailure {
+                code: Some(db.code().clone()),
+                message: db.message().to_string(),
+                detail: db.detail().map(str::to_string),
+                hint: db.hint().map(str::to_string),
+                position: match db.position() {
+                    Some(ErrorPosition::Original(p)) => Some(*p),
+                    _ => None,
+                },
+            },
+            None => PgFailure::other(error_chain(e)),
+        }
+    }
+
+    /// A failure that did not come from a server's error report.
+    pub fn other(message: impl Into<String>) -> PgFailure {
+        PgFailure {
+            code: None,
+            message: message.into(),
+            detail: None,
+            hint: None,
+            position: None,
+        }
+    }
+
+    pub fn is(&self, state: &SqlState) -> bool {
+        self.code.as_ref() == Some(state)
+    }
+
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.code.as_ref().map(SqlState::code)
+    }
+}
+
+impl fmt::Display for PgFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(code) = &self.code {
+            write!(f, "ERROR {}: ", code.code())?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " (detail: {d})")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<tokio_postgres::Error> for PgFailure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PgFailure::from_pg(&e)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgFailure {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => PgFailure::from_pg(&e),
+            other => PgFailure::other(other.to_string()),
+        }
+    }
+}

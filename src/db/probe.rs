@@ -1,0 +1,64 @@
+//! A first look at a node, read-only: reachable, server version, recovery
+//! state and ledger. `status` and the dry run start from it.
+
+use crate::db::cluster::{Node, Session};
+use crate::db::ledger::{Ledger, NodeLedger};
+use crate::db::pgerror::PgFailure;
+
+/// What a first look at a node found.
+#[derive(Debug, Default)]
+pub struct NodeProbe {
+    pub error: Option<String>,
+    /// The short version, e.g. `15.18` of "15.18 (Debian 15.18-0+deb12u1)".
+    pub server_version: Option<String>,
+    pub in_recovery: Option<bool>,
+    pub ledger: NodeLedger,
+}
+
+impl NodeProbe {
+    pub fn reachable(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Connects, reads the version, recovery state and ledger; writes nothing.
+pub async fn probe(node: &Node, ledger: &Ledger) -> NodeProbe {
+    probe_keeping_session(node, ledger).await.0
+}
+
+/// [`probe`], keeping the session for further reads when the node answered.
+pub async fn probe_keeping_session(node: &Node, ledger: &Ledger) -> (NodeProbe, Option<Session>) {
+    let mut p = NodeProbe::default();
+    let session = match node.session().await {
+        Ok(s) => s,
+        Err(e) => {
+            p.error = Some(e.to_string());
+            return (p, None);
+        }
+    };
+    match session
+        .query_one(
+            "SELECT current_setting('server_version'), pg_is_in_recovery()",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => {
+            let full: String = row.get(0);
+            p.server_version = full.split_whitespace().next().map(str::to_string);
+            p.in_recovery = Some(row.get(1));
+        }
+        Err(e) => {
+            p.error = Some(PgFailure::from_pg(&e).to_string());
+            return (p, None);
+        }
+    }
+    match ledger.read(session.client()).await {
+        Ok(l) => p.ledger = l,
+        Err(e) => {
+            p.error = Some(format!("cannot read the ledger: {e}"));
+            return (p, None);
+        }
+    }
+    (p, Some(session))
+}

@@ -1,0 +1,796 @@
+//! Rehearsal of the patches one node would receive, cumulatively and in order, inside one
+//! transaction that is always rolled back: per patch its outcome, duration, the table locks
+//! it took (from `pg_locks`, before the rollback), the tables it rewrote, and who held a
+//! lock it could not get within a short `lock_timeout`.
+//!
+//! Each patch runs under its own savepoint, so a failing patch is rolled back alone and the
+//! later patches still rehearse (and show whether they depend on it). A second session on
+//! the node watches the rehearsing backend with `pg_blocking_pids()` while a patch runs, and
+//! resolves relation names against the committed catalog (a relation the committed catalog
+//! does not know was created by the rehearsal and blocks nobody).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
+
+use crate::db::cluster::Node;
+use crate::db::pgerror::PgFailure;
+use crate::output::human::{self, one_line, seconds};
+use crate::patches::lockmode::LockMode;
+use crate::patches::patch::{Patch, PatchType};
+use crate::patches::sql;
+use crate::progress::{Event, Reporter};
+
+/// User relations have OIDs from here on (`FirstNormalObjectId`); below are the system catalogs.
+const FIRST_NORMAL_OID: i64 = 16384;
+
+/// The savepoint each patch runs under.
+const SAVEPOINT: &str = "pgconvoy_rehearsal";
+
+/// What happened to one patch on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Rehearsed and rolled back without error.
+    Ok,
+    /// Rehearsed and failed; `error` says why.
+    Failed,
+    /// A `concurrent` patch: it runs outside any transaction, so it cannot be rehearsed.
+    NotRehearsable,
+    /// Not rehearsed: the node cannot rehearse (see the node's findings) or the patch would
+    /// end the rehearsal's transaction; `error` says why. Counts as a failure.
+    NotRehearsed,
+}
+
+impl Outcome {
+    pub fn is_failure(self) -> bool {
+        matches!(self, Outcome::Failed | Outcome::NotRehearsed)
+    }
+}
+
+/// A server error, with the line of the patch file it points at.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RehearsalError {
+    pub sqlstate: Option<String>,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+    /// 1-based line in the patch file, when the server reported a position.
+    pub line: Option<usize>,
+    /// The whole error in one line, as the text report prints it.
+    pub text: String,
+}
+
+/// A table-level lock a patch took.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LockTaken {
+    /// The relation's name (schema-qualified unless on the search path), as it was before the patch.
+    pub relation: String,
+    /// `table`, `index`, `sequence`, `view`, `materialized view`, …
+    pub kind: String,
+    /// `pg_locks.mode`, e.g. `AccessExclusiveLock`.
+    pub mode: String,
+    /// Created by the rehearsal itself: nobody else can see it before commit.
+    pub created: bool,
+    /// An earlier patch of this rehearsal already held this lock (one transaction holds
+    /// them all), so it was inferred from what this patch did to the relation: writes mean
+    /// `RowExclusiveLock`, reads `AccessShareLock`, and a schema change the strongest mode
+    /// held, which may be stronger than the patch alone needs.
+    pub inferred: bool,
+    /// What holding the lock blocks, in plain words.
+    pub blocks: String,
+}
+
+/// A session that held a lock the rehearsal waited for.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Blocker {
+    /// Backend pid; 0 for a prepared transaction.
+    pub pid: i32,
+    pub user: String,
+    pub application: String,
+    pub client: String,
+    pub state: String,
+    /// Seconds since the blocker's transaction started.
+    pub transaction_age_s: Option<f64>,
+    pub query: String,
+    /// What the rehearsal waited for, e.g. `AccessExclusiveLock on orders`.
+    pub waiting_for: String,
+    /// The modes the blocker holds on that relation, e.g. `AccessShareLock`.
+    pub holds: String,
+}
+
+impl Blocker {
+    /// `pid 123 (user app, application `psql`, idle in transaction, transaction open 12s): LOCK …`
+    pub fn describe(&self) -> String {
+        if self.pid == 0 {
+            return "a prepared transaction (see pg_prepared_xacts)".into();
+        }
+        let mut s = format!(
+            "pid {} (user `{}`, application `{}`, from {}, {}",
+            self.pid, self.user, self.application, self.client, self.state
+        );
+        if let Some(age) = self.transaction_age_s {
+            s.push_str(&format!(", transaction open {}", seconds(age)));
+        }
+        if !self.holds.is_empty() {
+            s.push_str(&format!(", holds {}", self.holds));
+        }
+        s.push(')');
+        if !self.query.is_empty() {
+            s.push_str(&format!(", last query: {}", one_line(&self.query)));
+        }
+        s
+    }
+}
+
+/// One statement of a patch, for patches that cannot be rehearsed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatementLine {
+    pub line: usize,
+    pub text: String,
+}
+
+/// One patch on one node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PatchRehearsal {
+    pub patch: String,
+    #[serde(rename = "type")]
+    pub patch_type: PatchType,
+    pub file: String,
+    pub outcome: Outcome,
+    pub duration_ms: u64,
+    pub error: Option<RehearsalError>,
+    /// Earlier patches that failed in this node's rehearsal (this one may depend on them).
+    pub after_failed: Vec<String>,
+    /// Table locks this patch takes, strongest first.
+    pub locks: Vec<LockTaken>,
+    /// Existing tables the patch gave new storage (a rewrite, or TRUNCATE).
+    pub rewrites: Vec<String>,
+    /// Sessions that held a lock this patch waited for.
+    pub blockers: Vec<Blocker>,
+    /// For `concurrent` patches: the statements, one by one.
+    pub statements: Vec<StatementLine>,
+}
+
+impl PatchRehearsal {
+    fn new(patch: &Patch, outcome: Outcome) -> PatchRehearsal {
+        PatchRehearsal {
+            patch: patch.version.to_string(),
+            patch_type: patch.kind,
+            file: patch.file_name(),
+            outcome,
+            duration_ms: 0,
+            error: None,
+            after_failed: Vec::new(),
+            locks: Vec::new(),
+            rewrites: Vec::new(),
+            blockers: Vec::new(),
+            statements: Vec::new(),
+        }
+    }
+
+    /// Whether it failed because a lock was not granted within the lock timeout.
+    pub fn lock_timed_out(&self) -> bool {
+        self.error
+            .as_ref()
+            .and_then(|e| e.sqlstate.as_deref())
+            .is_some_and(|s| s == SqlState::LOCK_NOT_AVAILABLE.code())
+    }
+}
+
+/// Every patch of one node's rehearsal, in order, plus the backends it used.
+#[derive(Debug, Default)]
+pub struct NodeRehearsal {
+    pub patches: Vec<PatchRehearsal>,
+    /// The rehearsal's own backends, which preflight must not report as other sessions.
+    pub pids: Vec<i32>,
+}
+
+/// Marks every patch as not rehearsed, for a node that cannot rehearse.
+pub fn not_rehearsed(patches: &[&Patch], why: &str) -> Vec<PatchRehearsal> {
+    patches
+        .iter()
+        .map(|p| {
+            if p.kind == PatchType::Concurrent {
+                return not_rehearsable(p);
+            }
+            let mut r = PatchRehearsal::new(p, Outcome::NotRehearsed);
+            r.error = Some(RehearsalError {
+                sqlstate: None,
+                message: why.to_string(),
+                detail: None,
+                hint: None,
+                line: None,
+                text: why.to_string(),
+            });
+            r
+        })
+        .collect()
+}
+
+fn not_rehearsable(patch: &Patch) -> PatchRehearsal {
+    let mut r = PatchRehearsal::new(patch, Outcome::NotRehearsable);
+    r.statements = patch
+        .statement_texts()
+        .map(|(text, span)| StatementLine {
+            line: span.line,
+            text: text.to_string(),
+        })
+        .collect();
+    r
+}
+
+/// Rehearses `patches` (the ones `node` would receive, in order) in one transaction that
+/// is always rolled back.
+pub async fn rehearse(
+    node: &Node,
+    patches: &[&Patch],
+    lock_timeout: Duration,
+    reporter: &dyn Reporter,
+) -> NodeRehearsal {
+    let mut out = NodeRehearsal::default();
+    let sessions = async {
+        let work = node.session().await?;
+        let watch = node.session().await?;
+        Ok::<_, PgFailure>((work, watch))
+    }
+    .await;
+    let (work, watch) = match sessions {
+        Ok(s) => s,
+        Err(e) => {
+            out.patches = not_rehearsed(patches, &format!("no session on the node: {e}"));
+            return out;
+        }
+    };
+    let mut r = Rehearsal {
+        node,
+        work: work.client(),
+        watch: watch.client(),
+        pid: 0,
+        lock_timeout,
+        held: HashSet::new(),
+        storage: HashMap::new(),
+        committed: HashMap::new(),
+    };
+    match r.begin().await {
+        Ok(pids) => out.pids = pids,
+        Err(e) => {
+            out.patches = not_rehearsed(patches, &format!("cannot start the rehearsal: {e}"));
+            return out;
+        }
+    }
+    let mut failed: Vec<String> = Vec::new();
+    let mut broken: Option<String> = None;
+    for patch in patches {
+        if patch.kind == PatchType::Concurrent {
+            out.patches.push(not_rehearsable(patch));
+            continue;
+        }
+        if let Some(why) = &broken {
+            out.patches.extend(not_rehearsed(&[patch], why));
+            continue;
+        }
+        if let Some((line, what)) = crate::patches::lint::ends_transaction(patch) {
+            let why = format!(
+                "not rehearsed: `{what}` at line {line} would end the transaction the patch runs in (see lint rule transaction-control)"
+            );
+            let mut pr = not_rehearsed(&[patch], &why).remove(0);
+            if let Some(e) = pr.error.as_mut() {
+                e.line = Some(line);
+            }
+            out.patches.push(pr);
+            failed.push(patch.version.to_string());
+            continue;
+        }
+        reporter.event(&Event::NodeStart {
+            version: patch.version,
+            node: node.name(),
+        });
+        let mut pr = match r.patch(patch).await {
+            Ok(pr) => pr,
+            Err(e) => {
+                // The session itself failed (connection lost, savepoint unusable).
+                let why = format!("the rehearsal session failed: {e}");
+                broken = Some(why.clone());
+                not_rehearsed(&[patch], &why).remove(0)
+            }
+        };
+        pr.after_failed.clone_from(&failed);
+        let error = pr.error.as_ref().map(|e| e.text.clone());
+        reporter.event(&Event::NodeDone {
+            version: patch.version,
+            node: node.name(),
+            elapsed: Duration::from_millis(pr.duration_ms),
+            error: error.as_deref(),
+        });
+        if pr.outcome.is_failure() {
+            failed.push(pr.patch.clone());
+        }
+        out.patches.push(pr);
+    }
+    // Always rolled back. If even that fails the connection is unusable, and the server
+    // rolls back when it closes (at the latest when the process exits).
+    let _ = work.client().batch_execute("ROLLBACK").await;
+    out
+}
+
+/// One node's rehearsal in progress.
+struct Rehearsal<'a> {
+    node: &'a Node,
+    work: &'a tokio_postgres::Client,
+    watch: &'a tokio_postgres::Client,
+    /// The rehearsing backend.
+    pid: i32,
+    lock_timeout: Duration,
+    /// `(relation oid, mode)` held by the rehearsal so far.
+    held: HashSet<(i64, LockMode)>,
+    /// Last seen `relfilenode` of each relation the rehearsal locked.
+    storage: HashMap<i64, i64>,
+    /// Committed-catalog facts about relations, by oid (`None`: not committed, i.e. new).
+    committed: HashMap<i64, Option<Relation>>,
+}
+
+/// A relation as the committed catalog knows it.
+#[derive(Debug, Clone)]
+struct Relation {
+    name: String,
+    kind: String,
+    system: bool,
+    relfilenode: i64,
+}
+
+/// What a table looks like inside the rehearsal, to see whether a patch touched it.
+#[derive(Debug, PartialEq, Eq)]
+struct Usage {
+    /// Versions (`xmin`, `ctid`) of its `pg_class`, `pg_attribute`, `pg_constraint`,
+    /// `pg_index` and `pg_trigger` rows: any schema change alters one.
+    catalog: String,
+    /// Rows inserted, updated and deleted by this transaction (`pg_stat_xact_all_tables`).
+    writes: i64,
+    /// Sequential and index scans by this transaction.
+    scans: i64,
+}
+
+/// A relation lock held by the rehearsing backend, as seen inside its transaction.
+struct HeldLock {
+    oid: i64,
+    mode: LockMode,
+    /// In-transaction name, kind, system-ness and storage; `None` when the rehearsal dropped it.
+    inside: Option<Relation>,
+}
+
+impl Rehearsal<'_> {
+    async fn begin(&mut self) -> Result<Vec<i32>, PgFailure> {
+        let pid: i32 = self
+            .work
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        let watch_pid: i32 = self
+            .watch
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        self.pid = pid;
+        let ms = self.lock_timeout.as_millis().max(1);
+        self.work
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{ms}ms'"
+            ))
+            .await?;
+        Ok(vec![pid, watch_pid])
+    }
+
+    /// One patch under its savepoint. `Err` only when the session itself is unusable.
+    async fn patch(&mut self, patch: &Patch) -> Result<PatchRehearsal, PgFailure> {
+        let mut pr = PatchRehearsal::new(patch, Outcome::Ok);
+        let tables: Vec<i64> = self
+            .held
+            .iter()
+            .map(|(oid, _)| *oid)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let before = self.usage(&tables).await?;
+        self.work
+            .batch_execute(&format!("SAVEPOINT {SAVEPOINT}"))
+            .await?;
+        let blockers = RefCell::new(Vec::new());
+        let started = Instant::now();
+        let result = {
+            // Statement by statement (the same as one batch inside a transaction block),
+            // so a failure is pinned to its statement even when the server reports no
+            // position in it.
+            let body = async {
+                for (text, span) in patch.statement_texts() {
+                    if let Err(e) = self.work.batch_execute(text).await {
+                        return Err((e, text, span));
+                    }
+                }
+                Ok(())
+            };
+            let watch = self.watch_blockers(&blockers);
+            tokio::pin!(body);
+            tokio::pin!(watch);
+            let mut watching = true;
+            loop {
+                tokio::select! {
+                    r = &mut body => break r,
+                    () = &mut watch, if watching => watching = false,
+                }
+            }
+        };
+        pr.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        pr.blockers = blockers.into_inner();
+        match result {
+            Ok(()) => {
+                let (locks, rewrites) = self.locks_taken(&before).await?;
+                pr.locks = locks;
+                pr.rewrites = rewrites;
+                self.work
+                    .batch_execute(&format!("RELEASE SAVEPOINT {SAVEPOINT}"))
+                    .await?;
+            }
+            Err((e, text, span)) => {
+                let what = PgFailure::from_pg(&e);
+                if e.as_db_error().is_none() {
+                    return Err(what);
+                }
+                self.work
+                    .batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
+                    .await?;
+                pr.outcome = Outcome::Failed;
+                let line = match what.position {
+                    Some(p) => span.line + sql::line_at_char_position(text, p as usize) - 1,
+                    None => span.line,
+                };
+                pr.error = Some(self.error(patch, &what, line, &pr.blockers));
+            }
+        }
+        Ok(pr)
+    }
+
+    fn error(
+        &self,
+        patch: &Patch,
+        what: &PgFailure,
+        line: usize,
+        blockers: &[Blocker],
+    ) -> RehearsalError {
+        let mut text = what.to_string();
+        text.push_str(&format!(" ({} line {line})", patch.file_name()));
+        if what.is(&SqlState::LOCK_NOT_AVAILABLE) {
+            let waited = blockers
+                .first()
+                .map(|b| b.waiting_for.clone())
+                .unwrap_or_else(|| "a lock".into());
+            text.push_str(&format!(
+                ": could not get {waited} within the rehearsal's lock timeout ({})",
+                human::duration(self.lock_timeout)
+            ));
+            if blockers.is_empty() {
+                text.push_str("; the holder left before it could be identified");
+            } else {
+                let who: Vec<String> = blockers.iter().map(Blocker::describe).collect();
+                text.push_str(&format!("; held by {}", who.join("; ")));
+            }
+        } else if what.is(&SqlState::INSUFFICIENT_PRIVILEGE) {
+            text.push_str(&format!(
+                " (the rehearsal runs with the privileges of the role in node `{}`'s dsn)",
+                self.node.name()
+            ));
+        }
+        RehearsalError {
+            sqlstate: what.sqlstate().map(str::to_string),
+            message: what.message.clone(),
+            detail: what.detail.clone(),
+            hint: what.hint.clone(),
+            line: Some(line),
+            text,
+        }
+    }
+
+    /// Polls, from the second session, who the rehearsing backend waits for, keeping the
+    /// latest non-empty answer. Returns only when the watch session fails.
+    async fn watch_blockers(&self, found: &RefCell<Vec<Blocker>>) {
+        let every =
+            (self.lock_timeout / 5).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let rows = match self.watch.query(BLOCKERS, &[&self.pid]).await {
+                Ok(rows) => rows,
+                Err(_) => return,
+            };
+            if rows.is_empty() {
+                continue;
+            }
+            let now: Vec<Blocker> = rows
+                .iter()
+                .map(|r| {
+                    let relation: Option<String> = r.get(8);
+                    let mode: Option<String> = r.get(9);
+                    let locktype: Option<String> = r.get(10);
+                    let waiting_for = match (mode, relation, locktype) {
+                        (Some(m), Some(rel), _) => format!("{m} on `{rel}`"),
+                        (Some(_), None, Some(t)) if t == "transactionid" || t == "tuple" => {
+                            "a row lock".to_string()
+                        }
+                        (Some(m), None, Some(t)) => format!("{m} on a {t}"),
+                        _ => "a lock".to_string(),
+                    };
+                    Blocker {
+                        pid: r.get(0),
+                        user: r.get(1),
+                        application: r.get(2),
+                        client: r.get(3),
+                        state: r.get(4),
+                        transaction_age_s: r.get(5),
+                        query: r.get(6),
+                        holds: r.get::<_, Option<String>>(7).unwrap_or_default(),
+                        waiting_for,
+                    }
+                })
+                .collect();
+            let mut list = found.borrow_mut();
+            for b in now {
+                match list.iter_mut().find(|o| o.pid == b.pid) {
+                    Some(o) => *o = b,
+                    None => list.push(b),
+                }
+            }
+        }
+    }
+
+    /// The locks the patch just took (beyond those already held) and the tables it rewrote.
+    async fn locks_taken(
+        &mut self,
+        before: &HashMap<i64, Usage>,
+    ) -> Result<(Vec<LockTaken>, Vec<String>), PgFailure> {
+        let rows = self
+            .work
+            .query(&held_locks_sql(), &[&FIRST_NORMAL_OID])
+            .await?;
+        let held: Vec<HeldLock> = rows
+            .iter()
+            .filter_map(|r| {
+                let mode = LockMode::from_pg(&r.get::<_, String>(1))?;
+                let inside = r.get::<_, Option<String>>(2).map(|name| Relation {
+                    name,
+                    kind: r.get(3),
+                    system: r.get(4),
+                    relfilenode: r.get(5),
+                });
+                Some(HeldLock {
+                    oid: r.get(0),
+                    mode,
+                    inside,
+                })
+            })
+            .collect();
+        self.resolve(held.iter().map(|h| h.oid)).await?;
+
+        // Strongest new mode per relation.
+        let mut new: BTreeMap<i64, LockMode> = BTreeMap::new();
+        for h in &held {
+            if !self.held.contains(&(h.oid, h.mode)) {
+                let m = new.entry(h.oid).or_insert(h.mode);
+                *m = (*m).max(h.mode);
+            }
+        }
+        // Relations an earlier patch already locked that this one used too.
+        let mut reused: BTreeMap<i64, LockMode> = BTreeMap::new();
+        if !before.is_empty() {
+            let oids: Vec<i64> = before.keys().copied().collect();
+            let after = self.usage(&oids).await?;
+            for (oid, was) in before {
+                if new.contains_key(oid) {
+                    continue;
+                }
+                let strongest = self
+                    .held
+                    .iter()
+                    .filter(|(o, _)| o == oid)
+                    .map(|(_, m)| *m)
+                    .max();
+                let mode = match after.get(oid) {
+                    None => strongest,
+                    Some(now) if now.catalog != was.catalog => strongest,
+                    Some(now) if now.writes != was.writes => Some(LockMode::RowExclusive),
+                    Some(now) if now.scans != was.scans => Some(LockMode::AccessShare),
+                    Some(_) => None,
+                };
+                if let Some(m) = mode {
+                    reused.insert(*oid, m);
+                }
+            }
+        }
+        for h in &held {
+            self.held.insert((h.oid, h.mode));
+        }
+        let mut locks: Vec<(LockMode, LockTaken)> = Vec::new();
+        let all = new
+            .into_iter()
+            .map(|(o, m)| (o, m, false))
+            .chain(reused.into_iter().map(|(o, m)| (o, m, true)));
+        for (oid, mode, inferred) in all {
+            let inside = held
+                .iter()
+                .find(|h| h.oid == oid)
+                .and_then(|h| h.inside.clone());
+            let before = self.committed.get(&oid).cloned().flatten();
+            let (rel, created) = match (before, inside) {
+                (Some(b), _) => (b, false),
+                (None, Some(i)) => (i, true),
+                // Created and dropped within the rehearsal: nobody ever saw it.
+                (None, None) => continue,
+            };
+            if rel.system {
+                continue;
+            }
+            let blocks = if created {
+                format!(
+                    "`{}` is created by the rehearsal itself: nobody else can see it before commit, so this blocks nobody",
+                    rel.name
+                )
+            } else {
+                mode.blocks(&rel.name)
+            };
+            locks.push((
+                mode,
+                LockTaken {
+                    relation: rel.name.clone(),
+                    kind: rel.kind.clone(),
+                    mode: mode.as_pg().to_string(),
+                    created,
+                    inferred,
+                    blocks,
+                },
+            ));
+        }
+        // Strongest first: that is what the DBA plans the window around.
+        locks.sort_by(|(ma, a), (mb, b)| mb.cmp(ma).then_with(|| a.relation.cmp(&b.relation)));
+        let locks = locks.into_iter().map(|(_, l)| l).collect();
+        let mut rewrites = Vec::new();
+        for h in &held {
+            let (Some(inside), Some(Some(before))) = (&h.inside, self.committed.get(&h.oid)) else {
+                continue;
+            };
+            if inside.relfilenode == 0 || before.system {
+                continue;
+            }
+            let last = *self.storage.entry(h.oid).or_insert(before.relfilenode);
+            if last != inside.relfilenode {
+                self.storage.insert(h.oid, inside.relfilenode);
+                if matches!(before.kind.as_str(), "table" | "materialized view")
+                    && !rewrites.contains(&before.name)
+                {
+                    rewrites.push(before.name.clone());
+                }
+            }
+        }
+        Ok((locks, rewrites))
+    }
+
+    /// For tables among `oids` (inside the rehearsal): their catalog rows' versions and this
+    /// transaction's reads and writes of them, to tell whether a patch used them.
+    async fn usage(&self, oids: &[i64]) -> Result<HashMap<i64, Usage>, PgFailure> {
+        if oids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = self.work.query(USAGE, &[&oids]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    Usage {
+                        catalog: r.get(1),
+                        writes: r.get(2),
+                        scans: r.get(3),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Looks up, in the committed catalog (the watch session), relations not seen before.
+    async fn resolve(&mut self, oids: impl Iterator<Item = i64>) -> Result<(), PgFailure> {
+        let unknown: Vec<i64> = oids
+            .filter(|o| !self.committed.contains_key(o))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let rows = self
+            .watch
+            .query(&committed_relations_sql(), &[&unknown])
+            .await?;
+        for oid in &unknown {
+            self.committed.insert(*oid, None);
+        }
+        for r in rows {
+            self.committed.insert(
+                r.get(0),
+                Some(Relation {
+                    name: r.get(1),
+                    kind: r.get(2),
+                    system: r.get(3),
+                    relfilenode: r.get(4),
+                }),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `relkind` in words.
+const RELKIND: &str = "CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'partitioned table' \
+     WHEN 'i' THEN 'index' WHEN 'I' THEN 'partitioned index' WHEN 'S' THEN 'sequence' \
+     WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table' \
+     WHEN 't' THEN 'toast table' WHEN 'c' THEN 'composite type' ELSE c.relkind::text END";
+
+/// Catalog, toast and temporary schemas: locks there are noise.
+const SYSTEM_SCHEMA: &str = "(n.nspname IN ('pg_catalog', 'information_schema') \
+     OR n.nspname LIKE 'pg\\_toast%' OR n.nspname LIKE 'pg\\_temp%')";
+
+/// Relation locks the rehearsing backend holds, seen from inside its transaction.
+fn held_locks_sql() -> String {
+    format!(
+        "SELECT l.relation::int8, l.mode,
+                CASE WHEN c.oid IS NOT NULL THEN c.oid::regclass::text END,
+                {RELKIND}, coalesce({SYSTEM_SCHEMA}, false), coalesce(c.relfilenode::int8, 0)
+           FROM pg_locks l
+           LEFT JOIN pg_class c ON c.oid = l.relation
+           LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND l.relation::int8 >= $1"
+    )
+}
+
+/// Relations as the committed catalog knows them.
+fn committed_relations_sql() -> String {
+    format!(
+        "SELECT c.oid::int8, c.oid::regclass::text, {RELKIND}, {SYSTEM_SCHEMA}, c.relfilenode::int8
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.oid = ANY($1::int8[]::oid[])"
+    )
+}
+
+/// Catalog row versions and this transaction's activity for the tables among `$1`.
+const USAGE: &str = "
+    SELECT c.oid::int8,
+           concat_ws('|', c.xmin::text || c.ctid::text,
+             (SELECT string_agg(a.xmin::text || a.ctid::text, ',' ORDER BY a.attnum)
+                FROM pg_attribute a WHERE a.attrelid = c.oid),
+             (SELECT string_agg(k.xmin::text || k.ctid::text, ',' ORDER BY k.oid)
+                FROM pg_constraint k WHERE k.conrelid = c.oid),
+             (SELECT string_agg(i.xmin::text || i.ctid::text, ',' ORDER BY i.indexrelid)
+                FROM pg_index i WHERE i.indrelid = c.oid),
+             (SELECT string_agg(t.xmin::text || t.ctid::text, ',' ORDER BY t.oid)
+                FROM pg_trigger t WHERE t.tgrelid = c.oid)),
+           coalesce(s.n_tup_ins + s.n_tup_upd + s.n_tup_del, 0)::int8,
+           (coalesce(s.seq_scan, 0) + coalesce(s.idx_scan, 0))::int8
+      FROM pg_class c LEFT JOIN pg_stat_xact_all_tables s ON s.relid = c.oid
+     WHERE c.oid = ANY($1::int8[]::oid[]) AND c.relkind IN ('r', 'p', 'm')";
+
+/// Who blocks backend `$1`, and what it waits for.
+const BLOCKERS: &str = "
+    WITH w AS (SELECT locktype, relation, mode FROM pg_locks WHERE pid = $1 AND NOT granted LIMIT 1)
+    SELECT b.pid,
+           coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
+           CASE WHEN a.pid IS NULL THEN '' ELSE coalesce(host(a.client_addr), 'local socket') END,
+           coalesce(a.state, ''),
+           extract(epoch FROM now() - a.xact_start)::float8,
+           left(coalesce(a.query, ''), 300),
+           (SELECT string_agg(DISTINCT h.mode, ', ') FROM pg_locks h, w
+             WHERE h.pid = b.pid AND h.granted AND h.relation = w.relation),
+           (SELECT w.relation::regclass::text FROM w WHERE w.relation IS NOT NULL),
+           (SELECT w.mode FROM w),
+           (SELECT w.locktype FROM w)
+      FROM unnest(pg_blocking_pids($1)) AS b(pid)
+      LEFT JOIN pg_stat_activity a ON a.pid = b.pid";

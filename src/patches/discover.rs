@@ -1,0 +1,268 @@
+//! A patch directory: discovery of its `*.sql` files and their validation (names,
+//! duplicate versions, unreadable or unterminated files, gaps in numbering), as findings.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::patch::{
+    checksum, parse_file_name, parse_header, Patch, PatchType, PatchVersion, StatementSpan,
+};
+use super::sql;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One problem found in a patch directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self.severity {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        };
+        write!(f, "{label}: {}", self.message)
+    }
+}
+
+/// The patches of a directory, in version order, with what was found wrong.
+#[derive(Debug, Clone)]
+pub struct PatchSet {
+    pub dir: PathBuf,
+    pub patches: Vec<Patch>,
+    pub findings: Vec<Finding>,
+}
+
+impl PatchSet {
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+    }
+
+    pub fn get(&self, version: PatchVersion) -> Option<&Patch> {
+        self.patches
+            .binary_search_by_key(&version, |p| p.version)
+            .ok()
+            .map(|i| &self.patches[i])
+    }
+}
+
+/// The patch directory itself could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read patch directory `{dir}`")]
+pub struct DiscoverError {
+    pub dir: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// Reads every `*.sql` file of `dir` and validates the set. Gaps are errors when `strict`.
+/// Problems with individual files are findings, so that `check` can report them all.
+pub fn discover(dir: &Path, strict: bool) -> Result<PatchSet, DiscoverError> {
+    let wrap = |source| DiscoverError {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(wrap)? {
+        let entry = entry.map_err(wrap)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            let lossy = name.to_string_lossy().into_owned();
+            if lossy.ends_with(".sql") {
+                names.push(Err(lossy));
+            }
+            continue;
+        };
+        if !name.ends_with(".sql") {
+            continue;
+        }
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        names.push(Ok(name.to_string()));
+    }
+    names.sort();
+
+    let mut findings = Vec::new();
+    let mut named: Vec<(PatchVersion, PatchType, PathBuf)> = Vec::new();
+    let display = |name: &str| dir.join(name).display().to_string();
+    for name in names {
+        let name = match name {
+            Ok(n) => n,
+            Err(lossy) => {
+                findings.push(error(format!(
+                    "{}: file name is not valid UTF-8",
+                    display(&lossy)
+                )));
+                continue;
+            }
+        };
+        let (version, kind) = match parse_file_name(&name) {
+            Ok(v) => v,
+            Err(why) => {
+                findings.push(error(format!("{}: bad file name: {why}", display(&name))));
+                continue;
+            }
+        };
+        named.push((version, kind, dir.join(&name)));
+    }
+    named.sort_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
+
+    // Duplicates are judged on names alone, so every clash is named even when
+    // a file's content is broken too.
+    for pair in named.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            findings.push(error(format!(
+                "{} and {}: both are version {}",
+                pair[0].2.display(),
+                pair[1].2.display(),
+                pair[1].0
+            )));
+        }
+    }
+
+    // Every file's content is checked; the first file of a version is kept.
+    let mut patches: Vec<Patch> = Vec::with_capacity(named.len());
+    let mut previous = None;
+    for (version, kind, path) in named.iter().cloned() {
+        let first = previous != Some(version);
+        previous = Some(version);
+        match load(version, kind, path) {
+            Ok(patch) if first => patches.push(patch),
+            Ok(_) => {}
+            Err(message) => findings.push(error(message)),
+        }
+    }
+
+    let mut versions: Vec<PatchVersion> = named.iter().map(|n| n.0).collect();
+    versions.dedup();
+    let gap_severity = if strict {
+        Severity::Error
+    } else {
+        Severity::Warning
+    };
+    for message in numbering_gaps(&versions) {
+        findings.push(Finding {
+            severity: gap_severity,
+            message,
+        });
+    }
+
+    Ok(PatchSet {
+        dir: dir.to_path_buf(),
+        patches,
+        findings,
+    })
+}
+
+/// Reads and checks one well-named patch file; the error names the file.
+fn load(version: PatchVersion, kind: PatchType, path: PathBuf) -> Result<Patch, String> {
+    let bytes =
+        std::fs::read(&path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let checksum = checksum(&bytes);
+    let body =
+        String::from_utf8(bytes).map_err(|_| format!("{}: not valid UTF-8", path.display()))?;
+    let statements = sql::split(&body)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .iter()
+        .map(|s| StatementSpan {
+            offset: s.offset,
+            len: s.text.len(),
+            line: s.line,
+        })
+        .collect();
+    let order = parse_header(&body).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Patch {
+        version,
+        kind,
+        path,
+        body,
+        checksum,
+        statements,
+        order,
+    })
+}
+
+fn error(message: String) -> Finding {
+    Finding {
+        severity: Severity::Error,
+        message,
+    }
+}
+
+/// Within a major, the minors of point-0 patches are contiguous from the lowest
+/// one present; a point `p > 0` needs `p - 1` of the same major and minor.
+pub fn numbering_gaps(sorted: &[PatchVersion]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut by_major: BTreeMap<u32, Vec<PatchVersion>> = BTreeMap::new();
+    for v in sorted {
+        by_major.entry(v.major).or_default().push(*v);
+    }
+    for (major, versions) in by_major {
+        let minors: Vec<u32> = versions
+            .iter()
+            .filter(|v| v.point == 0)
+            .map(|v| v.minor)
+            .collect();
+        for pair in minors.windows(2) {
+            if pair[1] > pair[0] + 1 {
+                let missing = if pair[1] == pair[0] + 2 {
+                    format!("{major}-{}-0 is missing", pair[0] + 1)
+                } else {
+                    format!(
+                        "{major}-{}-0 to {major}-{}-0 are missing",
+                        pair[0] + 1,
+                        pair[1] - 1
+                    )
+                };
+                out.push(format!(
+                    "gap in numbering: {missing} between {major}-{}-0 and {major}-{}-0",
+                    pair[0], pair[1]
+                ));
+            }
+        }
+        for v in versions.iter().filter(|v| v.point > 0) {
+            let prev = PatchVersion::new(v.major, v.minor, v.point - 1);
+            if sorted.binary_search(&prev).is_err() {
+                out.push(format!("gap in numbering: {v} has no predecessor {prev}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps() {
+        let v = |m, n, p| PatchVersion::new(m, n, p);
+        assert!(numbering_gaps(&[v(1, 0, 0), v(1, 1, 0), v(1, 1, 1), v(2, 0, 0)]).is_empty());
+        // Starting above zero is fine: old patches may have been folded into a baseline.
+        assert!(numbering_gaps(&[v(1, 4, 0), v(1, 5, 0)]).is_empty());
+        let g = numbering_gaps(&[v(1, 0, 0), v(1, 2, 0)]);
+        assert_eq!(
+            g,
+            ["gap in numbering: 1-1-0 is missing between 1-0-0 and 1-2-0"]
+        );
+        let g = numbering_gaps(&[v(1, 0, 0), v(1, 4, 0)]);
+        assert!(g[0].contains("1-1-0 to 1-3-0"), "{g:?}");
+        let g = numbering_gaps(&[v(1, 0, 0), v(1, 0, 2)]);
+        assert_eq!(g, ["gap in numbering: 1-0-2 has no predecessor 1-0-1"]);
+    }
+}

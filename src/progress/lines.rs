@@ -1,0 +1,47 @@
+//! Progress as plain timestamped lines on stderr (cron logs, CI).
+
+use std::time::SystemTime;
+
+use super::{Event, Reporter};
+use crate::output::human;
+use crate::output::timestamp::rfc3339;
+
+/// Plain timestamped lines on stderr.
+pub struct LineReporter;
+
+impl Reporter for LineReporter {
+    fn event(&self, event: &Event<'_>) {
+        let line = match event {
+            Event::Note(text) => text.to_string(),
+            Event::GroupStart { kind, versions } => format!("group: {kind} patch(es) {versions}"),
+            Event::NodeStart { version, node } => format!("{version} on {node}: started"),
+            Event::NodeDone {
+                version,
+                node,
+                elapsed,
+                error,
+            } => match error {
+                None => format!("{version} on {node}: done in {}", human::duration(*elapsed)),
+                Some(e) => format!(
+                    "{version} on {node}: FAILED after {}: {e}",
+                    human::duration(*elapsed)
+                ),
+            },
+            Event::PatchDone {
+                version,
+                elapsed,
+                committed,
+            } => {
+                if *committed {
+                    format!(
+                        "{version}: applied to the cluster in {}",
+                        human::duration(*elapsed)
+                    )
+                } else {
+                    format!("{version}: claim rolled back, not recorded as applied")
+                }
+            }
+        };
+        eprintln!("{} {line}", rfc3339(SystemTime::now()));
+    }
+}
