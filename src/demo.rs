@@ -40,8 +40,10 @@ impl DemoCluster {
     /// Starts three servers, creates database `app` on each, writes the example patches
     /// and `cluster.yaml` (node0 the master).
     pub fn start() -> Result<DemoCluster, Error> {
-        let failed =
-            |what: &str, e: &dyn std::fmt::Display| Error::Failed(format!("demo: {what}: {e}"));
+        let failed = |what: &'static str, e: &dyn std::fmt::Display| Error::Demo {
+            what,
+            detail: e.to_string(),
+        };
         let bins = PgBinaries::locate().map_err(|e| failed("cannot find PostgreSQL", &e))?;
         eprintln!(
             "demo: starting 3 local PostgreSQL servers from {}",
@@ -102,7 +104,10 @@ impl DemoCluster {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error::Failed(format!("demo: cannot start the async runtime: {e}")))?;
+            .map_err(|e| Error::Demo {
+                what: "cannot start the async runtime",
+                detail: e.to_string(),
+            })?;
         rt.block_on(async {
             let _ = tokio::signal::ctrl_c().await;
         });

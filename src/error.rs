@@ -1,9 +1,20 @@
-//! The crate's error enum and the one place errors become exit codes.
+//! The crate's error: one enum whose variants carry node, patch, SQLSTATE, file and line
+//! as fields, the one place an error becomes an exit code ([`Error::exit_code`]), and its
+//! JSON object ([`Error::to_json_object`], also its `Serialize`).
+//!
+//! A variant's message either includes its cause (a [`PgFailure`], a list of problems)
+//! or leaves it to `source()`, never both, so [`Error::chain`] prints each cause once.
 
+use std::fmt;
 use std::process::ExitCode;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, NodeName};
+use crate::db::pgerror::PgFailure;
 use crate::patches::discover::DiscoverError;
+use crate::patches::patch::PatchVersion;
+use crate::replication::error::ReplicationError;
+use crate::replication::topology::TopologyProblem;
+use crate::upgrade::plan::{Drift, Refusal};
 
 /// Documented exit codes (see `pgconvoy --help` and the README).
 pub mod exit {
@@ -19,6 +30,7 @@ pub mod exit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    // --- bad input (exit 2): refused before anything was written ---
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -26,35 +38,459 @@ pub enum Error {
     /// `check` (or a run) found errors in the patch directory; they were reported one by one.
     #[error("patch directory `{dir}` has {count} error(s)")]
     PatchDir { dir: String, count: usize },
-    /// Bad input discovered after parsing: refused before anything was written.
+    /// Applied patches whose files changed or vanished since.
+    #[error("drift: {}", join(drift))]
+    Drift { drift: Vec<Drift> },
+    /// The nodes' recovery state contradicts `replication:` in the config.
+    #[error("topology does not match the config: {}", join(problems))]
+    Topology { problems: Vec<TopologyProblem> },
+    /// `--patch-type` refuses the next group.
     #[error("{0}")]
-    BadInput(String),
-    /// A run failed; the message names the patch and node.
+    Refused(Refusal),
+    /// `--atomic` on nodes without two-phase commit.
+    #[error(
+        "--atomic (atomic_direct) needs two-phase commit, but max_prepared_transactions = 0 on node(s) {}; set it > 0 (a server restart) or run without --atomic; nothing was applied",
+        names(nodes)
+    )]
+    TwoPhaseDisabled { nodes: Vec<NodeName> },
+    /// The dry run found what a real run would refuse (drift, `--patch-type`, `--atomic`).
+    #[error("{reason}")]
+    DryRunRefused { reason: String },
+
+    // --- a coordinator holds the cluster (exit 3) ---
+    #[error(
+        "cluster busy: another coordinator holds the lock on master node `{node}` ({holder}); try again later or pass --wait"
+    )]
+    Busy { node: NodeName, holder: String },
+    #[error("patch `{patch}` is already claimed on master node `{node}` by another coordinator")]
+    Claimed { patch: PatchVersion, node: NodeName },
+
+    // --- run-time failures (exit 1) ---
+    #[error("node `{node}` ({endpoint}) is unreachable: {failure}")]
+    NodeUnreachable {
+        node: NodeName,
+        endpoint: String,
+        failure: Box<PgFailure>,
+    },
+    /// A read or a bookkeeping statement on a node failed (not a patch body).
+    #[error("cannot {action} on {}node `{node}`: {failure}", if *master { "master " } else { "" })]
+    Node {
+        node: NodeName,
+        master: bool,
+        action: &'static str,
+        failure: Box<PgFailure>,
+    },
+    /// A patch body (or its ledger row) failed on a node; the claim was rolled back.
     #[error("{0}")]
-    Failed(String),
-    #[error("{0}")]
-    Busy(String),
+    PatchFailed(Box<PatchFailure>),
+    /// The claim transaction on the master could not be opened, inserted or committed.
+    #[error("patch `{patch}`: cannot {action} on master node `{node}`: {failure}")]
+    Claim {
+        patch: PatchVersion,
+        node: NodeName,
+        action: &'static str,
+        failure: Box<PgFailure>,
+    },
+    /// `--atomic`: a part failed, every prepared part was rolled back (or left for `recover`).
+    #[error(
+        "{failure}; rolled back on every node (--atomic){}",
+        unresolved_note(unresolved)
+    )]
+    AtomicRolledBack {
+        failure: Box<PatchFailure>,
+        unresolved: Vec<String>,
+    },
+    /// `--atomic`: every node prepared, but some `COMMIT PREPARED` failed.
+    #[error(
+        "patch `{patch}`: prepared on every node, but COMMIT PREPARED failed for {}: run `pgconvoy recover` to finish the commit",
+        unresolved.join(", ")
+    )]
+    CommitPrepared {
+        patch: PatchVersion,
+        unresolved: Vec<String>,
+    },
+    /// Prepared transactions of an interrupted `--atomic` run are still on a node.
+    #[error(
+        "node `{node}` holds prepared transaction '{gid}' (since {since}) from an interrupted --atomic run; run `pgconvoy recover` first"
+    )]
+    PreparedLeftover {
+        node: NodeName,
+        gid: String,
+        since: String,
+    },
+    /// `recover` could not resolve some prepared transactions.
+    #[error("{}", unresolved.join("; "))]
+    Unresolved { unresolved: Vec<String> },
+    /// Replication failed or would not keep up; `context` says where in the run.
+    #[error("{}{error}", context.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
+    Replication {
+        context: Option<String>,
+        error: Box<ReplicationError>,
+    },
+    /// `status` could not reach these nodes (each is described in the report).
+    #[error("one or more nodes are unreachable: {}", names(nodes))]
+    Unreachable { nodes: Vec<NodeName> },
+    /// The dry run found failing rehearsals or blocking findings.
+    #[error(
+        "dry run: {failed} failing rehearsal(s), {blocking} blocking finding(s); see the report"
+    )]
+    DryRunBlocked { failed: usize, blocking: usize },
+    /// The run stopped between patches because it was interrupted.
+    #[error("stopped before patch `{patch}`")]
+    Stopped { patch: PatchVersion },
+    /// Ctrl-C or SIGTERM during an upgrade: what it stopped with.
+    #[error("interrupted: {cause}")]
+    Interrupted { cause: Box<Error> },
+    /// Ctrl-C or SIGTERM during a dry run.
+    #[error(
+        "{signal}: dry run stopped; its statements were cancelled and its transactions roll back; nothing was changed"
+    )]
+    DryRunInterrupted { signal: &'static str },
+    /// `demo` could not set up its local cluster.
+    #[error("demo: {what}: {detail}")]
+    Demo { what: &'static str, detail: String },
+    /// Writing the command's output failed (not a closed pipe: that is a quiet exit).
+    #[error("cannot write the output")]
+    Output(#[source] std::io::Error),
+}
+
+/// A patch that failed on one node: the patch, the node, what went wrong and where in
+/// the patch file; `pg` keeps the server's report whole when there was one.
+#[derive(Debug, Clone)]
+pub struct PatchFailure {
+    pub patch: PatchVersion,
+    pub node: NodeName,
+    /// The patch file's name.
+    pub file: String,
+    /// The line of the patch file the failure points at.
+    pub line: Option<usize>,
+    /// What went wrong, in words (the server's error, or what the coordinator saw).
+    pub what: String,
+    pub pg: Option<PgFailure>,
+}
+
+impl fmt::Display for PatchFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "patch `{}` failed on node `{}`: {}",
+            self.patch, self.node, self.what
+        )?;
+        if let Some(line) = self.line {
+            write!(f, " ({} line {line})", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+fn join(items: &[impl fmt::Display]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn names(nodes: &[NodeName]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn unresolved_note(unresolved: &[String]) -> String {
+    if unresolved.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; could not roll back prepared transaction(s) {}: run `pgconvoy recover`",
+            unresolved.join(", ")
+        )
+    }
 }
 
 impl Error {
+    /// A node that could not be connected to (or that dropped the connection).
+    pub fn unreachable(node: &crate::config::NodeConfig, failure: PgFailure) -> Error {
+        Error::NodeUnreachable {
+            node: node.name.clone(),
+            endpoint: node.endpoint.clone(),
+            failure: Box::new(failure),
+        }
+    }
+
+    /// Replication failed; `context` says where in the run.
+    pub fn replication(context: Option<String>, error: ReplicationError) -> Error {
+        Error::Replication {
+            context,
+            error: Box::new(error),
+        }
+    }
+
     /// The error and its causes on one line, as printed on stderr.
     pub fn chain(&self) -> String {
         crate::output::human::error_chain(self)
     }
 
+    /// The exit code of this kind of error: the one place the mapping lives.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::Discover(_) | Error::PatchDir { .. } | Error::BadInput(_) => {
-                exit::BAD_INPUT
-            }
-            Error::Failed(_) => exit::FAILED,
-            Error::Busy(_) => exit::BUSY,
+            Error::Config(_)
+            | Error::Discover(_)
+            | Error::PatchDir { .. }
+            | Error::Drift { .. }
+            | Error::Topology { .. }
+            | Error::Refused(_)
+            | Error::TwoPhaseDisabled { .. }
+            | Error::DryRunRefused { .. } => exit::BAD_INPUT,
+            Error::Replication { error, .. } if error.is_bad_input() => exit::BAD_INPUT,
+            Error::Busy { .. } | Error::Claimed { .. } => exit::BUSY,
+            // Interruptions exit 1 for now (the contract's 130 is still to come).
+            Error::Interrupted { .. } | Error::DryRunInterrupted { .. } => exit::FAILED,
+            Error::NodeUnreachable { .. }
+            | Error::Node { .. }
+            | Error::PatchFailed(_)
+            | Error::Claim { .. }
+            | Error::AtomicRolledBack { .. }
+            | Error::CommitPrepared { .. }
+            | Error::PreparedLeftover { .. }
+            | Error::Unresolved { .. }
+            | Error::Replication { .. }
+            | Error::Unreachable { .. }
+            | Error::DryRunBlocked { .. }
+            | Error::Stopped { .. }
+            | Error::Demo { .. }
+            | Error::Output(_) => exit::FAILED,
         }
+    }
+
+    /// What kind of error this is, as the JSON object names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Discover(_) | Error::PatchDir { .. } => "patch-directory",
+            Error::Drift { .. } => "drift",
+            Error::Topology { .. } => "topology",
+            Error::Refused(_) => "refused",
+            Error::TwoPhaseDisabled { .. } => "two-phase-disabled",
+            Error::DryRunRefused { .. } => "dry-run-refused",
+            Error::Busy { .. } => "busy",
+            Error::Claimed { .. } => "claimed",
+            Error::NodeUnreachable { .. } | Error::Unreachable { .. } => "node-unreachable",
+            Error::Node { .. } => "node-failed",
+            Error::PatchFailed(_) => "patch-failed",
+            Error::Claim { .. } => "claim-failed",
+            Error::AtomicRolledBack { .. } => "atomic-rolled-back",
+            Error::CommitPrepared { .. } => "commit-prepared-failed",
+            Error::PreparedLeftover { .. } => "prepared-leftover",
+            Error::Unresolved { .. } => "unresolved-prepared",
+            Error::Replication { .. } => "replication",
+            Error::DryRunBlocked { .. } => "dry-run-blocked",
+            Error::Stopped { .. } | Error::Interrupted { .. } | Error::DryRunInterrupted { .. } => {
+                "interrupted"
+            }
+            Error::Demo { .. } => "demo",
+            Error::Output(_) => "output",
+        }
+    }
+
+    /// The node the error is about, when it is about one.
+    pub fn node(&self) -> Option<&NodeName> {
+        match self {
+            Error::Busy { node, .. }
+            | Error::Claimed { node, .. }
+            | Error::NodeUnreachable { node, .. }
+            | Error::Node { node, .. }
+            | Error::Claim { node, .. }
+            | Error::PreparedLeftover { node, .. } => Some(node),
+            Error::PatchFailed(f) | Error::AtomicRolledBack { failure: f, .. } => Some(&f.node),
+            Error::Drift { drift } => drift.first().map(|d| &d.node),
+            Error::Topology { problems } => problems.first().map(|p| &p.node),
+            Error::TwoPhaseDisabled { nodes } | Error::Unreachable { nodes } => nodes.first(),
+            Error::Replication { error, .. } => error.node_name(),
+            Error::Interrupted { cause } => cause.node(),
+            _ => None,
+        }
+    }
+
+    /// The patch the error is about, when it is about one.
+    pub fn patch(&self) -> Option<PatchVersion> {
+        match self {
+            Error::Claimed { patch, .. }
+            | Error::Claim { patch, .. }
+            | Error::CommitPrepared { patch, .. }
+            | Error::Stopped { patch } => Some(*patch),
+            Error::PatchFailed(f) | Error::AtomicRolledBack { failure: f, .. } => Some(f.patch),
+            Error::Drift { drift } => drift.first().map(|d| d.version),
+            Error::Refused(r) => Some(r.version),
+            Error::Interrupted { cause } => cause.patch(),
+            _ => None,
+        }
+    }
+
+    /// What the server said, when the error comes from one.
+    pub fn pg(&self) -> Option<&PgFailure> {
+        match self {
+            Error::NodeUnreachable { failure, .. }
+            | Error::Node { failure, .. }
+            | Error::Claim { failure, .. } => Some(failure),
+            Error::PatchFailed(f) | Error::AtomicRolledBack { failure: f, .. } => f.pg.as_ref(),
+            Error::Replication { error, .. } => error.pg(),
+            Error::Interrupted { cause } => cause.pg(),
+            _ => None,
+        }
+    }
+
+    /// The file and line the error points at, when it points at one.
+    pub fn file_line(&self) -> (Option<String>, Option<usize>) {
+        match self {
+            Error::PatchFailed(f) | Error::AtomicRolledBack { failure: f, .. } => {
+                (Some(f.file.clone()), f.line)
+            }
+            Error::Config(ConfigError::Read { path, .. })
+            | Error::Config(ConfigError::Syntax { path, .. })
+            | Error::Config(ConfigError::Invalid { path, .. }) => {
+                (Some(path.display().to_string()), None)
+            }
+            Error::Discover(d) => (Some(d.dir.display().to_string()), None),
+            Error::PatchDir { dir, .. } => (Some(dir.clone()), None),
+            Error::Drift { drift } => (drift.first().and_then(Drift::file), None),
+            Error::Interrupted { cause } => cause.file_line(),
+            _ => (None, None),
+        }
+    }
+
+    /// The error as the JSON documents carry it: `kind`, `node`, `patch`, `sqlstate`,
+    /// `message` (the whole chain), `detail`, `hint`, `file`, `line`.
+    pub fn to_json_object(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// The JSON shape of an [`Error`].
+#[derive(serde::Serialize)]
+struct ErrorObject<'a> {
+    kind: &'static str,
+    node: Option<&'a NodeName>,
+    patch: Option<String>,
+    sqlstate: Option<&'a str>,
+    message: String,
+    detail: Option<&'a str>,
+    hint: Option<&'a str>,
+    file: Option<String>,
+    line: Option<usize>,
+}
+
+impl serde::Serialize for Error {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let pg = self.pg();
+        let (file, line) = self.file_line();
+        ErrorObject {
+            kind: self.kind(),
+            node: self.node(),
+            patch: self.patch().map(|p| p.to_string()),
+            sqlstate: pg.and_then(PgFailure::sqlstate),
+            message: self.chain(),
+            detail: pg.and_then(|p| p.detail.as_deref()),
+            hint: pg.and_then(|p| p.hint.as_deref()),
+            file,
+            line,
+        }
+        .serialize(s)
     }
 }
 
 impl From<&Error> for ExitCode {
     fn from(e: &Error) -> ExitCode {
         ExitCode::from(e.exit_code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::error::SqlState;
+
+    fn node(s: &str) -> NodeName {
+        NodeName::parse(s).unwrap()
+    }
+
+    fn failure() -> PatchFailure {
+        PatchFailure {
+            patch: PatchVersion::new(1, 2, 0),
+            node: node("node2"),
+            file: "patch-1-2-0-direct.sql".into(),
+            line: Some(3),
+            what: "ERROR 42P01: relation \"t\" does not exist".into(),
+            pg: Some(PgFailure {
+                code: Some(SqlState::UNDEFINED_TABLE),
+                message: "relation \"t\" does not exist".into(),
+                detail: None,
+                hint: Some("create it first".into()),
+                position: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn exit_codes_follow_the_kind() {
+        let busy = Error::Busy {
+            node: node("m"),
+            holder: "pid 1".into(),
+        };
+        assert_eq!(busy.exit_code(), exit::BUSY);
+        assert_eq!(
+            Error::PatchFailed(Box::new(failure())).exit_code(),
+            exit::FAILED
+        );
+        assert_eq!(
+            Error::Drift { drift: Vec::new() }.exit_code(),
+            exit::BAD_INPUT
+        );
+        let stopped = Error::Interrupted {
+            cause: Box::new(Error::Stopped {
+                patch: PatchVersion::new(1, 0, 0),
+            }),
+        };
+        assert_eq!(stopped.exit_code(), exit::FAILED);
+        assert_eq!(stopped.kind(), "interrupted");
+        assert_eq!(stopped.patch(), Some(PatchVersion::new(1, 0, 0)));
+    }
+
+    #[test]
+    fn patch_failures_serialize_with_their_fields() {
+        let e = Error::PatchFailed(Box::new(failure()));
+        let v = e.to_json_object();
+        assert_eq!(v["kind"], "patch-failed");
+        assert_eq!(v["node"], "node2");
+        assert_eq!(v["patch"], "1-2-0");
+        assert_eq!(v["sqlstate"], "42P01");
+        assert_eq!(v["hint"], "create it first");
+        assert_eq!(v["file"], "patch-1-2-0-direct.sql");
+        assert_eq!(v["line"], 3);
+        assert_eq!(
+            v["message"],
+            "patch `1-2-0` failed on node `node2`: ERROR 42P01: relation \"t\" does not exist (patch-1-2-0-direct.sql line 3)"
+        );
+    }
+
+    #[test]
+    fn causes_are_printed_once() {
+        let e = Error::Config(ConfigError::Read {
+            path: "cluster.yaml".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+        assert_eq!(
+            e.chain(),
+            "cannot read config file `cluster.yaml`: no such file"
+        );
+        assert_eq!(e.exit_code(), exit::BAD_INPUT);
+        let out = Error::Output(std::io::Error::other("no space left on device"));
+        assert_eq!(
+            out.chain(),
+            "cannot write the output: no space left on device"
+        );
+        assert_eq!(out.to_json_object()["kind"], "output");
     }
 }

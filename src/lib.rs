@@ -5,7 +5,7 @@
 //!
 //! The arrows run one way: commands ([`cli`]) → services ([`upgrade`], [`dryrun`],
 //! [`status`], [`replication`], [`demo`]) → primitives ([`db`], [`patches`], [`config`],
-//! [`progress`], [`output`], [`error`]). `docs/ARCHITECTURE.md` has the map.
+//! [`progress`], [`output`], [`signal`], [`error`]). `docs/ARCHITECTURE.md` has the map.
 
 pub mod cli;
 pub mod config;
@@ -18,5 +18,6 @@ pub mod output;
 pub mod patches;
 pub mod progress;
 pub mod replication;
+pub mod signal;
 pub mod status;
 pub mod upgrade;

@@ -4,14 +4,17 @@
 
 use futures::stream::{self, StreamExt};
 
+use crate::config::NodeName;
 use crate::config::{Config, Role};
 use crate::db::cluster::{Cluster, Node};
 use crate::db::ledger::Ledger;
 use crate::db::probe::{probe_keeping_session, NodeProbe};
-use crate::error::Error;
+use crate::error::{exit, Error};
 use crate::patches::discover::PatchSet;
 use crate::patches::patch::PatchVersion;
+use crate::replication::topology::{topology_problems, TopologyProblem};
 use crate::upgrade::plan;
+use crate::upgrade::plan::Drift;
 
 #[derive(Debug, serde::Serialize)]
 pub struct StatusReport {
@@ -21,13 +24,13 @@ pub struct StatusReport {
     /// `replication:` from the config.
     pub replication: crate::config::Replication,
     /// Where the nodes' recovery state contradicts the configured topology.
-    pub topology_problems: Vec<String>,
+    pub topology_problems: Vec<TopologyProblem>,
     pub nodes: Vec<NodeStatus>,
 }
 
 #[derive(Debug, serde::Serialize)]
 pub struct NodeStatus {
-    pub name: String,
+    pub name: NodeName,
     pub role: Role,
     pub endpoint: String,
     pub reachable: bool,
@@ -44,7 +47,7 @@ pub struct NodeStatus {
     /// Replicas: direct/concurrent patches the master has applied that this node lacks.
     pub missing_from_master: Vec<String>,
     /// Applied patches whose file changed or vanished.
-    pub drift: Vec<String>,
+    pub drift: Vec<Drift>,
     /// Prepared transactions left by an interrupted `--atomic` run (`pgconvoy recover` resolves them).
     pub prepared: Vec<crate::db::prepared::Prepared>,
     /// Logical subscriptions in this node's database.
@@ -54,17 +57,36 @@ pub struct NodeStatus {
 }
 
 impl StatusReport {
-    pub fn exit_code(&self) -> u8 {
-        use crate::error::exit;
-        if self.nodes.iter().any(|n| !n.reachable) {
-            exit::FAILED
-        } else if self.nodes.iter().any(|n| !n.drift.is_empty())
-            || !self.topology_problems.is_empty()
-        {
-            exit::BAD_INPUT
-        } else {
-            exit::SUCCESS
+    /// What `status` ends with, read off the report (not off an exit code): unreachable
+    /// nodes (exit 1) before a topology that contradicts the config, then drift (exit 2).
+    pub fn error(&self) -> Option<Error> {
+        let unreachable: Vec<NodeName> = self
+            .nodes
+            .iter()
+            .filter(|n| !n.reachable)
+            .map(|n| n.name.clone())
+            .collect();
+        if !unreachable.is_empty() {
+            return Some(Error::Unreachable { nodes: unreachable });
         }
+        if !self.topology_problems.is_empty() {
+            return Some(Error::Topology {
+                problems: self.topology_problems.clone(),
+            });
+        }
+        let drift: Vec<Drift> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.drift.iter().cloned())
+            .collect();
+        if !drift.is_empty() {
+            return Some(Error::Drift { drift });
+        }
+        None
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        self.error().map_or(exit::SUCCESS, |e| e.exit_code())
     }
 }
 
@@ -114,7 +136,7 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
             };
             let reachable = p.error.is_none();
             NodeStatus {
-                name: node.name().to_string(),
+                name: node.name().clone(),
                 role,
                 endpoint: node.config.endpoint.clone(),
                 reachable,
@@ -144,29 +166,24 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                     .map(|r| r.version.clone())
                     .collect(),
                 missing_from_master,
-                drift: plan::drift(patches, node.name(), l)
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect(),
+                drift: plan::drift(patches, node.name(), l),
                 prepared,
                 subscriptions,
                 replay_lsn,
             }
         })
         .collect::<Vec<NodeStatus>>();
-    let topology: Vec<(crate::config::NodeName, Role, bool)> = nodes
-        .iter()
-        .zip(cluster.nodes.iter())
-        .filter_map(|(n, node): (&NodeStatus, _)| {
-            n.in_recovery.map(|r| (node.name().clone(), n.role, r))
-        })
-        .collect();
+    let topology_problems = topology_problems(
+        config.replication,
+        cluster
+            .nodes
+            .iter()
+            .zip(&nodes)
+            .map(|(node, n)| (&node.config, n.in_recovery)),
+    );
     StatusReport {
         replication: config.replication,
-        topology_problems: crate::replication::topology::topology_problems(
-            config.replication,
-            &topology,
-        ),
+        topology_problems,
         config: config.path.display().to_string(),
         patches: patches.dir.display().to_string(),
         ledger_table: ledger.name(),
@@ -210,13 +227,61 @@ async fn observe(node: &Node, ledger: &Ledger) -> Observed {
     p
 }
 
-/// Convenience for `run`: the error a status run maps to, if any.
-pub fn as_error(report: &StatusReport) -> Option<Error> {
-    match report.exit_code() {
-        0 => None,
-        1 => Some(Error::Failed("one or more nodes are unreachable".into())),
-        _ => Some(Error::BadInput(
-            "applied patches have changed on disk (drift)".into(),
-        )),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::exit;
+
+    fn node(name: &str, reachable: bool) -> NodeStatus {
+        NodeStatus {
+            name: NodeName::parse(name).unwrap(),
+            role: Role::Replica,
+            endpoint: "h:5432/app".into(),
+            reachable,
+            error: (!reachable).then(|| "connection refused".into()),
+            server_version: None,
+            in_recovery: None,
+            ledger_exists: false,
+            applied: Vec::new(),
+            pending: Vec::new(),
+            unfinished: Vec::new(),
+            missing_from_master: Vec::new(),
+            drift: Vec::new(),
+            prepared: Vec::new(),
+            subscriptions: Vec::new(),
+            replay_lsn: None,
+        }
+    }
+
+    fn report(nodes: Vec<NodeStatus>, topology: Vec<TopologyProblem>) -> StatusReport {
+        StatusReport {
+            config: "cluster.yaml".into(),
+            patches: "patches".into(),
+            ledger_table: "pgconvoy.revision".into(),
+            replication: crate::config::Replication::Physical,
+            topology_problems: topology,
+            nodes,
+        }
+    }
+
+    #[test]
+    fn errors_are_read_off_the_report_not_off_the_exit_code() {
+        let problem = TopologyProblem {
+            node: NodeName::parse("n1").unwrap(),
+            message: "node `n1` is not in recovery".into(),
+        };
+        // A topology problem is reported as one, not as drift.
+        let r = report(vec![node("n1", true)], vec![problem.clone()]);
+        let e = r.error().unwrap();
+        assert!(
+            matches!(&e, Error::Topology { problems } if problems.len() == 1 && problems[0] == problem)
+        );
+        assert_eq!(r.exit_code(), exit::BAD_INPUT);
+        // Unreachable nodes come first.
+        let r = report(vec![node("n1", true), node("n2", false)], vec![problem]);
+        let e = r.error().unwrap();
+        assert!(matches!(&e, Error::Unreachable { nodes } if nodes[0].as_str() == "n2"));
+        assert_eq!(r.exit_code(), exit::FAILED);
+        assert!(report(vec![node("n1", true)], Vec::new()).error().is_none());
     }
 }

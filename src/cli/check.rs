@@ -1,19 +1,32 @@
 //! `pgconvoy check`: validate the patch directory, report every finding, touch no node.
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::output;
 use crate::patches::discover::{discover, PatchSet, Severity};
 
 /// Discovers the configured patch directory and prints what is wrong with it.
 /// Returns the set when it has no errors (warnings allowed).
-pub fn check(config: &Config, out: &mut dyn Write) -> Result<PatchSet, Error> {
+pub fn check(config: &Config) -> Result<PatchSet, Error> {
     let set = discover(&config.patches, config.strict)?;
-    for finding in &set.findings {
-        let _ = writeln!(out, "{finding}");
-    }
+    output::to_stdout(|out| render(&set, out)).map_err(Error::Output)?;
     let errors = set.errors().count();
+    if errors > 0 {
+        return Err(Error::PatchDir {
+            dir: set.dir.display().to_string(),
+            count: errors,
+        });
+    }
+    Ok(set)
+}
+
+/// Every finding, then a summary line.
+fn render(set: &PatchSet, out: &mut dyn Write) -> io::Result<()> {
+    for finding in &set.findings {
+        writeln!(out, "{finding}")?;
+    }
     let warnings = set
         .findings
         .iter()
@@ -23,17 +36,11 @@ pub fn check(config: &Config, out: &mut dyn Write) -> Result<PatchSet, Error> {
         (Some(first), Some(last)) => format!(" ({} to {})", first.version, last.version),
         _ => String::new(),
     };
-    let _ = writeln!(
+    writeln!(
         out,
-        "checked {} patch(es) in {}{range}: {errors} error(s), {warnings} warning(s)",
+        "checked {} patch(es) in {}{range}: {} error(s), {warnings} warning(s)",
         set.patches.len(),
         set.dir.display(),
-    );
-    if errors > 0 {
-        return Err(Error::PatchDir {
-            dir: set.dir.display().to_string(),
-            count: errors,
-        });
-    }
-    Ok(set)
+        set.errors().count(),
+    )
 }

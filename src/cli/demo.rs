@@ -1,12 +1,10 @@
 //! `pgconvoy demo`: on a throwaway local cluster ([`crate::demo`]), `upgrade --all` with
 //! the example patches, then `status`, as a new user would type them.
 
-use std::io::Write;
-
 use crate::config::{Config, Overrides};
 use crate::demo::DemoCluster;
 use crate::error::Error;
-use crate::output::ReportFormat;
+use crate::output::{self, ReportFormat};
 use crate::upgrade::plan::Selection;
 
 use super::{load_patches, runtime};
@@ -24,12 +22,12 @@ pub fn demo(keep: bool) -> Result<(), Error> {
     };
     super::upgrade::upgrade(&config, &set, &all, false, ReportFormat::Text)?;
 
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "\n$ pgconvoy -c {config_path} status");
     let status = runtime().block_on(crate::status::status(&config, &set));
-    super::status::render_text(&status, &mut out);
-    let _ = out.flush();
-    drop(out);
+    output::to_stdout(|out| {
+        writeln!(out, "\n$ pgconvoy -c {config_path} status")?;
+        super::status::render_text(&status, out)
+    })
+    .map_err(Error::Output)?;
 
     if keep {
         demo.keep_running()?;

@@ -8,6 +8,7 @@ use crate::patches::discover::{discover, PatchSet};
 pub mod args;
 pub mod check;
 pub mod demo;
+pub mod recover;
 pub mod status;
 pub mod upgrade;
 
@@ -22,7 +23,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 ..Overrides::default()
             };
             let config = Config::load(&cli.config, &overrides)?;
-            check::check(&config, &mut std::io::stdout().lock())?;
+            check::check(&config)?;
             Ok(())
         }
         Command::Status(args) => {
@@ -41,10 +42,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Recover => {
             let config = Config::load(&cli.config, &Overrides::default())?;
-            runtime().block_on(crate::upgrade::recover::recover(
-                &config,
-                &mut std::io::stdout().lock(),
-            ))
+            recover::recover(&config)
         }
         Command::Demo(args) => demo::demo(args.keep),
     }

@@ -1,22 +1,24 @@
 //! `pgconvoy status`: the report as text (a table and one line per problem) or JSON.
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::output;
 use crate::output::table::text_table;
 use crate::output::StatusFormat;
 use crate::patches::discover::PatchSet;
 use crate::status::StatusReport;
 
-pub fn render_text(report: &StatusReport, out: &mut dyn Write) {
-    let _ = writeln!(
+/// The report as text: a table, then one line per problem.
+pub fn render_text(report: &StatusReport, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
         out,
         "cluster {} (patches in {}, ledger {}, replication {})",
         report.config, report.patches, report.ledger_table, report.replication
-    );
+    )?;
     for p in &report.topology_problems {
-        let _ = writeln!(out, "BLOCKING: {p}");
+        writeln!(out, "BLOCKING: {p}")?;
     }
     let rows: Vec<Vec<String>> = report
         .nodes
@@ -31,7 +33,7 @@ pub fn render_text(report: &StatusReport, out: &mut dyn Write) {
                 (None, _) => format!("up {}", n.server_version.as_deref().unwrap_or("?")),
             };
             vec![
-                n.name.clone(),
+                n.name.to_string(),
                 format!("{:?}", n.role).to_lowercase(),
                 n.endpoint.clone(),
                 state,
@@ -44,26 +46,26 @@ pub fn render_text(report: &StatusReport, out: &mut dyn Write) {
         &["node", "role", "endpoint", "state", "applied", "pending"],
         &rows,
         out,
-    );
+    )?;
     for n in &report.nodes {
         if let Some(e) = &n.error {
-            let _ = writeln!(out, "node `{}`: {e}", n.name);
+            writeln!(out, "node `{}`: {e}", n.name)?;
         }
         if !n.unfinished.is_empty() {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "node `{}`: started but not finished: {}",
                 n.name,
                 n.unfinished.join(", ")
-            );
+            )?;
         }
         if !n.missing_from_master.is_empty() {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "node `{}`: diverges from the master, missing {}",
                 n.name,
                 n.missing_from_master.join(", ")
-            );
+            )?;
         }
         for s in &n.subscriptions {
             let state = if !s.enabled {
@@ -73,29 +75,30 @@ pub fn render_text(report: &StatusReport, out: &mut dyn Write) {
             } else {
                 "APPLY WORKER NOT RUNNING".to_string()
             };
-            let _ = writeln!(
+            writeln!(
                 out,
                 "node `{}`: subscription `{}` to {}: {state}, {} apply error(s)",
                 n.name,
                 s.name,
                 s.publications.join(", "),
                 s.apply_errors
-            );
+            )?;
         }
         if let Some(lsn) = &n.replay_lsn {
-            let _ = writeln!(out, "node `{}`: standby, replayed up to {lsn}", n.name);
+            writeln!(out, "node `{}`: standby, replayed up to {lsn}", n.name)?;
         }
         for p in &n.prepared {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "node `{}`: prepared transaction '{}' since {} (interrupted --atomic run): run `pgconvoy recover`",
                 n.name, p.gid, p.prepared_at
-            );
+            )?;
         }
         for d in &n.drift {
-            let _ = writeln!(out, "drift: {d}");
+            writeln!(out, "drift: {d}")?;
         }
     }
+    Ok(())
 }
 
 fn list(v: &[String]) -> String {
@@ -109,13 +112,10 @@ fn list(v: &[String]) -> String {
 /// `pgconvoy status`: reads every node, prints the report, exits by what it found.
 pub fn status(config: &Config, patches: &PatchSet, format: StatusFormat) -> Result<(), Error> {
     let report = super::runtime().block_on(crate::status::status(config, patches));
-    let mut out = std::io::stdout().lock();
-    match format {
-        StatusFormat::Text => render_text(&report, &mut out),
-        StatusFormat::Json => {
-            let _ = serde_json::to_writer_pretty(&mut out, &report);
-            let _ = writeln!(out);
-        }
-    }
-    crate::status::as_error(&report).map_or(Ok(()), Err)
+    output::to_stdout(|out| match format {
+        StatusFormat::Text => render_text(&report, out),
+        StatusFormat::Json => output::json(out, &report),
+    })
+    .map_err(Error::Output)?;
+    report.error().map_or(Ok(()), Err)
 }

@@ -1,13 +1,13 @@
 //! `pgconvoy upgrade`: runs the coordinator (or the dry run) and prints the summary
 //! of the run as text, JSON or Markdown.
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::output::human;
 use crate::output::table::{markdown_table, text_table};
 use crate::output::ReportFormat;
+use crate::output::{self, human};
 use crate::patches::discover::PatchSet;
 use crate::progress::{self, Reporter};
 use crate::upgrade::plan::Selection;
@@ -31,8 +31,7 @@ pub fn upgrade(
     let reporter: Box<dyn Reporter> = progress::for_stderr();
     let mut result =
         runtime().block_on(crate::upgrade::upgrade(config, patches, &opts, &*reporter));
-    let mut out = std::io::stdout().lock();
-    render_run(&result, format, &mut out);
+    output::to_stdout(|out| render_run(&result, format, out)).map_err(Error::Output)?;
     match result.failure.take() {
         Some(e) => Err(e),
         None => Ok(()),
@@ -50,12 +49,13 @@ pub fn dry_run(config: &Config, patches: &PatchSet, args: &UpgradeArgs) -> Resul
     ));
     reporter.finish();
     let report = report?;
-    crate::dryrun::render::render(&report, args.format, &mut std::io::stdout().lock());
-    report.as_error().map_or(Ok(()), Err)
+    output::to_stdout(|out| crate::dryrun::render::render(&report, args.format, out))
+        .map_err(Error::Output)?;
+    report.error().map_or(Ok(()), Err)
 }
 
 /// The end-of-run summary on stdout: patch × node, duration, outcome.
-pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) {
+pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) -> io::Result<()> {
     let header = ["patch", "type", "node", "duration", "outcome"];
     let rows: Vec<Vec<String>> = r
         .results
@@ -79,34 +79,32 @@ pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) {
         r.pending.join(", ")
     };
     match format {
-        ReportFormat::Json => {
-            let _ = serde_json::to_writer_pretty(&mut *out, r);
-            let _ = writeln!(out);
-        }
-        ReportFormat::Text if !r.planned => {}
+        ReportFormat::Json => output::json(out, r),
+        ReportFormat::Text if !r.planned => Ok(()),
         ReportFormat::Text => {
             if !rows.is_empty() {
-                text_table(&header, &rows, out);
+                text_table(&header, &rows, out)?;
             }
-            let _ = writeln!(
+            writeln!(
                 out,
                 "applied {} patch(es); still pending: {pending}",
                 r.applied.len()
-            );
+            )
         }
         ReportFormat::Markdown => {
-            let _ = writeln!(out, "## pgconvoy upgrade\n");
-            let _ = writeln!(
+            writeln!(out, "## pgconvoy upgrade\n")?;
+            writeln!(
                 out,
                 "Applied {} patch(es); still pending: {pending}.\n",
                 r.applied.len()
-            );
+            )?;
             if let Some(e) = &r.error {
-                let _ = writeln!(out, "**Failed:** {e}\n");
+                writeln!(out, "**Failed:** {e}\n")?;
             }
             if !rows.is_empty() {
-                markdown_table(&header, &rows, out);
+                markdown_table(&header, &rows, out)?;
             }
+            Ok(())
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio_postgres::{CancelToken, NoTls};
 
 use crate::config::{Config, NodeConfig, NodeName, Role};
 use crate::db::pgerror::PgFailure;
+use crate::error::Error;
 
 /// Every session says who it is, so DBAs can find it in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "pgconvoy";
@@ -170,6 +171,11 @@ impl Node {
         self.config.role
     }
 
+    /// The error for a node that could not be connected to or dropped the connection.
+    pub fn unreachable(&self, failure: PgFailure) -> Error {
+        Error::unreachable(&self.config, failure)
+    }
+
     /// A pooled session with pgconvoy's settings.
     pub async fn session(&self) -> Result<Session, PgFailure> {
         let object = self.pool.get().await.map_err(PgFailure::from)?;
@@ -252,9 +258,10 @@ fn session_config(node: &NodeConfig, settings: &SessionSettings) -> tokio_postgr
     let mut pg = node.pg.clone();
     pg.application_name(APPLICATION_NAME);
     let mut options = pg.get_options().unwrap_or_default().to_string();
+    // Checked to be at least 1ms when the config was loaded.
     options.push_str(&format!(
         " -c lock_timeout={}ms",
-        settings.lock_timeout.as_millis().max(1)
+        settings.lock_timeout.as_millis()
     ));
     if let Some(t) = settings.statement_timeout {
         options.push_str(&format!(" -c statement_timeout={}ms", t.as_millis().max(1)));

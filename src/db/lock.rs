@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use crate::db::cluster::{Cluster, Dedicated, Node};
+use crate::db::cluster::{Cluster, Dedicated};
 use crate::db::ledger::Ledger;
-use crate::db::pgerror::PgFailure;
 use crate::error::Error;
 use crate::progress::{Event, Reporter};
 
@@ -22,14 +21,13 @@ pub async fn acquire_lock(
     let lock = master
         .dedicated()
         .await
-        .map_err(|e| node_unreachable(master, &e))?;
+        .map_err(|e| master.unreachable(e))?;
     let key = ledger.advisory_key();
-    let failed = |e: tokio_postgres::Error| {
-        Error::Failed(format!(
-            "cannot take the coordinator lock on master node `{}`: {}",
-            master.name(),
-            PgFailure::from_pg(&e)
-        ))
+    let failed = |e: tokio_postgres::Error| Error::Node {
+        node: master.name().clone(),
+        master: true,
+        action: "take the coordinator lock",
+        failure: e.into(),
     };
     let got: bool = lock
         .client
@@ -42,10 +40,10 @@ pub async fn acquire_lock(
     }
     let holder = lock_holder(&lock.client, key).await;
     if !wait {
-        return Err(Error::Busy(format!(
-            "cluster busy: another coordinator holds the lock on master node `{}` ({holder}); try again later or pass --wait",
-            master.name()
-        )));
+        return Err(Error::Busy {
+            node: master.name().clone(),
+            holder,
+        });
     }
     reporter.event(&Event::Note(&format!(
         "waiting for another coordinator to finish ({holder})"
@@ -102,12 +100,4 @@ pub async fn release_lock(lock: Dedicated, ledger: &Ledger) {
         .client
         .execute("SELECT pg_advisory_unlock($1)", &[&ledger.advisory_key()])
         .await;
-}
-
-pub fn node_unreachable(node: &Node, e: &PgFailure) -> Error {
-    Error::Failed(format!(
-        "node `{}` ({}) is unreachable: {e}",
-        node.name(),
-        node.config.endpoint
-    ))
 }

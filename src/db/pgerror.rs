@@ -78,6 +78,13 @@ impl From<tokio_postgres::Error> for PgFailure {
     }
 }
 
+/// Errors keep their failure boxed, so that results stay small.
+impl From<tokio_postgres::Error> for Box<PgFailure> {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Box::new(PgFailure::from_pg(&e))
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for PgFailure {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {

@@ -70,15 +70,19 @@ pub async fn list(
 /// Commits or rolls back one prepared transaction (outside any transaction block).
 pub async fn resolve(node: &Node, gid: &str, commit: bool) -> Result<(), PgFailure> {
     let session = node.session().await?;
-    let verb = if commit {
+    session
+        .batch_execute(&format!("{} {}", verb(commit), quote_literal(gid)))
+        .await?;
+    Ok(())
+}
+
+/// `COMMIT PREPARED` or `ROLLBACK PREPARED`.
+pub fn verb(commit: bool) -> &'static str {
+    if commit {
         "COMMIT PREPARED"
     } else {
         "ROLLBACK PREPARED"
-    };
-    session
-        .batch_execute(&format!("{verb} {}", quote_literal(gid)))
-        .await?;
-    Ok(())
+    }
 }
 
 #[cfg(test)]

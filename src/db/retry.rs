@@ -1,7 +1,7 @@
 //! Running SQL under `lock_timeout` with retries: a statement that fails with
 //! lock-not-available (SQLSTATE 55P03, matched by code) is retried after a
-//! jittered backoff — inside a transaction under a savepoint, so the claim is
-//! kept — and while it waits, a watcher notes which lock it waits for and who
+//! jittered backoff — inside a transaction under a savepoint ([`Target`]), so the
+//! claim is kept — and while it waits, a watcher notes which lock it waits for and who
 //! holds it, so the final error can say so.
 
 use std::sync::Mutex;
@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::{self, Either};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::GenericClient;
+use tokio_postgres::Client;
 
 use crate::db::cluster::Node;
 use crate::db::pgerror::PgFailure;
+use crate::db::transaction::Transaction;
 
 /// How lock waits are bounded and retried.
 #[derive(Debug, Clone, Copy)]
@@ -84,19 +85,37 @@ impl Exhausted {
     }
 }
 
-/// Runs `sql` on `client`, retrying lock timeouts. With `savepoint`, each try
-/// runs under a savepoint (the client is inside a transaction that must
-/// survive a failed try). `on_retry(try, pause)` is told before each pause.
-/// `failed_tries`: tries the caller already made that hit the lock timeout.
+/// Where a statement runs.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// Outside any transaction.
+    Session(&'a Client),
+    /// Inside a transaction that must survive a failed try: each try runs under a
+    /// savepoint of it.
+    Transaction(&'a Transaction),
+}
+
+impl Target<'_> {
+    fn client(&self) -> &Client {
+        match self {
+            Target::Session(c) => c,
+            Target::Transaction(tx) => tx.client(),
+        }
+    }
+}
+
+/// Runs `sql` on `target`, retrying lock timeouts. `on_retry(try, pause)` is told
+/// before each pause. `failed_tries`: tries the caller already made that hit the lock
+/// timeout.
 pub async fn execute(
-    client: &impl GenericClient,
+    target: Target<'_>,
     node: &Node,
     sql: &str,
-    savepoint: bool,
     policy: &RetryPolicy,
     on_retry: &(dyn Fn(u32, Duration) + Sync),
     failed_tries: u32,
 ) -> Result<(), Exhausted> {
+    let client = target.client();
     let mut tries = failed_tries;
     let mut pid: Option<i32> = None;
     let seen = Mutex::new(None);
@@ -109,12 +128,14 @@ pub async fn execute(
     }
     loop {
         tries += 1;
-        if savepoint {
-            client
-                .batch_execute("SAVEPOINT pgconvoy_try")
-                .await
-                .map_err(|e| exhausted(&e, None, tries))?;
-        }
+        let savepoint = match target {
+            Target::Transaction(tx) => Some(
+                tx.savepoint()
+                    .await
+                    .map_err(|e| exhausted(e, None, tries))?,
+            ),
+            Target::Session(_) => None,
+        };
         let attempt = client.batch_execute(sql);
         // The first try runs unwatched: watching costs a connection, and most
         // statements never wait for a lock.
@@ -132,25 +153,23 @@ pub async fn execute(
         };
         match result {
             Ok(()) => {
-                if savepoint {
-                    client
-                        .batch_execute("RELEASE SAVEPOINT pgconvoy_try")
+                if let Some(savepoint) = savepoint {
+                    savepoint
+                        .release()
                         .await
-                        .map_err(|e| exhausted(&e, None, tries))?;
+                        .map_err(|e| exhausted(e, None, tries))?;
                 }
                 return Ok(());
             }
             Err(e) => {
-                let lock_timeout = e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE);
-                if savepoint {
+                let e = PgFailure::from(e);
+                if let Some(savepoint) = savepoint {
                     // Roll back the try; the transaction (and the claim) live on.
-                    let _ = client
-                        .batch_execute("ROLLBACK TO SAVEPOINT pgconvoy_try")
-                        .await;
+                    let _ = savepoint.rollback().await;
                 }
-                if !lock_timeout || tries > policy.retries {
+                if !e.is(&SqlState::LOCK_NOT_AVAILABLE) || tries > policy.retries {
                     let waiting = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    return Err(exhausted(&e, waiting, tries));
+                    return Err(exhausted(e, waiting, tries));
                 }
                 if pid.is_none() {
                     pid = backend_pid(client).await;
@@ -163,7 +182,7 @@ pub async fn execute(
     }
 }
 
-async fn backend_pid(client: &impl GenericClient) -> Option<i32> {
+async fn backend_pid(client: &Client) -> Option<i32> {
     client
         .query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -171,9 +190,9 @@ async fn backend_pid(client: &impl GenericClient) -> Option<i32> {
         .map(|r| r.get(0))
 }
 
-fn exhausted(e: &tokio_postgres::Error, waiting_for: Option<String>, tries: u32) -> Exhausted {
+fn exhausted(failure: PgFailure, waiting_for: Option<String>, tries: u32) -> Exhausted {
     Exhausted {
-        failure: PgFailure::from_pg(e),
+        failure,
         waiting_for,
         tries,
     }

@@ -6,7 +6,7 @@
 
 use futures::stream::{self, StreamExt};
 
-use crate::config::{Config, NodeName, Replication, Role};
+use crate::config::{Config, Replication, Role};
 use crate::db::cluster::{Cluster, Node};
 use crate::db::ledger::{Ledger, LedgerRow};
 use crate::db::probe::{probe, NodeProbe};
@@ -15,6 +15,7 @@ use crate::patches::discover::PatchSet;
 use crate::patches::lint::{self, LintFinding, Rule};
 use crate::patches::patch::{Patch, PatchOrder, PatchType};
 use crate::progress::{Event, Reporter};
+use crate::replication::topology::topology_problems;
 use crate::upgrade::plan::{self, Selection};
 use findings::{finding, rehearsal_findings, Finding, FindingKind, Level};
 use preflight::{Inspection, Thresholds};
@@ -40,29 +41,11 @@ pub async fn dry_run(
     tokio::pin!(work);
     tokio::select! {
         report = &mut work => Ok(report),
-        signal = interrupt() => {
+        signal = crate::signal::interrupted() => {
             cluster.inflight.cancel_all().await;
-            Err(Error::Failed(format!(
-                "{signal}: dry run stopped; its statements were cancelled and its transactions roll back; nothing was changed"
-            )))
+            Err(Error::DryRunInterrupted { signal })
         }
     }
-}
-
-/// Waits for Ctrl-C or, on Unix, SIGTERM; says which.
-async fn interrupt() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            return tokio::select! {
-                _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
-                _ = term.recv() => "terminated (SIGTERM)",
-            };
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-    "interrupted (Ctrl-C)"
 }
 
 async fn examine_cluster(
@@ -109,23 +92,18 @@ async fn examine_cluster(
         .map(|(n, p)| node_report(n, p, patches, &probes[0]))
         .collect();
     node_findings(&mut report);
-    let topology: Vec<(NodeName, Role, bool)> = cluster
+    let recovery = cluster
         .nodes
         .iter()
         .zip(&probes)
-        .filter_map(|(n, p)| Some((n.name().clone(), n.role(), p.in_recovery?)))
-        .collect();
-    for problem in crate::replication::topology::topology_problems(config.replication, &topology) {
-        let node = topology
-            .iter()
-            .find(|(n, _, _)| problem.contains(&format!("`{n}`")))
-            .map(|(n, _, _)| n.to_string());
+        .map(|(n, p)| (&n.config, p.in_recovery));
+    for problem in topology_problems(config.replication, recovery) {
         report.findings.push(finding(
             Level::Blocking,
             FindingKind::Topology,
-            node.as_deref(),
+            Some(problem.node.as_str()),
             None,
-            problem,
+            problem.message,
         ));
     }
 
@@ -203,14 +181,10 @@ async fn examine_cluster(
         .iter()
         .zip(&probes)
         .map(|(n, p)| {
-            if n.role() == Role::Replica && config.replication == Replication::Physical {
-                // Standbys take no DDL: they replay the master's WAL.
-                return Vec::new();
-            }
             scheduled
                 .iter()
                 .copied()
-                .filter(|patch| plan::needs_body(patch, n.role(), &p.ledger))
+                .filter(|patch| plan::needs_body(patch, n.role(), config.replication, &p.ledger))
                 .collect()
         })
         .collect();

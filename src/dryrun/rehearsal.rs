@@ -17,6 +17,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::db::cluster::Node;
 use crate::db::pgerror::PgFailure;
+use crate::db::transaction::{RollbackOnly, Transaction};
 use crate::output::human::{self, one_line, seconds};
 use crate::patches::lockmode::LockMode;
 use crate::patches::patch::{Patch, PatchType};
@@ -25,9 +26,6 @@ use crate::progress::{Event, Reporter};
 
 /// User relations have OIDs from here on (`FirstNormalObjectId`); below are the system catalogs.
 const FIRST_NORMAL_OID: i64 = 16384;
-
-/// The savepoint each patch runs under.
-const SAVEPOINT: &str = "pgconvoy_rehearsal";
 
 /// What happened to one patch on one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -244,23 +242,39 @@ pub async fn rehearse(
             return out;
         }
     };
+    let begun = async {
+        let pids = vec![
+            backend_pid(work.client()).await?,
+            backend_pid(watch.client()).await?,
+        ];
+        let settings = format!(
+            "ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{}ms'",
+            lock_timeout.as_millis()
+        );
+        // The type has no way to commit: whatever happens, the rehearsal is rolled back
+        // (explicitly below, or by closing the connection if it is dropped first).
+        let tx = Transaction::rollback_only(work, &settings).await?;
+        Ok::<_, PgFailure>((pids, tx))
+    }
+    .await;
+    let (pids, tx) = match begun {
+        Ok(b) => b,
+        Err(e) => {
+            out.patches = not_rehearsed(patches, &format!("cannot start the rehearsal: {e}"));
+            return out;
+        }
+    };
+    out.pids = pids;
     let mut r = Rehearsal {
         node,
-        work: work.client(),
+        work: &tx,
         watch: watch.client(),
-        pid: 0,
+        pid: out.pids[0],
         lock_timeout,
         held: HashSet::new(),
         storage: HashMap::new(),
         committed: HashMap::new(),
     };
-    match r.begin().await {
-        Ok(pids) => out.pids = pids,
-        Err(e) => {
-            out.patches = not_rehearsed(patches, &format!("cannot start the rehearsal: {e}"));
-            return out;
-        }
-    }
     let mut failed: Vec<String> = Vec::new();
     let mut broken: Option<String> = None;
     for patch in patches {
@@ -310,16 +324,23 @@ pub async fn rehearse(
         }
         out.patches.push(pr);
     }
-    // Always rolled back. If even that fails the connection is unusable, and the server
-    // rolls back when it closes (at the latest when the process exits).
-    let _ = work.client().batch_execute("ROLLBACK").await;
+    drop(r);
+    tx.rollback().await;
     out
+}
+
+async fn backend_pid(client: &tokio_postgres::Client) -> Result<i32, PgFailure> {
+    Ok(client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0))
 }
 
 /// One node's rehearsal in progress.
 struct Rehearsal<'a> {
     node: &'a Node,
-    work: &'a tokio_postgres::Client,
+    /// The rehearsal's transaction (on the work session): it can only be rolled back.
+    work: &'a Transaction<RollbackOnly>,
     watch: &'a tokio_postgres::Client,
     /// The rehearsing backend.
     pid: i32,
@@ -362,27 +383,6 @@ struct HeldLock {
 }
 
 impl Rehearsal<'_> {
-    async fn begin(&mut self) -> Result<Vec<i32>, PgFailure> {
-        let pid: i32 = self
-            .work
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await?
-            .get(0);
-        let watch_pid: i32 = self
-            .watch
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await?
-            .get(0);
-        self.pid = pid;
-        let ms = self.lock_timeout.as_millis().max(1);
-        self.work
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{ms}ms'"
-            ))
-            .await?;
-        Ok(vec![pid, watch_pid])
-    }
-
     /// One patch under its savepoint. `Err` only when the session itself is unusable.
     async fn patch(&mut self, patch: &Patch) -> Result<PatchRehearsal, PgFailure> {
         let mut pr = PatchRehearsal::new(patch, Outcome::Ok);
@@ -394,9 +394,8 @@ impl Rehearsal<'_> {
             .into_iter()
             .collect();
         let before = self.usage(&tables).await?;
-        self.work
-            .batch_execute(&format!("SAVEPOINT {SAVEPOINT}"))
-            .await?;
+        let work = self.work;
+        let savepoint = work.savepoint().await?;
         let blockers = RefCell::new(Vec::new());
         let started = Instant::now();
         let result = {
@@ -405,7 +404,7 @@ impl Rehearsal<'_> {
             // position in it.
             let body = async {
                 for (text, span) in patch.statement_texts() {
-                    if let Err(e) = self.work.batch_execute(text).await {
+                    if let Err(e) = savepoint.client().batch_execute(text).await {
                         return Err((e, text, span));
                     }
                 }
@@ -429,18 +428,14 @@ impl Rehearsal<'_> {
                 let (locks, rewrites) = self.locks_taken(&before).await?;
                 pr.locks = locks;
                 pr.rewrites = rewrites;
-                self.work
-                    .batch_execute(&format!("RELEASE SAVEPOINT {SAVEPOINT}"))
-                    .await?;
+                savepoint.release().await?;
             }
             Err((e, text, span)) => {
                 let what = PgFailure::from_pg(&e);
                 if e.as_db_error().is_none() {
                     return Err(what);
                 }
-                self.work
-                    .batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
-                    .await?;
+                savepoint.rollback().await?;
                 pr.outcome = Outcome::Failed;
                 let line = match what.position {
                     Some(p) => span.line + sql::line_at_char_position(text, p as usize) - 1,
@@ -550,6 +545,7 @@ impl Rehearsal<'_> {
     ) -> Result<(Vec<LockTaken>, Vec<String>), PgFailure> {
         let rows = self
             .work
+            .client()
             .query(&held_locks_sql(), &[&FIRST_NORMAL_OID])
             .await?;
         let held: Vec<HeldLock> = rows
@@ -679,7 +675,7 @@ impl Rehearsal<'_> {
         if oids.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows = self.work.query(USAGE, &[&oids]).await?;
+        let rows = self.work.client().query(USAGE, &[&oids]).await?;
         Ok(rows
             .iter()
             .map(|r| {

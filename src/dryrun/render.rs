@@ -1,11 +1,12 @@
 //! Renders a [`DryRunReport`] as text (a terminal), JSON (machines) or Markdown (a change
 //! ticket): summary, plan, patch × node table, locks, blockers, warnings, lint.
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use super::findings::{FindingKind, Level};
 use super::rehearsal::{Outcome, PatchRehearsal};
 use super::report::{DryRunReport, NodeReport, Verdict};
+use crate::output;
 use crate::output::human::{self, one_line};
 use crate::output::table::{markdown_table, text_table};
 use crate::output::ReportFormat;
@@ -13,12 +14,9 @@ use crate::patches::discover::Severity;
 use crate::patches::lockmode::LockMode;
 
 /// Writes the report in `format`.
-pub fn render(r: &DryRunReport, format: ReportFormat, out: &mut dyn Write) {
+pub fn render(r: &DryRunReport, format: ReportFormat, out: &mut dyn Write) -> io::Result<()> {
     match format {
-        ReportFormat::Json => {
-            let _ = serde_json::to_writer_pretty(&mut *out, r);
-            let _ = writeln!(out);
-        }
+        ReportFormat::Json => output::json(out, r),
         ReportFormat::Text => text(r, out),
         ReportFormat::Markdown => markdown(r, out),
     }
@@ -221,31 +219,31 @@ fn not_rehearsable(r: &DryRunReport) -> Vec<(String, String, Vec<String>, &Patch
     out
 }
 
-fn text(r: &DryRunReport, out: &mut dyn Write) {
-    let _ = writeln!(
+fn text(r: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
         out,
         "pgconvoy {} on {} node(s), ledger {}: nothing is changed (every rehearsal is rolled back)",
         command(r),
         r.nodes.len(),
         r.ledger_table
-    );
-    let _ = writeln!(out);
+    )?;
+    writeln!(out)?;
     let rows = node_rows(r);
-    text_table(&NODE_HEADER, &rows, out);
-    let _ = writeln!(out);
+    text_table(&NODE_HEADER, &rows, out)?;
+    writeln!(out)?;
 
     if r.pending.is_empty() {
-        let _ = writeln!(out, "plan: nothing pending, the cluster is up to date");
+        writeln!(out, "plan: nothing pending, the cluster is up to date")?;
     } else {
-        let _ = writeln!(
+        writeln!(
             out,
             "plan: {} pending patch(es); this run would apply {} in {} group(s):",
             r.pending.len(),
             r.summary.patches,
             r.groups.len()
-        );
+        )?;
         for (i, g) in r.groups.iter().enumerate() {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "  {}. {:<10} {} on {}",
                 i + 1,
@@ -256,46 +254,46 @@ fn text(r: &DryRunReport, out: &mut dyn Write) {
                 } else {
                     g.nodes.join(", ")
                 }
-            );
+            )?;
         }
         if let Some(v) = &r.stopped_before {
-            let _ = writeln!(out, "  then stops before `{v}` (--patch-type)");
+            writeln!(out, "  then stops before `{v}` (--patch-type)")?;
         }
     }
 
     let (header, rows) = matrix(r);
     if !rows.is_empty() {
-        let _ = writeln!(out, "\nrehearsal (patch × node; `-`: does not run there):");
+        writeln!(out, "\nrehearsal (patch × node; `-`: does not run there):")?;
         let h: Vec<&str> = header.iter().map(String::as_str).collect();
-        text_table(&h, &rows, out);
+        text_table(&h, &rows, out)?;
     }
 
     let locks = lock_rows(r);
     if !locks.is_empty() {
-        let _ = writeln!(
+        writeln!(
             out,
             "\nlocks (each patch runs in its own transaction and holds these until it commits):"
-        );
+        )?;
         text_table(
             &["patch", "nodes", "relation", "mode", "what it blocks"],
             &locks,
             out,
-        );
+        )?;
     }
     for line in rewrite_lines(r) {
-        let _ = writeln!(out, "{line}");
+        writeln!(out, "{line}")?;
     }
 
     let concurrent = not_rehearsable(r);
     if !concurrent.is_empty() {
-        let _ = writeln!(
+        writeln!(
             out,
             "\nnot rehearsable (`concurrent`: outside any transaction, one statement at a time):"
-        );
+        )?;
         for (v, file, nodes, p) in concurrent {
-            let _ = writeln!(out, "  {v} ({file}) on {}", nodes.join(", "));
+            writeln!(out, "  {v} ({file}) on {}", nodes.join(", "))?;
             for s in &p.statements {
-                let _ = writeln!(out, "    line {}: {}", s.line, one_line(&s.text));
+                writeln!(out, "    line {}: {}", s.line, one_line(&s.text))?;
             }
         }
     }
@@ -305,18 +303,18 @@ fn text(r: &DryRunReport, out: &mut dyn Write) {
         if list.is_empty() {
             continue;
         }
-        let _ = writeln!(out, "\n{title} ({}):", list.len());
+        writeln!(out, "\n{title} ({}):", list.len())?;
         for f in list {
-            let _ = writeln!(out, "  - [{}] {}", kind(f.kind), f.message);
+            writeln!(out, "  - [{}] {}", kind(f.kind), f.message)?;
         }
     }
     if !r.lint.is_empty() {
-        let _ = writeln!(out, "\nlint ({}):", r.lint.len());
+        writeln!(out, "\nlint ({}):", r.lint.len())?;
         for l in &r.lint {
-            let _ = writeln!(out, "  - {}: {l}", severity(l.severity));
+            writeln!(out, "  - {}: {l}", severity(l.severity))?;
         }
     }
-    let _ = writeln!(out, "\n{}", verdict(r));
+    writeln!(out, "\n{}", verdict(r))
 }
 
 fn kind(k: FindingKind) -> String {
@@ -333,22 +331,22 @@ fn severity(s: Severity) -> &'static str {
     }
 }
 
-fn markdown(r: &DryRunReport, out: &mut dyn Write) {
-    let _ = writeln!(out, "## pgconvoy {}\n", command(r));
-    let _ = writeln!(out, "**Result:** {}\n", verdict(r));
-    let _ = writeln!(
+fn markdown(r: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out, "## pgconvoy {}\n", command(r))?;
+    writeln!(out, "**Result:** {}\n", verdict(r))?;
+    writeln!(
         out,
         "Nothing was changed on any node: every rehearsal ran in a transaction that was rolled back (lock timeout {}ms).\n",
         r.lock_timeout_ms
-    );
+    )?;
 
-    let _ = writeln!(out, "### Nodes\n");
+    writeln!(out, "### Nodes\n")?;
     let rows = node_rows(r);
-    markdown_table(&NODE_HEADER, &rows, out);
+    markdown_table(&NODE_HEADER, &rows, out)?;
 
-    let _ = writeln!(out, "\n### Plan\n");
+    writeln!(out, "\n### Plan\n")?;
     if r.groups.is_empty() {
-        let _ = writeln!(out, "Nothing pending: the cluster is up to date.");
+        writeln!(out, "Nothing pending: the cluster is up to date.")?;
     } else {
         let rows: Vec<Vec<String>> = r
             .groups
@@ -363,63 +361,63 @@ fn markdown(r: &DryRunReport, out: &mut dyn Write) {
                 ]
             })
             .collect();
-        markdown_table(&["group", "type", "patches", "nodes"], &rows, out);
+        markdown_table(&["group", "type", "patches", "nodes"], &rows, out)?;
         let (header, rows) = matrix(r);
-        let _ = writeln!(out, "\n### Rehearsal (patch × node)\n");
+        writeln!(out, "\n### Rehearsal (patch × node)\n")?;
         let h: Vec<&str> = header.iter().map(String::as_str).collect();
-        markdown_table(&h, &rows, out);
-        let _ = writeln!(out, "\n`-`: the patch does not run on that node.");
+        markdown_table(&h, &rows, out)?;
+        writeln!(out, "\n`-`: the patch does not run on that node.")?;
     }
 
     let locks = lock_rows(r);
     if !locks.is_empty() {
-        let _ = writeln!(out, "\n### Locks\n");
+        writeln!(out, "\n### Locks\n")?;
         markdown_table(
             &["patch", "nodes", "relation", "mode", "what it blocks"],
             &locks,
             out,
-        );
+        )?;
         for line in rewrite_lines(r) {
-            let _ = writeln!(out, "\n- {line}");
+            writeln!(out, "\n- {line}")?;
         }
     }
 
     let concurrent = not_rehearsable(r);
     if !concurrent.is_empty() {
-        let _ = writeln!(
+        writeln!(
             out,
             "\n### Not rehearsable (`concurrent`: outside any transaction)\n"
-        );
+        )?;
         for (v, file, nodes, p) in concurrent {
-            let _ = writeln!(out, "- `{v}` ({file}) on {}:", nodes.join(", "));
-            let _ = writeln!(out, "\n  ```sql");
+            writeln!(out, "- `{v}` ({file}) on {}:", nodes.join(", "))?;
+            writeln!(out, "\n  ```sql")?;
             for s in &p.statements {
                 for line in s.text.lines() {
-                    let _ = writeln!(out, "  {line}");
+                    writeln!(out, "  {line}")?;
                 }
             }
-            let _ = writeln!(out, "  ```");
+            writeln!(out, "  ```")?;
         }
     }
 
     for (level, title) in [(Level::Blocking, "Blockers"), (Level::Warning, "Warnings")] {
         let list: Vec<_> = r.findings.iter().filter(|f| f.severity == level).collect();
-        let _ = writeln!(out, "\n### {title}\n");
+        writeln!(out, "\n### {title}\n")?;
         if list.is_empty() {
-            let _ = writeln!(out, "None.");
+            writeln!(out, "None.")?;
         }
         for f in list {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "- **{}** {}",
                 kind(f.kind),
                 f.message.replace('\n', " ")
-            );
+            )?;
         }
     }
-    let _ = writeln!(out, "\n### Lint\n");
+    writeln!(out, "\n### Lint\n")?;
     if r.lint.is_empty() {
-        let _ = writeln!(out, "No findings.");
+        writeln!(out, "No findings.")?;
     } else {
         let rows: Vec<Vec<String>> = r
             .lint
@@ -434,6 +432,7 @@ fn markdown(r: &DryRunReport, out: &mut dyn Write) {
                 ]
             })
             .collect();
-        markdown_table(&["file", "line", "rule", "severity", "finding"], &rows, out);
+        markdown_table(&["file", "line", "rule", "severity", "finding"], &rows, out)?;
     }
+    Ok(())
 }

@@ -115,21 +115,19 @@ pub struct DryRunReport {
 impl DryRunReport {
     /// The error `run` returns after printing the report: exit 1 when something blocks,
     /// 2 when a real run would refuse the input.
-    pub fn as_error(&self) -> Option<Error> {
+    pub fn error(&self) -> Option<Error> {
         match self.verdict {
             Verdict::Ready => None,
-            Verdict::Refused => Some(Error::BadInput(
-                self.refusal
+            Verdict::Refused => Some(Error::DryRunRefused {
+                reason: self
+                    .refusal
                     .clone()
                     .unwrap_or_else(|| "the dry run refused the input".into()),
-            )),
-            Verdict::Blocked => {
-                let s = &self.summary;
-                Some(Error::Failed(format!(
-                    "dry run: {} failing rehearsal(s), {} blocking finding(s); see the report",
-                    s.failed, s.blocking
-                )))
-            }
+            }),
+            Verdict::Blocked => Some(Error::DryRunBlocked {
+                failed: self.summary.failed,
+                blocking: self.summary.blocking,
+            }),
         }
     }
 
@@ -160,11 +158,7 @@ impl DryRunReport {
         } else {
             Verdict::Ready
         };
-        self.exit_code = match self.verdict {
-            Verdict::Ready => exit::SUCCESS,
-            Verdict::Blocked => exit::FAILED,
-            Verdict::Refused => exit::BAD_INPUT,
-        };
         self.summary = s;
+        self.exit_code = self.error().map_or(exit::SUCCESS, |e| e.exit_code());
     }
 }

@@ -191,13 +191,10 @@ impl Patch {
 
 /// Hex SHA-256 of `bytes`.
 pub fn checksum(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        use std::fmt::Write;
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Splits `patch-MAJOR-MINOR-POINT-TYPE.sql` into its version and type.

@@ -2,6 +2,7 @@
 //! topology matches the config, subscription health, waiting for subscribers or
 //! standbys to pass a WAL position, and publishing the tables a patch created.
 
+pub mod error;
 pub mod publish;
 pub mod subscriptions;
 pub mod topology;

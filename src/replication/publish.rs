@@ -3,11 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use tokio_postgres::Client;
-
+use super::error::ReplicationError;
 use super::subscriptions::subscriptions;
 use crate::db::cluster::Node;
-use crate::db::pgerror::PgFailure;
 use crate::db::quote::quote_ident;
 
 /// The tables of a publication's schemas on the master, for finding the ones a group created.
@@ -17,29 +15,32 @@ pub struct PublicationScope {
     pub schemas: Vec<String>,
 }
 
+/// The scope of publication `name` on the master, the ledger's schema left out.
 pub async fn publication_scope(
-    client: &Client,
+    master: &Node,
     name: &str,
     ledger_schema: &str,
-) -> Result<PublicationScope, String> {
-    let row = client
+) -> Result<PublicationScope, ReplicationError> {
+    let failed = |e| ReplicationError::node(master.name(), "master node", None, e);
+    let session = master.session().await.map_err(failed)?;
+    let row = session
         .query_opt(
             "SELECT puballtables FROM pg_publication WHERE pubname = $1",
             &[&name],
         )
         .await
-        .map_err(|e| PgFailure::from_pg(&e).to_string())?
-        .ok_or_else(|| {
-            format!("publication `{name}` (key `publication`) does not exist on the master")
+        .map_err(|e| failed(e.into()))?
+        .ok_or_else(|| ReplicationError::NoPublication {
+            name: name.to_string(),
         })?;
     let all_tables: bool = row.get(0);
-    let rows = client
+    let rows = session
         .query(
             "SELECT DISTINCT schemaname::text FROM pg_publication_tables WHERE pubname = $1",
             &[&name],
         )
         .await
-        .map_err(|e| PgFailure::from_pg(&e).to_string())?;
+        .map_err(|e| failed(e.into()))?;
     let mut schemas: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
     if schemas.is_empty() {
         schemas.insert("public".into());
@@ -53,15 +54,20 @@ pub async fn publication_scope(
 }
 
 /// Ordinary and partitioned tables in the scope's schemas, qualified and quoted.
-pub async fn tables(client: &Client, scope: &PublicationScope) -> Result<BTreeSet<String>, String> {
-    let rows = client
+pub async fn tables(
+    master: &Node,
+    scope: &PublicationScope,
+) -> Result<BTreeSet<String>, ReplicationError> {
+    let failed = |e| ReplicationError::node(master.name(), "master node", None, e);
+    let session = master.session().await.map_err(failed)?;
+    let rows = session
         .query(
             "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname = ANY ($1)",
             &[&scope.schemas],
         )
         .await
-        .map_err(|e| PgFailure::from_pg(&e).to_string())?;
+        .map_err(|e| failed(e.into()))?;
     Ok(rows
         .iter()
         .map(|r| format!("{}.{}", quote_ident(r.get(0)), quote_ident(r.get(1))))
@@ -76,12 +82,13 @@ pub async fn publish(
     replicas: &[&Node],
     scope: &PublicationScope,
     new: &BTreeSet<String>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, ReplicationError> {
     let mut notes = Vec::new();
     if new.is_empty() {
         return Ok(notes);
     }
-    let session = master.session().await.map_err(|e| format!("master: {e}"))?;
+    let failed = |e| ReplicationError::node(master.name(), "master node", None, e);
+    let session = master.session().await.map_err(failed)?;
     let mut added = Vec::new();
     if !scope.all_tables {
         for table in new {
@@ -92,7 +99,7 @@ pub async fn publish(
                     &[&scope.name, table],
                 )
                 .await
-                .map_err(|e| PgFailure::from_pg(&e).to_string())?
+                .map_err(|e| failed(e.into()))?
                 .get(0);
             if !present {
                 added.push(table.clone());
@@ -106,11 +113,10 @@ pub async fn publish(
                     added.join(", ")
                 ))
                 .await
-                .map_err(|e| {
-                    format!(
-                        "ALTER PUBLICATION on the master: {}",
-                        PgFailure::from_pg(&e)
-                    )
+                .map_err(|e| ReplicationError::Statement {
+                    node: master.name().clone(),
+                    statement: "ALTER PUBLICATION on the master".into(),
+                    failure: e.into(),
                 })?;
             notes.push(format!(
                 "published {} on the master (publication `{}`)",
@@ -123,23 +129,24 @@ pub async fn publish(
         let s = node
             .session()
             .await
-            .map_err(|e| format!("node `{}`: {e}", node.name()))?;
+            .map_err(|e| ReplicationError::node(node.name(), "node", None, e))?;
         let subs = subscriptions(s.client())
             .await
-            .map_err(|e| format!("node `{}`: {e}", node.name()))?;
+            .map_err(|e| ReplicationError::node(node.name(), "node", None, e))?;
         for sub in subs.iter().filter(|s| s.publications.contains(&scope.name)) {
             s.batch_execute(&format!(
                 "ALTER SUBSCRIPTION {} REFRESH PUBLICATION",
                 quote_ident(&sub.name)
             ))
             .await
-            .map_err(|e| {
-                format!(
-                    "ALTER SUBSCRIPTION `{}` REFRESH PUBLICATION on node `{}`: {}",
+            .map_err(|e| ReplicationError::Statement {
+                node: node.name().clone(),
+                statement: format!(
+                    "ALTER SUBSCRIPTION `{}` REFRESH PUBLICATION on node `{}`",
                     sub.name,
-                    node.name(),
-                    PgFailure::from_pg(&e)
-                )
+                    node.name()
+                ),
+                failure: e.into(),
             })?;
             notes.push(format!(
                 "refreshed subscription `{}` on node `{}`",

@@ -10,6 +10,8 @@ use crate::config::NodeName;
 use crate::db::cluster::Node;
 use crate::db::pgerror::PgFailure;
 
+use super::error::ReplicationError;
+
 /// One subscription on a replica, as its worker sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Subscription {
@@ -71,7 +73,7 @@ pub(super) fn failing(
     sub: &Subscription,
     before: Option<&Subscription>,
     cause: &str,
-) -> String {
+) -> ReplicationError {
     let errors = match before {
         Some(b) => format!(
             "apply_error_count {} → {}",
@@ -86,20 +88,25 @@ pub(super) fn failing(
     } else {
         "subscription disabled".to_string()
     };
-    format!(
-        "subscription `{}` on node `{node}` is failing: {worker}; {errors} (PostgreSQL keeps the error text only in node `{node}`'s server log); most likely caused by {cause}. Not skipping anything (ALTER SUBSCRIPTION … SKIP loses data): fix the subscriber, then re-run",
-        sub.name
-    )
+    ReplicationError::Failing {
+        node: node.clone(),
+        subscription: sub.name.clone(),
+        worker,
+        errors,
+        cause: cause.to_string(),
+    }
 }
 
 /// Health of every subscription before a run: returns the baseline to compare with later.
-pub async fn baseline(replicas: &[&Node]) -> Result<BTreeMap<NodeName, Vec<Subscription>>, String> {
+pub async fn baseline(
+    replicas: &[&Node],
+) -> Result<BTreeMap<NodeName, Vec<Subscription>>, ReplicationError> {
     let mut out = BTreeMap::new();
     for node in replicas {
         let session = node
             .session()
             .await
-            .map_err(|e| format!("node `{}`: {e}", node.name()))?;
+            .map_err(|e| ReplicationError::node(node.name(), "node", None, e))?;
         // A failing apply worker restarts every wal_retrieve_retry_interval and
         // is briefly alive each time: sample a few times, and count errors.
         let mut first: Option<Vec<Subscription>> = None;
@@ -107,9 +114,9 @@ pub async fn baseline(replicas: &[&Node]) -> Result<BTreeMap<NodeName, Vec<Subsc
             if round > 0 {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            let subs = subscriptions(session.client())
-                .await
-                .map_err(|e| format!("node `{}`: cannot read subscriptions: {e}", node.name()))?;
+            let subs = subscriptions(session.client()).await.map_err(|e| {
+                ReplicationError::node(node.name(), "node", Some("cannot read subscriptions"), e)
+            })?;
             for s in subs.iter().filter(|s| s.enabled) {
                 let prior = first
                     .as_ref()

@@ -1,25 +1,58 @@
 //! Whether each node's recovery state matches the configured replication mode.
 
-use crate::config::{NodeName, Replication, Role};
+use std::fmt;
 
-/// What is wrong with the configured topology, given each node's
-/// `pg_is_in_recovery()` (index = node index, master first).
-pub fn topology_problems(mode: Replication, nodes: &[(NodeName, Role, bool)]) -> Vec<String> {
+use crate::config::{NodeConfig, NodeName, Replication, Role};
+
+/// A node whose recovery state contradicts `replication:` in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyProblem {
+    pub node: NodeName,
+    pub message: String,
+}
+
+impl fmt::Display for TopologyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// In JSON, a problem is its message (the node is named in it).
+impl serde::Serialize for TopologyProblem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.message)
+    }
+}
+
+/// What is wrong with the configured topology, given each node's `pg_is_in_recovery()`
+/// (`None`: not known, e.g. the node is unreachable).
+pub fn topology_problems<'a>(
+    mode: Replication,
+    nodes: impl IntoIterator<Item = (&'a NodeConfig, Option<bool>)>,
+) -> Vec<TopologyProblem> {
     let mut out = Vec::new();
-    for (name, role, in_recovery) in nodes {
-        match (role, mode, in_recovery) {
-            (Role::Master, _, true) => out.push(format!(
+    for (node, in_recovery) in nodes {
+        let Some(in_recovery) = in_recovery else {
+            continue;
+        };
+        let name = &node.name;
+        let message = match (node.role, mode, in_recovery) {
+            (Role::Master, _, true) => format!(
                 "master node `{name}` is in recovery (a standby): it cannot take patches"
-            )),
-            (Role::Replica, Replication::None | Replication::Logical, true) => out.push(format!(
+            ),
+            (Role::Replica, Replication::None | Replication::Logical, true) => format!(
                 "node `{name}` is a standby (in recovery), but `replication: {}` expects a writable node; set `replication: physical` if it follows the master by WAL",
                 if mode == Replication::None { "none" } else { "logical" }
-            )),
-            (Role::Replica, Replication::Physical, false) => out.push(format!(
+            ),
+            (Role::Replica, Replication::Physical, false) => format!(
                 "node `{name}` is not in recovery, but `replication: physical` expects a hot standby"
-            )),
-            _ => {}
-        }
+            ),
+            _ => continue,
+        };
+        out.push(TopologyProblem {
+            node: name.clone(),
+            message,
+        });
     }
     out
 }
@@ -28,25 +61,36 @@ pub fn topology_problems(mode: Replication, nodes: &[(NodeName, Role, bool)]) ->
 mod tests {
     use super::*;
 
-    fn n(s: &str) -> NodeName {
-        NodeName::parse(s).unwrap()
+    fn n(name: &str, role: Role) -> NodeConfig {
+        NodeConfig {
+            name: NodeName::parse(name).unwrap(),
+            role,
+            pg: crate::config::parse_dsn("host=h dbname=app").unwrap(),
+            endpoint: "h:5432/app".into(),
+        }
     }
 
     #[test]
     fn topology_mismatches() {
-        let ok = [
-            (n("m"), Role::Master, false),
-            (n("r"), Role::Replica, false),
-        ];
-        assert!(topology_problems(Replication::None, &ok).is_empty());
-        assert!(topology_problems(Replication::Logical, &ok).is_empty());
-        let p = topology_problems(Replication::Physical, &ok);
-        assert!(p[0].contains("`r`") && p[0].contains("physical"), "{p:?}");
-        let standby = [(n("m"), Role::Master, false), (n("r"), Role::Replica, true)];
-        assert!(topology_problems(Replication::Physical, &standby).is_empty());
-        let p = topology_problems(Replication::None, &standby);
-        assert!(p[0].contains("standby"), "{p:?}");
-        let bad_master = [(n("m"), Role::Master, true)];
-        assert!(topology_problems(Replication::Physical, &bad_master)[0].contains("master"));
+        let (m, r) = (n("m", Role::Master), n("r", Role::Replica));
+        let ok = [(&m, Some(false)), (&r, Some(false))];
+        assert!(topology_problems(Replication::None, ok).is_empty());
+        assert!(topology_problems(Replication::Logical, ok).is_empty());
+        let p = topology_problems(Replication::Physical, ok);
+        assert_eq!(p[0].node.as_str(), "r");
+        assert!(
+            p[0].message.contains("`r`") && p[0].message.contains("physical"),
+            "{p:?}"
+        );
+        let standby = [(&m, Some(false)), (&r, Some(true))];
+        assert!(topology_problems(Replication::Physical, standby).is_empty());
+        let p = topology_problems(Replication::None, standby);
+        assert!(p[0].message.contains("standby"), "{p:?}");
+        let bad_master = [(&m, Some(true))];
+        assert!(topology_problems(Replication::Physical, bad_master)[0]
+            .message
+            .contains("master"));
+        let unknown = [(&m, None), (&r, None)];
+        assert!(topology_problems(Replication::Physical, unknown).is_empty());
     }
 }

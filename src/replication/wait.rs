@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use super::error::ReplicationError;
 use super::subscriptions::{failing, subscriptions, Subscription};
 use crate::config::NodeName;
 use crate::db::cluster::Node;
@@ -32,22 +33,22 @@ pub async fn wait_for_subscribers(
     target: &str,
     timeout: Duration,
     cause: &str,
-) -> Result<Duration, String> {
+) -> Result<Duration, ReplicationError> {
     let started = Instant::now();
     let master_session = master
         .session()
         .await
-        .map_err(|e| format!("master node `{}`: {e}", master.name()))?;
+        .map_err(|e| ReplicationError::node(master.name(), "master node", None, e))?;
     loop {
         let mut lagging = Vec::new();
         for node in replicas {
             let session = node
                 .session()
                 .await
-                .map_err(|e| format!("node `{}`: {e}", node.name()))?;
-            let subs = subscriptions(session.client())
-                .await
-                .map_err(|e| format!("node `{}`: cannot read subscriptions: {e}", node.name()))?;
+                .map_err(|e| ReplicationError::node(node.name(), "node", None, e))?;
+            let subs = subscriptions(session.client()).await.map_err(|e| {
+                ReplicationError::node(node.name(), "node", Some("cannot read subscriptions"), e)
+            })?;
             let earlier = before.get(node.name());
             for sub in subs.iter().filter(|s| s.enabled) {
                 let prior = earlier.and_then(|b| b.iter().find(|p| p.name == sub.name));
@@ -61,13 +62,7 @@ pub async fn wait_for_subscribers(
                         &[&target, &sub.name],
                     )
                     .await
-                    .map_err(|e| {
-                        format!(
-                            "master node `{}`: {}",
-                            master.name(),
-                            PgFailure::from_pg(&e)
-                        )
-                    })?
+                    .map_err(|e| ReplicationError::node(master.name(), "master node", None, e))?
                     .and_then(|r| r.get(0));
                 if caught_up != Some(true) {
                     lagging.push((node.name().clone(), sub.clone(), prior.cloned()));
@@ -82,15 +77,15 @@ pub async fn wait_for_subscribers(
             if !sub.worker_running {
                 return Err(failing(node, sub, prior.as_ref(), cause));
             }
-            let names: Vec<String> = lagging
-                .iter()
-                .map(|(n, s, _)| format!("`{}` on node `{n}`", s.name))
-                .collect();
-            return Err(format!(
-                "subscription(s) {} did not apply past the master's WAL position {target} within {} (replication_timeout); last change: {cause}",
-                names.join(", "),
-                crate::output::human::duration(timeout)
-            ));
+            return Err(ReplicationError::SubscribersBehind {
+                lagging: lagging
+                    .iter()
+                    .map(|(n, s, _)| (s.name.clone(), n.clone()))
+                    .collect(),
+                target: target.to_string(),
+                timeout,
+                cause: cause.to_string(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -101,7 +96,7 @@ pub async fn wait_for_standbys(
     replicas: &[&Node],
     target: &str,
     timeout: Duration,
-) -> Result<Duration, String> {
+) -> Result<Duration, ReplicationError> {
     let started = Instant::now();
     loop {
         let mut behind = Vec::new();
@@ -109,7 +104,7 @@ pub async fn wait_for_standbys(
             let session = node
                 .session()
                 .await
-                .map_err(|e| format!("standby `{}`: {e}", node.name()))?;
+                .map_err(|e| ReplicationError::node(node.name(), "standby", None, e))?;
             let row = session
                 .query_one(
                     "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false),
@@ -117,7 +112,7 @@ pub async fn wait_for_standbys(
                     &[&target],
                 )
                 .await
-                .map_err(|e| format!("standby `{}`: {}", node.name(), PgFailure::from_pg(&e)))?;
+                .map_err(|e| ReplicationError::node(node.name(), "standby", None, e))?;
             if !row.get::<_, bool>(0) {
                 behind.push(format!(
                     "`{}` (replayed {})",
@@ -130,11 +125,11 @@ pub async fn wait_for_standbys(
             return Ok(started.elapsed());
         }
         if started.elapsed() > timeout {
-            return Err(format!(
-                "standby(s) {} did not replay past the master's WAL position {target} within {} (replication_timeout)",
-                behind.join(", "),
-                crate::output::human::duration(timeout)
-            ));
+            return Err(ReplicationError::StandbysBehind {
+                behind,
+                target: target.to_string(),
+                timeout,
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -1,7 +1,16 @@
 //! `direct` patches by two-phase commit (`--atomic`), and the checks a run
 //! makes first: two-phase commit enabled, no prepared transactions left over.
 
-use super::*;
+use std::time::Instant;
+
+use super::coordinator::{Coordinator, NodeFailure};
+use super::RunReport;
+use crate::db::cluster::Cluster;
+use crate::db::ledger::{Book, Ledger};
+use crate::db::prepared;
+use crate::db::transaction::Transaction;
+use crate::error::Error;
+use crate::patches::patch::Patch;
 
 /// Prepared transactions of an interrupted `--atomic` run hold locks and
 /// half a decision: resolve them first.
@@ -10,25 +19,21 @@ pub(super) async fn refuse_leftover_prepared(
     ledger: &Ledger,
 ) -> Result<(), Error> {
     for node in &cluster.nodes {
-        let session = node
-            .session()
-            .await
-            .map_err(|e| node_unreachable(node, &e))?;
+        let session = node.session().await.map_err(|e| node.unreachable(e))?;
         let left = prepared::list(session.client(), ledger)
             .await
-            .map_err(|e| {
-                Error::Failed(format!(
-                    "cannot list prepared transactions on node `{}`: {e}",
-                    node.name()
-                ))
+            .map_err(|failure| Error::Node {
+                node: node.name().clone(),
+                master: false,
+                action: "list prepared transactions",
+                failure: Box::new(failure),
             })?;
         if let Some(p) = left.first() {
-            return Err(Error::Failed(format!(
-                "node `{}` holds prepared transaction '{}' (since {}) from an interrupted --atomic run; run `pgconvoy recover` first",
-                node.name(),
-                p.gid,
-                p.prepared_at
-            )));
+            return Err(Error::PreparedLeftover {
+                node: node.name().clone(),
+                gid: p.gid.clone(),
+                since: p.prepared_at.clone(),
+            });
         }
     }
     Ok(())
@@ -38,26 +43,20 @@ pub(super) async fn refuse_leftover_prepared(
 pub(super) async fn check_two_phase(cluster: &Cluster) -> Result<(), Error> {
     let mut refused = Vec::new();
     for node in &cluster.nodes {
-        let session = node
-            .session()
-            .await
-            .map_err(|e| node_unreachable(node, &e))?;
+        let session = node.session().await.map_err(|e| node.unreachable(e))?;
         let n: String = session
             .query_one("SELECT current_setting('max_prepared_transactions')", &[])
             .await
-            .map_err(|e| node_unreachable(node, &PgFailure::from_pg(&e)))?
+            .map_err(|e| node.unreachable(e.into()))?
             .get(0);
         if n.trim() == "0" {
-            refused.push(format!("`{}`", node.name()));
+            refused.push(node.name().clone());
         }
     }
     if refused.is_empty() {
         Ok(())
     } else {
-        Err(Error::BadInput(format!(
-            "--atomic (atomic_direct) needs two-phase commit, but max_prepared_transactions = 0 on node(s) {}; set it > 0 (a server restart) or run without --atomic; nothing was applied",
-            refused.join(", ")
-        )))
+        Err(Error::TwoPhaseDisabled { nodes: refused })
     }
 }
 
@@ -72,28 +71,24 @@ impl Coordinator<'_> {
     ) -> Result<(), Error> {
         let started = Instant::now();
         let master = self.cluster.master();
-        let claim_session = master
-            .session()
+        let session = master.session().await.map_err(|e| master.unreachable(e))?;
+        let claim = Transaction::begin(session)
             .await
-            .map_err(|e| node_unreachable(master, &e))?;
-        let claim = claim_session.client();
-        claim.batch_execute("BEGIN").await.map_err(|e| {
-            Error::Failed(format!(
-                "patch `{}`: cannot open the claim transaction on master node `{}`: {}",
-                patch.version,
-                master.name(),
-                PgFailure::from_pg(&e)
-            ))
-        })?;
-        if let Err(e) = self.claim(claim, patch).await {
-            let _ = claim.batch_execute("ROLLBACK").await;
+            .map_err(|e| Error::Claim {
+                patch: patch.version,
+                node: master.name().clone(),
+                action: "open the claim transaction",
+                failure: Box::new(e),
+            })?;
+        if let Err(e) = self.claim(claim.client(), patch).await {
+            claim.rollback().await;
             return Err(e);
         }
         let replicas = self.replica_targets(patch);
         let master_part = async {
-            self.body_in(claim, 0, patch).await?;
+            self.body_in(&claim, 0, patch).await?;
             self.ledger
-                .stamp(claim, Book::Main, patch.version)
+                .stamp(claim.client(), Book::Main, patch.version)
                 .await
                 .map_err(self.fail(0))
         };
@@ -107,97 +102,79 @@ impl Coordinator<'_> {
             .filter(|(i, _, r)| *i != 0 && r.is_ok())
             .map(|(i, _, _)| *i)
             .collect();
-        let mut failure = self.record(patch, results, report);
-        if failure.is_none() {
-            let gid = prepared::gid(self.ledger, patch.version, &master.config);
-            if let Err(e) = claim
-                .batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(&gid)))
-                .await
-            {
-                failure = Some(format!(
-                    "patch `{}` failed on node `{}`: PREPARE TRANSACTION: {}",
-                    patch.version,
-                    master.name(),
-                    PgFailure::from_pg(&e)
-                ));
+        let failure = match self.record(patch, results, report) {
+            Some(failure) => {
+                claim.rollback().await;
+                Some(failure)
             }
-        }
+            None => {
+                let gid = prepared::gid(self.ledger, patch.version, &master.config);
+                claim.prepare(&gid).await.err().map(|e| {
+                    let mut f = NodeFailure::of(master.name(), e);
+                    f.what = format!("PREPARE TRANSACTION: {}", f.what);
+                    f.for_patch(patch)
+                })
+            }
+        };
         if let Some(failure) = failure {
-            let _ = claim.batch_execute("ROLLBACK").await;
-            let mut left = Vec::new();
-            for i in prepared {
-                let gid = prepared::gid(self.ledger, patch.version, &self.node(i).config);
-                if let Err(e) = prepared::resolve(self.node(i), &gid, false).await {
-                    left.push(format!("'{gid}' on node `{}` ({e})", self.node(i).name()));
-                }
-            }
+            let unresolved = self.resolve_all(patch, prepared, false).await;
             self.patch_done(patch, started, false);
-            let mut message = format!("{failure}; rolled back on every node (--atomic)");
-            if !left.is_empty() {
-                message.push_str(&format!(
-                    "; could not roll back prepared transaction(s) {}: run `pgconvoy recover`",
-                    left.join(", ")
-                ));
-            }
-            return Err(Error::Failed(message));
+            return Err(Error::AtomicRolledBack {
+                failure: Box::new(failure),
+                unresolved,
+            });
         }
 
-        // Every node has prepared: the decision is commit.
-        let mut order: Vec<usize> = self.replica_targets(patch);
+        // Every node has prepared: the decision is commit, the master's claim last.
+        let mut order: Vec<usize> = replicas;
         order.push(0);
-        let mut left = Vec::new();
-        for i in order {
-            let gid = prepared::gid(self.ledger, patch.version, &self.node(i).config);
-            if let Err(e) = prepared::resolve(self.node(i), &gid, true).await {
-                left.push(format!("'{gid}' on node `{}` ({e})", self.node(i).name()));
-            }
-        }
-        if !left.is_empty() {
-            return Err(Error::Failed(format!(
-                "patch `{}`: prepared on every node, but COMMIT PREPARED failed for {}: run `pgconvoy recover` to finish the commit",
-                patch.version,
-                left.join(", ")
-            )));
+        let unresolved = self.resolve_all(patch, order, true).await;
+        if !unresolved.is_empty() {
+            return Err(Error::CommitPrepared {
+                patch: patch.version,
+                unresolved,
+            });
         }
         self.patch_done(patch, started, true);
         Ok(())
     }
 
+    /// Commits or rolls back the prepared parts of `patch` on `nodes`; returns the ones
+    /// that could not be resolved (`pgconvoy recover` finishes them).
+    async fn resolve_all(&self, patch: &Patch, nodes: Vec<usize>, commit: bool) -> Vec<String> {
+        let mut left = Vec::new();
+        for i in nodes {
+            let gid = prepared::gid(self.ledger, patch.version, &self.node(i).config);
+            if let Err(e) = prepared::resolve(self.node(i), &gid, commit).await {
+                left.push(format!("'{gid}' on node `{}` ({e})", self.node(i).name()));
+            }
+        }
+        left
+    }
+
     /// A replica's part of an atomic `direct` patch: body, ledger row, PREPARE.
-    pub(super) async fn prepare_on_replica(
-        &self,
-        i: usize,
-        patch: &Patch,
-    ) -> Result<(), NodeFailure> {
+    async fn prepare_on_replica(&self, i: usize, patch: &Patch) -> Result<(), NodeFailure> {
         let session = self.node(i).session().await.map_err(self.fail(i))?;
-        let client = session.client();
-        self.ensure(i, client, Book::Main)
+        self.ensure(i, session.client(), Book::Main)
             .await
             .map_err(self.fail(i))?;
-        client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(|e| self.fail(i)(e.into()))?;
+        let tx = Transaction::begin(session).await.map_err(self.fail(i))?;
         let work = async {
             self.ledger
-                .record_start(client, Book::Main, patch, &self.applied_by)
+                .record_start(tx.client(), Book::Main, patch, &self.applied_by)
                 .await
                 .map_err(self.fail(i))?;
-            self.body_in(client, i, patch).await?;
+            self.body_in(&tx, i, patch).await?;
             self.ledger
-                .stamp(client, Book::Main, patch.version)
+                .stamp(tx.client(), Book::Main, patch.version)
                 .await
-                .map_err(self.fail(i))?;
-            let gid = prepared::gid(self.ledger, patch.version, &self.node(i).config);
-            client
-                .batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(&gid)))
-                .await
-                .map_err(|e| self.fail(i)(e.into()))
+                .map_err(self.fail(i))
         };
-        let r = work.await;
-        if r.is_err() {
-            let _ = client.batch_execute("ROLLBACK").await;
+        if let Err(f) = work.await {
+            tx.rollback().await;
+            return Err(f);
         }
-        r
+        let gid = prepared::gid(self.ledger, patch.version, &self.node(i).config);
+        tx.prepare(&gid).await.map_err(self.fail(i))
     }
 }

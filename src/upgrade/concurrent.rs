@@ -1,7 +1,14 @@
 //! A `concurrent` patch on one node: statement by statement outside any
 //! transaction, with `CREATE INDEX CONCURRENTLY` made safe to retry and resume.
 
-use super::*;
+use super::coordinator::{Coordinator, NodeFailure};
+use crate::db::ledger::Book;
+use crate::db::quote::quote_ident;
+use crate::db::retry::{self, RetryPolicy, Target};
+use crate::output::human;
+use crate::patches::patch::Patch;
+use crate::patches::sql;
+use crate::progress::Event;
 
 impl Coordinator<'_> {
     /// A `concurrent` patch on one node: outside any transaction, statement by
@@ -29,7 +36,7 @@ impl Coordinator<'_> {
                         .await?
                 }
                 None => {
-                    self.execute(client, i, patch, (text, span.line), false, 0)
+                    self.execute(Target::Session(client), i, patch, (text, span.line), 0)
                         .await?
                 }
             }
@@ -84,12 +91,12 @@ impl Coordinator<'_> {
                         patch.version
                     ));
                     let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}");
-                    if let Err(x) = retry::execute(client, node_ref, &drop, false, &once, &|_, _| {}, 0).await {
+                    if let Err(x) = retry::execute(Target::Session(client), node_ref, &drop, &once, &|_, _| {}, 0).await {
                         return Ok(Err(x));
                     }
                 }
                 Ok::<_, NodeFailure>(
-                    retry::execute(client, node_ref, text, false, &once, &|_, _| {}, 0).await,
+                    retry::execute(Target::Session(client), node_ref, text, &once, &|_, _| {}, 0).await,
                 )
             }
             .await?;
@@ -127,6 +134,7 @@ impl Coordinator<'_> {
                     "index `{name}` is invalid after the statement (an invalid index of that name was left in place, e.g. by IF NOT EXISTS)"
                 ),
                 line: Some(line),
+                pg: None,
             });
         }
         Ok(())

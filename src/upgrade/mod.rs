@@ -1,46 +1,41 @@
 //! Owns an `upgrade` run: take the cluster lock, read every ledger, [`plan`], then
-//! for each patch claim → fan out → stamp → commit ([`apply`]: `std` and `direct`;
-//! [`concurrent`]; [`atomic`]: two-phase commit), watch replication after each group
-//! ([`watch`]), and decide on failure. Ctrl-C / SIGTERM cancel what runs on the servers
-//! and roll the claim back. [`recover`] resolves what a dead `--atomic` run left.
+//! for each patch claim → fan out → stamp → commit ([`apply`]; `concurrent` patches
+//! statement by statement, [`concurrent`]; `--atomic` by two-phase commit, [`atomic`]),
+//! watch replication after each group ([`watch`]), and decide on failure. The run's
+//! shared state and bookkeeping are in [`coordinator`], running a body with retries in
+//! [`body`]. Ctrl-C / SIGTERM cancel what runs on the servers and roll the claim back.
+//! [`recover`] resolves what a dead `--atomic` run left.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
-use tokio_postgres::error::SqlState;
-use tokio_postgres::GenericClient;
 
-use crate::config::{Config, NodeName, Replication, Role};
-use crate::db::cluster::{Cluster, Node};
-use crate::db::ledger::{Book, Ledger, NodeLedger, RowParams};
-use crate::db::lock::{acquire_lock, node_unreachable, release_lock};
+use crate::config::Config;
+use crate::db::cluster::Cluster;
+use crate::db::ledger::{Book, Ledger, NodeLedger};
+use crate::db::lock::{acquire_lock, release_lock};
 use crate::db::pgerror::PgFailure;
-use crate::db::pipeline::{self, Step};
-use crate::db::prepared;
-use crate::db::quote::{quote_ident, quote_literal};
-use crate::db::retry::{self, RetryPolicy};
-use crate::db::transaction::TxSession;
+use crate::db::retry::RetryPolicy;
 use crate::error::Error;
-use crate::output::human;
 use crate::patches::discover::PatchSet;
-use crate::patches::patch::{Patch, PatchOrder, PatchType};
-use crate::patches::sql;
+use crate::patches::patch::{Patch, PatchType};
 use crate::progress::{Event, Reporter};
-use crate::replication;
-use plan::Selection;
+use crate::replication::topology::topology_problems;
+use atomic::{check_two_phase, refuse_leftover_prepared};
+use coordinator::Coordinator;
+use plan::{Drift, Schedule, Selection};
+use watch::ReplicationWatch;
 
 mod apply;
 mod atomic;
+mod body;
 mod concurrent;
+mod coordinator;
 pub mod plan;
 pub mod recover;
 mod watch;
-
-use atomic::{check_two_phase, refuse_leftover_prepared};
-use watch::{master_lsn, ReplicationWatch};
 
 /// What the command line asked of an `upgrade`.
 #[derive(Debug, Clone, Default)]
@@ -78,38 +73,6 @@ pub struct RunReport {
     pub failure: Option<Error>,
 }
 
-/// A failure of a patch body (or its bookkeeping) on one node.
-#[derive(Debug, Clone)]
-struct NodeFailure {
-    node: NodeName,
-    what: String,
-    /// The line in the patch file the server's error position points at.
-    line: Option<usize>,
-}
-
-impl NodeFailure {
-    fn describe(&self, patch: &Patch) -> String {
-        let mut s = format!(
-            "patch `{}` failed on node `{}`: {}",
-            patch.version, self.node, self.what
-        );
-        if let Some(line) = self.line {
-            s.push_str(&format!(" ({} line {line})", patch.file_name()));
-        }
-        s
-    }
-}
-
-type Outcome = (usize, Duration, Result<(), NodeFailure>);
-
-/// How a pipelined transaction failed.
-enum TxFailure {
-    /// One of the steps before the body (BEGIN, the claim or ledger row).
-    Before(PgFailure),
-    /// The body, or the steps after it.
-    Node(NodeFailure),
-}
-
 /// Runs `upgrade` against the cluster of `config`. A first Ctrl-C or SIGTERM
 /// cancels the statements running on every server and lets the run unwind
 /// (claim rolled back, summary printed); a second one exits at once.
@@ -136,7 +99,7 @@ pub async fn upgrade(
         loop {
             tokio::select! {
                 r = &mut run => break r,
-                signal = interrupt() => {
+                signal = crate::signal::interrupted() => {
                     if interrupted.swap(true, Ordering::SeqCst) {
                         eprintln!("pgconvoy: {signal} again: exiting at once (servers roll back what the lost connections had open)");
                         std::process::exit(i32::from(crate::error::exit::FAILED));
@@ -155,40 +118,18 @@ pub async fn upgrade(
     };
     if let Err(e) = result {
         let e = if interrupted.load(Ordering::SeqCst) {
-            Error::Failed(format!("interrupted: {e}"))
+            Error::Interrupted { cause: Box::new(e) }
         } else {
             e
         };
-        report.error = Some(e.to_string());
+        report.error = Some(e.chain());
         report.failure = Some(e);
     }
     reporter.finish();
     report
 }
 
-/// Resolves on Ctrl-C or SIGTERM, naming which.
-async fn interrupt() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
-                _ = term.recv() => "terminated (SIGTERM)",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "interrupted (Ctrl-C)"
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "interrupted (Ctrl-C)"
-    }
-}
-
+/// The run under the cluster lock: refuse what must be refused, plan, apply.
 async fn upgrade_inner(
     config: &Config,
     cluster: &Cluster,
@@ -201,37 +142,10 @@ async fn upgrade_inner(
     let ledger = Ledger::new(config.ledger.clone());
     let lock = acquire_lock(cluster, &ledger, opts.wait, reporter).await?;
 
-    let (ledgers, in_recovery) = read_nodes(cluster, &ledger).await?;
-    let topology: Vec<(NodeName, Role, bool)> = cluster
-        .nodes
-        .iter()
-        .zip(&in_recovery)
-        .map(|(n, r)| (n.name().clone(), n.role(), *r))
-        .collect();
-    let problems = replication::topology::topology_problems(config.replication, &topology);
-    if !problems.is_empty() {
-        return Err(Error::BadInput(format!(
-            "refusing to run: {}",
-            problems.join("; ")
-        )));
-    }
-    let drift: Vec<String> = cluster
-        .nodes
-        .iter()
-        .zip(&ledgers)
-        .flat_map(|(n, l)| plan::drift(patches, n.name(), l))
-        .map(|d| d.to_string())
-        .collect();
-    if !drift.is_empty() {
-        return Err(Error::BadInput(format!(
-            "refusing to run: {}",
-            drift.join("; ")
-        )));
-    }
-
+    let ledgers = refuse_or_read(config, cluster, patches, &ledger).await?;
     let pending = plan::pending(patches, &ledgers[0]);
-    let schedule = plan::schedule(plan::groups(&pending), &opts.selection)
-        .map_err(|r| Error::BadInput(r.to_string()))?;
+    let schedule =
+        plan::schedule(plan::groups(&pending), &opts.selection).map_err(Error::Refused)?;
     report.planned = true;
     report.pending = pending.iter().map(|p| p.version.to_string()).collect();
     let scheduled: usize = schedule.groups.iter().map(|g| g.patches.len()).sum();
@@ -251,7 +165,6 @@ async fn upgrade_inner(
     if atomic {
         check_two_phase(cluster).await?;
     }
-
     note(
         reporter,
         report,
@@ -261,21 +174,7 @@ async fn upgrade_inner(
             schedule.groups.len()
         ),
     );
-    {
-        let master = cluster.master();
-        let session = master
-            .session()
-            .await
-            .map_err(|e| node_unreachable(master, &e))?;
-        for book in [Book::Main, Book::Local] {
-            ledger.ensure(session.client(), book).await.map_err(|e| {
-                Error::Failed(format!(
-                    "cannot create the ledger on master node `{}`: {e}",
-                    master.name()
-                ))
-            })?;
-        }
-    }
+    ensure_master_ledger(cluster, &ledger).await?;
 
     let coordinator = Coordinator {
         cluster,
@@ -294,43 +193,7 @@ async fn upgrade_inner(
         notes: Mutex::new(Vec::new()),
     };
     let watch = ReplicationWatch::start(config, cluster, &ledger).await?;
-    let mut outcome = Ok(());
-    'groups: for group in &schedule.groups {
-        let before = watch.tables_before().await?;
-        reporter.event(&Event::GroupStart {
-            kind: group.kind,
-            versions: &group.versions(),
-        });
-        for patch in &group.patches {
-            if interrupted.load(Ordering::SeqCst) {
-                outcome = Err(Error::Failed(format!(
-                    "stopped before patch `{}`",
-                    patch.version
-                )));
-                break 'groups;
-            }
-            let r = coordinator.apply(patch, report).await;
-            report
-                .notes
-                .append(&mut coordinator.notes.lock().unwrap_or_else(|p| p.into_inner()));
-            if let Err(e) = r {
-                outcome = Err(e);
-                break 'groups;
-            }
-            report.applied.push(patch.version.to_string());
-        }
-        match watch.after_group(group, before).await {
-            Ok(notes) => {
-                for n in notes {
-                    note(reporter, report, n);
-                }
-            }
-            Err(e) => {
-                outcome = Err(e);
-                break 'groups;
-            }
-        }
-    }
+    let outcome = apply_groups(&coordinator, &watch, &schedule, interrupted, report).await;
     report.pending = still_pending(&pending, report);
     if outcome.is_ok() {
         if let Some(p) = schedule.stopped_before {
@@ -346,6 +209,88 @@ async fn upgrade_inner(
     }
     release_lock(lock, &ledger).await;
     outcome
+}
+
+/// Reads every node; refuses (before anything is written) a topology that contradicts
+/// the config and applied patches whose files changed. Returns the ledgers.
+async fn refuse_or_read(
+    config: &Config,
+    cluster: &Cluster,
+    patches: &PatchSet,
+    ledger: &Ledger,
+) -> Result<Vec<NodeLedger>, Error> {
+    let (ledgers, in_recovery) = read_nodes(cluster, ledger).await?;
+    let recovery = cluster
+        .nodes
+        .iter()
+        .zip(&in_recovery)
+        .map(|(n, r)| (&n.config, Some(*r)));
+    let problems = topology_problems(config.replication, recovery);
+    if !problems.is_empty() {
+        return Err(Error::Topology { problems });
+    }
+    let drift: Vec<Drift> = cluster
+        .nodes
+        .iter()
+        .zip(&ledgers)
+        .flat_map(|(n, l)| plan::drift(patches, n.name(), l))
+        .collect();
+    if !drift.is_empty() {
+        return Err(Error::Drift { drift });
+    }
+    Ok(ledgers)
+}
+
+/// The master's ledger tables, created if need be (by the lock holder only).
+async fn ensure_master_ledger(cluster: &Cluster, ledger: &Ledger) -> Result<(), Error> {
+    let master = cluster.master();
+    let session = master.session().await.map_err(|e| master.unreachable(e))?;
+    for book in [Book::Main, Book::Local] {
+        ledger
+            .ensure(session.client(), book)
+            .await
+            .map_err(|failure| Error::Node {
+                node: master.name().clone(),
+                master: true,
+                action: "create the ledger",
+                failure: Box::new(failure),
+            })?;
+    }
+    Ok(())
+}
+
+/// Group after group, patch after patch, until done, failed or interrupted.
+async fn apply_groups(
+    coordinator: &Coordinator<'_>,
+    watch: &ReplicationWatch<'_>,
+    schedule: &Schedule<'_>,
+    interrupted: &AtomicBool,
+    report: &mut RunReport,
+) -> Result<(), Error> {
+    for group in &schedule.groups {
+        let before = watch.tables_before().await?;
+        coordinator.reporter.event(&Event::GroupStart {
+            kind: group.kind,
+            versions: &group.versions(),
+        });
+        for patch in &group.patches {
+            if interrupted.load(Ordering::SeqCst) {
+                return Err(Error::Stopped {
+                    patch: patch.version,
+                });
+            }
+            let r = coordinator.apply(patch, report).await;
+            report
+                .notes
+                .append(&mut coordinator.notes.lock().unwrap_or_else(|p| p.into_inner()));
+            r?;
+            report.applied.push(patch.version.to_string());
+        }
+        for n in watch.after_group(group, before).await? {
+            note(coordinator.reporter, report, n);
+        }
+    }
+    Ok(())
 }
 
 fn note(reporter: &dyn Reporter, report: &mut RunReport, text: String) {
@@ -381,15 +326,12 @@ pub async fn read_nodes(
 ) -> Result<(Vec<NodeLedger>, Vec<bool>), Error> {
     let results: Vec<Result<(NodeLedger, bool), Error>> = stream::iter(cluster.nodes.iter())
         .map(|node| async move {
-            let session = node
-                .session()
-                .await
-                .map_err(|e| node_unreachable(node, &e))?;
-            let failed = |e: PgFailure| {
-                Error::Failed(format!(
-                    "cannot read the ledger on node `{}`: {e}",
-                    node.name()
-                ))
+            let session = node.session().await.map_err(|e| node.unreachable(e))?;
+            let failed = |failure: PgFailure| Error::Node {
+                node: node.name().clone(),
+                master: false,
+                action: "read the ledger",
+                failure: Box::new(failure),
             };
             let in_recovery: bool = session
                 .query_one("SELECT pg_is_in_recovery()", &[])
@@ -410,22 +352,4 @@ pub async fn read_nodes(
         recovery.push(rec);
     }
     Ok((ledgers, recovery))
-}
-
-/// The state of one run, shared by the per-patch steps.
-struct Coordinator<'a> {
-    cluster: &'a Cluster,
-    ledger: &'a Ledger,
-    /// Ledgers as read at the start (index = node index).
-    ledgers: &'a [NodeLedger],
-    reporter: &'a dyn Reporter,
-    applied_by: String,
-    policy: RetryPolicy,
-    atomic: bool,
-    replication: Replication,
-    replication_timeout: Duration,
-    /// Nodes whose ledger table is known to exist.
-    ensured: Mutex<HashSet<(usize, bool)>>,
-    /// Notes from node tasks (repairs), moved into the report after each patch.
-    notes: Mutex<Vec<String>>,
 }

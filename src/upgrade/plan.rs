@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::config::{NodeName, Role};
+use crate::config::{NodeName, Replication, Role};
 use crate::db::ledger::NodeLedger;
 use crate::patches::discover::PatchSet;
 use crate::patches::patch::{Patch, PatchOrder, PatchType, PatchVersion};
@@ -39,6 +39,23 @@ impl fmt::Display for Drift {
                 self.version, self.node
             ),
         }
+    }
+}
+
+impl Drift {
+    /// The patch file that changed, when there still is one.
+    pub fn file(&self) -> Option<String> {
+        match &self.kind {
+            DriftKind::Changed { file } => Some(file.clone()),
+            DriftKind::Missing => None,
+        }
+    }
+}
+
+/// In JSON, drift is its message (node and patch are named in it).
+impl serde::Serialize for Drift {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -92,8 +109,17 @@ pub fn node_pending(patches: &PatchSet, role: Role, ledger: &NodeLedger) -> Vec<
         .collect()
 }
 
-/// Whether `node` must still run the body of `patch`, the patch being pending on the cluster.
-pub fn needs_body(patch: &Patch, role: Role, ledger: &NodeLedger) -> bool {
+/// Whether a node must still run the body of `patch`, the patch being pending on the
+/// cluster. Standbys of physical replication never do: they replay the master's WAL.
+pub fn needs_body(
+    patch: &Patch,
+    role: Role,
+    replication: Replication,
+    ledger: &NodeLedger,
+) -> bool {
+    if role == Role::Replica && replication == Replication::Physical {
+        return false;
+    }
     match (role, patch.kind) {
         // The master's part of std/direct runs inside the claim transaction:
         // pending on the cluster means not run on the master.
@@ -364,25 +390,46 @@ mod tests {
         let ps = sample();
         let (std, direct, conc) = (&ps.patches[0], &ps.patches[2], &ps.patches[3]);
         let empty = NodeLedger::default();
-        assert!(needs_body(std, Role::Master, &empty));
-        assert!(!needs_body(std, Role::Replica, &empty));
-        assert!(needs_body(direct, Role::Replica, &empty));
+        assert!(needs_body(std, Role::Master, Replication::None, &empty));
+        assert!(!needs_body(std, Role::Replica, Replication::None, &empty));
+        assert!(needs_body(direct, Role::Replica, Replication::None, &empty));
         let mut replica = NodeLedger::default();
         replica.main.insert(direct.version, row(direct, true));
         replica.main.insert(conc.version, row(conc, false));
-        assert!(!needs_body(direct, Role::Replica, &replica));
-        assert!(needs_body(conc, Role::Replica, &replica), "unfinished row");
+        assert!(!needs_body(
+            direct,
+            Role::Replica,
+            Replication::None,
+            &replica
+        ));
+        assert!(
+            needs_body(conc, Role::Replica, Replication::None, &replica),
+            "unfinished row"
+        );
         let mut master = NodeLedger::default();
         master.local.insert(conc.version, row(conc, true));
-        assert!(!needs_body(conc, Role::Master, &master), "local part done");
-        assert!(needs_body(direct, Role::Master, &master));
+        assert!(
+            !needs_body(conc, Role::Master, Replication::None, &master),
+            "local part done"
+        );
+        assert!(needs_body(direct, Role::Master, Replication::None, &master));
         let mut first = direct.clone();
         first.order = PatchOrder::MasterFirst;
         master.local.insert(first.version, row(&first, true));
         assert!(
-            !needs_body(&first, Role::Master, &master),
+            !needs_body(&first, Role::Master, Replication::None, &master),
             "master-first part done"
         );
+        assert!(
+            !needs_body(direct, Role::Replica, Replication::Physical, &empty),
+            "standbys take no DDL"
+        );
+        assert!(needs_body(
+            direct,
+            Role::Master,
+            Replication::Physical,
+            &empty
+        ));
     }
 
     #[test]

@@ -6,21 +6,69 @@
 //! and the rest are committed too; otherwise every prepared part is rolled back.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::fmt;
 
 use futures::stream::{self, StreamExt};
 
-use crate::config::Config;
+use crate::config::{Config, NodeName};
 use crate::db::cluster::{Cluster, Node};
 use crate::db::ledger::{Ledger, NodeLedger};
 use crate::db::lock::acquire_lock;
 use crate::db::pgerror::PgFailure;
-use crate::db::prepared::{gid_version, list, resolve, Prepared};
+use crate::db::prepared::{gid_version, list, resolve, verb, Prepared};
 use crate::error::Error;
 use crate::patches::patch::PatchVersion;
 
-/// `pgconvoy recover`.
-pub async fn recover(config: &Config, out: &mut dyn Write) -> Result<(), Error> {
+/// One prepared transaction resolved by `recover`.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub node: NodeName,
+    pub gid: String,
+    pub patch: PatchVersion,
+    /// Committed (the patch committed elsewhere), else rolled back.
+    pub commit: bool,
+}
+
+impl fmt::Display for Resolution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "node `{}`: {} '{}' (patch {} {})",
+            self.node,
+            verb(self.commit),
+            self.gid,
+            self.patch,
+            if self.commit {
+                "committed elsewhere"
+            } else {
+                "committed nowhere"
+            }
+        )
+    }
+}
+
+/// What `recover` did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Whether any prepared transaction of pgconvoy's was found.
+    pub found: bool,
+    pub resolved: Vec<Resolution>,
+    /// `node `x`: COMMIT PREPARED 'gid' failed: …`
+    pub unresolved: Vec<String>,
+}
+
+impl Recovery {
+    /// The error `recover` ends with when some could not be resolved.
+    pub fn error(&self) -> Option<Error> {
+        (!self.unresolved.is_empty()).then(|| Error::Unresolved {
+            unresolved: self.unresolved.clone(),
+        })
+    }
+}
+
+/// `pgconvoy recover`: takes the cluster lock, reads every node, resolves every prepared
+/// transaction of pgconvoy's by the rule above.
+pub async fn recover(config: &Config) -> Result<Recovery, Error> {
     let cluster = Cluster::new(config);
     let ledger = Ledger::new(config.ledger.clone());
     let _lock = acquire_lock(&cluster, &ledger, false, &crate::progress::Silent).await?;
@@ -35,79 +83,57 @@ pub async fn recover(config: &Config, out: &mut dyn Write) -> Result<(), Error> 
         .collect::<Result<_, _>>()?;
 
     let mut committed_somewhere: BTreeMap<PatchVersion, bool> = BTreeMap::new();
-    for (l, prepared) in &states {
+    for (_, prepared) in &states {
         for p in prepared {
             if let Some(v) = gid_version(&ledger, &p.gid) {
                 committed_somewhere.entry(v).or_insert(false);
             }
         }
-        let _ = l;
     }
     for (v, committed) in committed_somewhere.iter_mut() {
         *committed = states
             .iter()
             .any(|(l, _)| l.main.get(v).is_some_and(|r| r.is_done()));
     }
-    if committed_somewhere.is_empty() {
-        let _ = writeln!(
-            out,
-            "no prepared transactions of pgconvoy on any node: nothing to recover"
-        );
-        return Ok(());
-    }
-
-    let mut failures = Vec::new();
+    let mut recovery = Recovery {
+        found: !committed_somewhere.is_empty(),
+        ..Recovery::default()
+    };
     for (node, (_, prepared)) in cluster.nodes.iter().zip(&states) {
         for p in prepared {
             let Some(v) = gid_version(&ledger, &p.gid) else {
                 continue;
             };
             let commit = committed_somewhere.get(&v).copied().unwrap_or(false);
-            let verb = if commit {
-                "COMMIT PREPARED"
-            } else {
-                "ROLLBACK PREPARED"
-            };
             match resolve(node, &p.gid, commit).await {
-                Ok(()) => {
-                    let _ = writeln!(
-                        out,
-                        "node `{}`: {verb} '{}' (patch {v} {})",
-                        node.name(),
-                        p.gid,
-                        if commit {
-                            "committed elsewhere"
-                        } else {
-                            "committed nowhere"
-                        }
-                    );
-                }
-                Err(e) => failures.push(format!(
-                    "node `{}`: {verb} '{}' failed: {e}",
+                Ok(()) => recovery.resolved.push(Resolution {
+                    node: node.name().clone(),
+                    gid: p.gid.clone(),
+                    patch: v,
+                    commit,
+                }),
+                Err(e) => recovery.unresolved.push(format!(
+                    "node `{}`: {} '{}' failed: {e}",
                     node.name(),
+                    verb(commit),
                     p.gid
                 )),
             }
         }
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Failed(failures.join("; ")))
-    }
+    Ok(recovery)
 }
 
 /// A node's ledger and its prepared transactions of pgconvoy's.
 async fn read_node(node: &Node, ledger: &Ledger) -> Result<(NodeLedger, Vec<Prepared>), Error> {
-    let unreachable = |e: PgFailure| {
-        Error::Failed(format!(
-            "node `{}` ({}): {e}",
-            node.name(),
-            node.config.endpoint
-        ))
+    let session = node.session().await.map_err(|e| node.unreachable(e))?;
+    let failed = |failure: PgFailure| Error::Node {
+        node: node.name().clone(),
+        master: false,
+        action: "read the ledger and prepared transactions",
+        failure: Box::new(failure),
     };
-    let session = node.session().await.map_err(unreachable)?;
-    let l = ledger.read(session.client()).await.map_err(unreachable)?;
-    let p = list(session.client(), ledger).await.map_err(unreachable)?;
+    let l = ledger.read(session.client()).await.map_err(failed)?;
+    let p = list(session.client(), ledger).await.map_err(failed)?;
     Ok((l, p))
 }

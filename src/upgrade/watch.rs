@@ -1,17 +1,24 @@
 //! Replication bookkeeping around groups: the subscription baseline, tables
 //! to publish, and the catch-up check after each group.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::plan;
+use crate::config::{Config, NodeName, Replication};
+use crate::db::cluster::{Cluster, Node};
+use crate::db::ledger::Ledger;
+use crate::error::Error;
+use crate::output::human;
+use crate::replication;
+use crate::replication::error::ReplicationError;
 
 /// The master's WAL position, read in a statement of its own.
 pub(super) async fn master_lsn(master: &Node) -> Result<String, Error> {
-    let s = master
-        .session()
-        .await
-        .map_err(|e| node_unreachable(master, &e))?;
+    let s = master.session().await.map_err(|e| master.unreachable(e))?;
     replication::wait::current_lsn(s.client())
         .await
-        .map_err(|e| node_unreachable(master, &e))
+        .map_err(|e| master.unreachable(e))
 }
 
 /// Replication bookkeeping around groups: the subscription baseline taken
@@ -40,19 +47,14 @@ impl<'a> ReplicationWatch<'a> {
         if w.mode == Replication::Logical {
             w.baseline = replication::subscriptions::baseline(&w.replicas())
                 .await
-                .map_err(|e| Error::Failed(format!("refusing to start: {e}")))?;
+                .map_err(|error| replication_error(Some("refusing to start".into()), error))?;
             if let Some(name) = &config.publication {
-                let master = cluster.master();
-                let s = master
-                    .session()
-                    .await
-                    .map_err(|e| node_unreachable(master, &e))?;
                 let schema = ledger.name();
                 let schema = schema.split('.').next().unwrap_or("pgconvoy");
                 w.scope = Some(
-                    replication::publish::publication_scope(s.client(), name, schema)
+                    replication::publish::publication_scope(cluster.master(), name, schema)
                         .await
-                        .map_err(Error::BadInput)?,
+                        .map_err(|error| replication_error(None, error))?,
                 );
             }
         }
@@ -68,14 +70,9 @@ impl<'a> ReplicationWatch<'a> {
         let Some(scope) = &self.scope else {
             return Ok(BTreeSet::new());
         };
-        let master = self.cluster.master();
-        let s = master
-            .session()
+        replication::publish::tables(self.cluster.master(), scope)
             .await
-            .map_err(|e| node_unreachable(master, &e))?;
-        replication::publish::tables(s.client(), scope)
-            .await
-            .map_err(|e| Error::Failed(format!("master node `{}`: {e}", master.name())))
+            .map_err(|error| replication_error(None, error))
     }
 
     /// Publishes what the group created, then checks that replication keeps up.
@@ -100,8 +97,11 @@ impl<'a> ReplicationWatch<'a> {
             notes.extend(
                 replication::publish::publish(master, &replicas, scope, &new)
                     .await
-                    .map_err(|e| {
-                        Error::Failed(format!("publishing new tables after {cause}: {e}"))
+                    .map_err(|error| {
+                        replication_error(
+                            Some(format!("publishing new tables after {cause}")),
+                            error,
+                        )
                     })?,
             );
         }
@@ -117,7 +117,7 @@ impl<'a> ReplicationWatch<'a> {
                     &cause,
                 )
                 .await
-                .map_err(Error::Failed)?;
+                .map_err(|error| replication_error(None, error))?;
                 notes.push(format!(
                     "subscriptions healthy and caught up past {lsn} in {}",
                     human::duration(waited)
@@ -126,7 +126,7 @@ impl<'a> ReplicationWatch<'a> {
             Replication::Physical => {
                 let waited = replication::wait::wait_for_standbys(&replicas, &lsn, self.timeout)
                     .await
-                    .map_err(Error::Failed)?;
+                    .map_err(|error| replication_error(None, error))?;
                 notes.push(format!(
                     "standbys replayed past {lsn} in {}",
                     human::duration(waited)
@@ -136,4 +136,8 @@ impl<'a> ReplicationWatch<'a> {
         }
         Ok(notes)
     }
+}
+
+fn replication_error(context: Option<String>, error: ReplicationError) -> Error {
+    Error::replication(context, error)
 }

@@ -1,0 +1,249 @@
+//! The state of one `upgrade` run shared by every per-patch step ([`Coordinator`]), and
+//! its bookkeeping: which nodes need a patch, fanning work out to them (bounded),
+//! timing each node's part, recording results, and turning failures into errors.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::GenericClient;
+
+use super::plan;
+use super::{NodeResult, RunReport};
+use crate::config::{NodeName, Replication, Role};
+use crate::db::cluster::{Cluster, Node};
+use crate::db::ledger::{Book, Ledger, NodeLedger};
+use crate::db::pgerror::PgFailure;
+use crate::db::retry::RetryPolicy;
+use crate::error::{Error, PatchFailure};
+use crate::patches::patch::Patch;
+use crate::progress::{Event, Reporter};
+
+/// The state of one run, shared by the per-patch steps.
+pub(super) struct Coordinator<'a> {
+    pub(super) cluster: &'a Cluster,
+    pub(super) ledger: &'a Ledger,
+    /// Ledgers as read at the start (index = node index).
+    pub(super) ledgers: &'a [NodeLedger],
+    pub(super) reporter: &'a dyn Reporter,
+    pub(super) applied_by: String,
+    pub(super) policy: RetryPolicy,
+    pub(super) atomic: bool,
+    pub(super) replication: Replication,
+    pub(super) replication_timeout: Duration,
+    /// Nodes whose ledger table is known to exist.
+    pub(super) ensured: Mutex<HashSet<(usize, bool)>>,
+    /// Notes from node tasks (repairs), moved into the report after each patch.
+    pub(super) notes: Mutex<Vec<String>>,
+}
+
+/// A failure of a patch body (or its bookkeeping) on one node.
+#[derive(Debug, Clone)]
+pub(super) struct NodeFailure {
+    pub(super) node: NodeName,
+    /// What went wrong, in words.
+    pub(super) what: String,
+    /// The line in the patch file the server's error position points at.
+    pub(super) line: Option<usize>,
+    /// The server's report, when there was one.
+    pub(super) pg: Option<PgFailure>,
+}
+
+impl NodeFailure {
+    pub(super) fn of(node: &NodeName, failure: PgFailure) -> NodeFailure {
+        NodeFailure {
+            node: node.clone(),
+            what: failure.to_string(),
+            line: None,
+            pg: Some(failure),
+        }
+    }
+
+    pub(super) fn for_patch(&self, patch: &Patch) -> PatchFailure {
+        PatchFailure {
+            patch: patch.version,
+            node: self.node.clone(),
+            file: patch.file_name(),
+            line: self.line,
+            what: self.what.clone(),
+            pg: self.pg.clone(),
+        }
+    }
+}
+
+/// One node's part of a patch: node index, how long it took, how it ended.
+pub(super) type Outcome = (usize, Duration, Result<(), NodeFailure>);
+
+impl Coordinator<'_> {
+    pub(super) fn node(&self, i: usize) -> &Node {
+        &self.cluster.nodes[i]
+    }
+
+    pub(super) fn note(&self, text: String) {
+        self.reporter.event(&Event::Note(&text));
+        self.notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(text);
+    }
+
+    /// Inserts the claim row in the master's open transaction.
+    pub(super) async fn claim(&self, tx: &impl GenericClient, patch: &Patch) -> Result<(), Error> {
+        self.ledger
+            .claim(tx, patch, &self.applied_by)
+            .await
+            .map_err(|e| self.claim_error(patch, e))
+    }
+
+    /// Why the claim could not be inserted: another coordinator has it, or worse.
+    pub(super) fn claim_error(&self, patch: &Patch, e: PgFailure) -> Error {
+        let node = self.cluster.master().name().clone();
+        if e.is(&SqlState::UNIQUE_VIOLATION) || e.is(&SqlState::LOCK_NOT_AVAILABLE) {
+            Error::Claimed {
+                patch: patch.version,
+                node,
+            }
+        } else {
+            Error::Claim {
+                patch: patch.version,
+                node,
+                action: "claim it",
+                failure: Box::new(e),
+            }
+        }
+    }
+
+    /// Whether the master must still run the patch's body.
+    pub(super) fn master_needs(&self, patch: &Patch) -> bool {
+        plan::needs_body(patch, Role::Master, self.replication, &self.ledgers[0])
+    }
+
+    /// The replicas that must still run the patch's body.
+    pub(super) fn replica_targets(&self, patch: &Patch) -> Vec<usize> {
+        (1..self.cluster.nodes.len())
+            .filter(|&i| plan::needs_body(patch, Role::Replica, self.replication, &self.ledgers[i]))
+            .collect()
+    }
+
+    pub(super) fn patch_done(&self, patch: &Patch, started: Instant, committed: bool) {
+        self.reporter.event(&Event::PatchDone {
+            version: patch.version,
+            elapsed: started.elapsed(),
+            committed,
+        });
+    }
+
+    /// Adds the node results to the report; returns the first failure.
+    pub(super) fn record(
+        &self,
+        patch: &Patch,
+        mut results: Vec<Outcome>,
+        report: &mut RunReport,
+    ) -> Option<PatchFailure> {
+        results.sort_by_key(|(i, _, _)| *i);
+        let mut first_failure = None;
+        for (i, elapsed, r) in &results {
+            let failure = r.as_ref().err().map(|f| f.for_patch(patch));
+            let error = failure.as_ref().map(ToString::to_string);
+            if first_failure.is_none() {
+                first_failure = failure;
+            }
+            report.results.push(NodeResult {
+                patch: patch.version.to_string(),
+                patch_type: patch.kind,
+                node: self.node(*i).name().to_string(),
+                duration_ms: elapsed.as_millis(),
+                ok: error.is_none(),
+                error,
+            });
+        }
+        first_failure
+    }
+
+    /// Runs `work` on each target node, at most `jobs` at once.
+    pub(super) async fn fan_out<'s, F, Fut>(
+        &'s self,
+        patch: &'s Patch,
+        targets: &[usize],
+        work: F,
+    ) -> Vec<Outcome>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = Result<(), NodeFailure>> + 's,
+    {
+        stream::iter(targets.iter().copied())
+            .map(|i| self.timed(patch, i, work(i)))
+            .buffer_unordered(self.cluster.jobs)
+            .collect()
+            .await
+    }
+
+    /// Reports a node's part as finished and returns its outcome.
+    pub(super) fn node_done(
+        &self,
+        patch: &Patch,
+        i: usize,
+        started: Instant,
+        r: Result<(), NodeFailure>,
+    ) -> Outcome {
+        let elapsed = started.elapsed();
+        let error = r.as_ref().err().map(|f| f.for_patch(patch).to_string());
+        self.reporter.event(&Event::NodeDone {
+            version: patch.version,
+            node: self.node(i).name(),
+            elapsed,
+            error: error.as_deref(),
+        });
+        (i, elapsed, r)
+    }
+
+    /// Reports a node's part as started, runs it, reports it as finished.
+    pub(super) async fn timed(
+        &self,
+        patch: &Patch,
+        i: usize,
+        work: impl Future<Output = Result<(), NodeFailure>>,
+    ) -> Outcome {
+        self.reporter.event(&Event::NodeStart {
+            version: patch.version,
+            node: self.node(i).name(),
+        });
+        let started = Instant::now();
+        let r = work.await;
+        self.node_done(patch, i, started, r)
+    }
+
+    /// Turns a node's failure into a [`NodeFailure`] naming node `i`.
+    pub(super) fn fail(&self, i: usize) -> impl Fn(PgFailure) -> NodeFailure + '_ {
+        move |failure| NodeFailure::of(self.node(i).name(), failure)
+    }
+
+    /// Creates node `i`'s ledger table in `book` unless it is known to exist (the
+    /// master's were created before the run).
+    pub(super) async fn ensure(
+        &self,
+        i: usize,
+        client: &impl GenericClient,
+        book: Book,
+    ) -> Result<(), PgFailure> {
+        let key = (i, book == Book::Local);
+        if i == 0
+            || self
+                .ensured
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&key)
+        {
+            return Ok(());
+        }
+        self.ledger.ensure(client, book).await?;
+        self.ensured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
+        Ok(())
+    }
+}
