@@ -15,6 +15,7 @@ pub mod dryrun;
 pub mod error;
 pub mod localpg;
 pub mod output;
+pub mod packages;
 pub mod patches;
 pub mod progress;
 pub mod replication;

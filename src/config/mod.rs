@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 mod duration;
 mod node;
+pub mod package;
 
 pub use duration::parse_duration;
 pub use node::{parse_dsn, NodeConfig, NodeName, Role};
