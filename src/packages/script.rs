@@ -144,13 +144,17 @@ fn grantee_list<'r>(roles: impl Iterator<Item = &'r str>) -> String {
 }
 
 /// The catalog query behind [`Work::PinSearchPath`]: the routines of schema
-/// `$1` (plain functions and procedures; aggregates take no `SET`) without a
-/// `search_path` of their own, as `kind, signature`.
+/// `$1` without a `search_path` of their own, as `kind, signature`. Only
+/// plain functions and procedures the current role (the package's owner)
+/// owns: aggregates take no `SET`, and the constructors PostgreSQL makes for a
+/// range type are its own (owned by the bootstrap superuser, written in C).
 pub const ROUTINES_WITHOUT_SEARCH_PATH: &str = "
 SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, p.oid::regprocedure::text
   FROM pg_proc p
  WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
    AND p.prokind IN ('f', 'p')
+   AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+   AND p.prolang NOT IN (SELECT oid FROM pg_language WHERE lanname IN ('internal', 'c'))
    AND NOT EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%')
  ORDER BY p.oid";
 
