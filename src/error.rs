@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use crate::config::{ConfigError, NodeName};
 use crate::db::pgerror::PgFailure;
+use crate::packages::failure::{AfterFailure, DeployFailure, DeployRefusal, RefusalKind};
 use crate::patches::discover::DiscoverError;
 use crate::patches::patch::PatchVersion;
 use crate::replication::error::ReplicationError;
@@ -56,6 +57,22 @@ pub enum Error {
     /// The dry run found what a real run would refuse (drift, `--patch-type`, `--atomic`).
     #[error("{reason}")]
     DryRunRefused { reason: String },
+    /// The packages directory could not be read.
+    #[error(transparent)]
+    PackagesUnreadable(#[from] crate::packages::discover::DiscoverError),
+    /// `check` (or `deploy`) found errors in the packages directory; they were reported one by one.
+    #[error("packages directory `{dir}` has {count} error(s)")]
+    PackageDir { dir: String, count: usize },
+    /// `deploy NAME` of a package the packages directory does not hold.
+    #[error("no package named {} in {dir}", quoted(names))]
+    UnknownPackage { names: Vec<String>, dir: String },
+    /// A deploy refused before writing anything: `--mode safe` met other content, or a
+    /// role is missing.
+    #[error(
+        "refusing to deploy, nothing was written on any node: {}",
+        join(refusals)
+    )]
+    DeployRefused { refusals: Vec<DeployRefusal> },
 
     // --- a coordinator holds the cluster (exit 3) ---
     #[error(
@@ -118,6 +135,18 @@ pub enum Error {
         gid: String,
         since: String,
     },
+    /// A deploy failed on some nodes; `after` says what became of the others.
+    #[error("{}; {after}", join(failures))]
+    DeployFailed {
+        failures: Vec<DeployFailure>,
+        after: AfterFailure,
+    },
+    /// `deploy --atomic`: every node prepared, but some `COMMIT PREPARED` failed.
+    #[error(
+        "deploy prepared on every node, but COMMIT PREPARED failed for {}: run `pgconvoy recover` to finish the commit",
+        unresolved.join(", ")
+    )]
+    DeployCommitPrepared { unresolved: Vec<String> },
     /// `recover` could not resolve some prepared transactions.
     #[error("{}", unresolved.join("; "))]
     Unresolved { unresolved: Vec<String> },
@@ -191,6 +220,14 @@ fn join(items: &[impl fmt::Display]) -> String {
         .join("; ")
 }
 
+fn quoted(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn names(nodes: &[NodeName]) -> String {
     nodes
         .iter()
@@ -243,7 +280,11 @@ impl Error {
             | Error::Topology { .. }
             | Error::Refused(_)
             | Error::TwoPhaseDisabled { .. }
-            | Error::DryRunRefused { .. } => exit::BAD_INPUT,
+            | Error::DryRunRefused { .. }
+            | Error::PackagesUnreadable(_)
+            | Error::PackageDir { .. }
+            | Error::UnknownPackage { .. }
+            | Error::DeployRefused { .. } => exit::BAD_INPUT,
             Error::Replication { error, .. } if error.is_bad_input() => exit::BAD_INPUT,
             Error::Busy { .. } | Error::Claimed { .. } => exit::BUSY,
             // Interruptions exit 1 for now (the contract's 130 is still to come).
@@ -256,6 +297,8 @@ impl Error {
             | Error::CommitPrepared { .. }
             | Error::PreparedLeftover { .. }
             | Error::Unresolved { .. }
+            | Error::DeployFailed { .. }
+            | Error::DeployCommitPrepared { .. }
             | Error::Replication { .. }
             | Error::Unreachable { .. }
             | Error::DryRunBlocked { .. }
@@ -275,6 +318,14 @@ impl Error {
             Error::Refused(_) => "refused",
             Error::TwoPhaseDisabled { .. } => "two-phase-disabled",
             Error::DryRunRefused { .. } => "dry-run-refused",
+            Error::PackagesUnreadable(_) | Error::PackageDir { .. } => "package-directory",
+            Error::UnknownPackage { .. } => "unknown-package",
+            Error::DeployRefused { refusals } => match refusals.first().map(|r| r.kind) {
+                Some(RefusalKind::MissingRole) => "missing-role",
+                _ => "deploy-refused",
+            },
+            Error::DeployFailed { .. } => "deploy-failed",
+            Error::DeployCommitPrepared { .. } => "commit-prepared-failed",
             Error::Busy { .. } => "busy",
             Error::Claimed { .. } => "claimed",
             Error::NodeUnreachable { .. } | Error::Unreachable { .. } => "node-unreachable",
@@ -310,6 +361,23 @@ impl Error {
             Error::TwoPhaseDisabled { nodes } | Error::Unreachable { nodes } => nodes.first(),
             Error::Replication { error, .. } => error.node_name(),
             Error::Interrupted { cause } => cause.node(),
+            Error::DeployRefused { refusals } => refusals.first().and_then(|r| r.nodes.first()),
+            Error::DeployFailed { failures, .. } => failures.first().map(|f| &f.node),
+            _ => None,
+        }
+    }
+
+    /// The code package the error is about, when it is about one.
+    pub fn package(&self) -> Option<&str> {
+        match self {
+            Error::DeployRefused { refusals } => {
+                refusals.first().and_then(|r| r.package.as_deref())
+            }
+            Error::DeployFailed { failures, .. } => {
+                failures.first().and_then(|f| f.package.as_deref())
+            }
+            Error::UnknownPackage { names, .. } => names.first().map(String::as_str),
+            Error::Interrupted { cause } => cause.package(),
             _ => None,
         }
     }
@@ -337,6 +405,7 @@ impl Error {
             | Error::Claim { failure, .. } => Some(failure),
             Error::PatchFailed(f) | Error::AtomicRolledBack { failure: f, .. } => f.pg.as_ref(),
             Error::Replication { error, .. } => error.pg(),
+            Error::DeployFailed { failures, .. } => failures.first().and_then(|f| f.pg.as_ref()),
             Error::Interrupted { cause } => cause.pg(),
             _ => None,
         }
@@ -354,7 +423,14 @@ impl Error {
                 (Some(path.display().to_string()), None)
             }
             Error::Discover(d) => (Some(d.dir.display().to_string()), None),
-            Error::PatchDir { dir, .. } => (Some(dir.clone()), None),
+            Error::PatchDir { dir, .. } | Error::PackageDir { dir, .. } => {
+                (Some(dir.clone()), None)
+            }
+            Error::PackagesUnreadable(d) => (Some(d.dir.display().to_string()), None),
+            Error::DeployFailed { failures, .. } => failures
+                .first()
+                .map(|f| (f.file.clone(), f.line))
+                .unwrap_or((None, None)),
             Error::Drift { drift } => (drift.first().and_then(Drift::file), None),
             Error::Interrupted { cause } => cause.file_line(),
             _ => (None, None),
@@ -374,6 +450,9 @@ struct ErrorObject<'a> {
     kind: &'static str,
     node: Option<&'a NodeName>,
     patch: Option<String>,
+    /// Only for errors about a code package (`deploy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    package: Option<&'a str>,
     sqlstate: Option<&'a str>,
     message: String,
     detail: Option<&'a str>,
@@ -390,6 +469,7 @@ impl serde::Serialize for Error {
             kind: self.kind(),
             node: self.node(),
             patch: self.patch().map(|p| p.to_string()),
+            package: self.package(),
             sqlstate: pg.and_then(PgFailure::sqlstate),
             message: self.chain(),
             detail: pg.and_then(|p| p.detail.as_deref()),

@@ -1,10 +1,11 @@
 //! pgconvoy: a cluster-aware migration orchestrator for PostgreSQL.
 //!
 //! One coordinator claims each schema patch in a transaction on the master,
-//! fans it out to every node that needs it, stamps it done and commits.
+//! fans it out to every node that needs it, stamps it done and commits; code
+//! packages (functions, types, views) are deployed beside the patches.
 //!
 //! The arrows run one way: commands ([`cli`]) → services ([`upgrade`], [`dryrun`],
-//! [`status`], [`replication`], [`demo`]) → primitives ([`db`], [`patches`], [`config`],
+//! [`packages`], [`status`], [`replication`], [`demo`]) → primitives ([`db`], [`patches`], [`config`],
 //! [`progress`], [`output`], [`signal`], [`error`]). `docs/ARCHITECTURE.md` has the map.
 
 pub mod cli;

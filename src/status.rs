@@ -10,6 +10,7 @@ use crate::db::cluster::{Cluster, Node};
 use crate::db::ledger::Ledger;
 use crate::db::probe::{probe_keeping_session, NodeProbe};
 use crate::error::{exit, Error};
+use crate::packages::record::PackageBook;
 use crate::patches::discover::PatchSet;
 use crate::patches::patch::PatchVersion;
 use crate::replication::topology::{topology_problems, TopologyProblem};
@@ -54,6 +55,10 @@ pub struct NodeStatus {
     pub subscriptions: Vec<crate::replication::subscriptions::Subscription>,
     /// Standbys: the WAL position replayed so far.
     pub replay_lsn: Option<String>,
+    /// Code packages deployed here (live rows of `pgconvoy.package`).
+    pub packages: Vec<crate::packages::plan::Deployed>,
+    /// Replicas: how this node's packages differ from the master's.
+    pub packages_differ: Vec<String>,
 }
 
 impl StatusReport {
@@ -93,8 +98,9 @@ impl StatusReport {
 pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
     let cluster = Cluster::new(config);
     let ledger = Ledger::new(config.ledger.clone());
+    let book = PackageBook::new(&config.ledger.schema);
     let observed: Vec<Observed> = stream::iter(cluster.nodes.iter())
-        .map(|n| observe(n, &ledger))
+        .map(|n| observe(n, &ledger, &book))
         .buffered(cluster.jobs)
         .collect()
         .await;
@@ -106,6 +112,7 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
         .filter(|(_, r)| r.is_done())
         .map(|(v, _)| *v)
         .collect();
+    let master_packages = observed[0].packages.clone();
     let nodes = cluster
         .nodes
         .iter()
@@ -116,6 +123,7 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                 prepared,
                 subscriptions,
                 replay_lsn,
+                packages: node_packages,
             } = observed;
             let role = node.role();
             let l = &p.ledger;
@@ -135,6 +143,11 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                 Vec::new()
             };
             let reachable = p.error.is_none();
+            let packages_differ = if role == Role::Replica && reachable {
+                crate::packages::status::differences(&master_packages, &node_packages)
+            } else {
+                Vec::new()
+            };
             NodeStatus {
                 name: node.name().clone(),
                 role,
@@ -170,6 +183,8 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                 prepared,
                 subscriptions,
                 replay_lsn,
+                packages: node_packages,
+                packages_differ,
             }
         })
         .collect::<Vec<NodeStatus>>();
@@ -197,15 +212,17 @@ struct Observed {
     prepared: Vec<crate::db::prepared::Prepared>,
     subscriptions: Vec<crate::replication::subscriptions::Subscription>,
     replay_lsn: Option<String>,
+    packages: Vec<crate::packages::plan::Deployed>,
 }
 
-async fn observe(node: &Node, ledger: &Ledger) -> Observed {
+async fn observe(node: &Node, ledger: &Ledger, book: &PackageBook) -> Observed {
     let (probe, session) = probe_keeping_session(node, ledger).await;
     let mut p = Observed {
         probe,
         prepared: Vec::new(),
         subscriptions: Vec::new(),
         replay_lsn: None,
+        packages: Vec::new(),
     };
     let Some(session) = session else {
         return p;
@@ -215,6 +232,9 @@ async fn observe(node: &Node, ledger: &Ledger) -> Observed {
     }
     if let Ok(subs) = crate::replication::subscriptions::subscriptions(session.client()).await {
         p.subscriptions = subs;
+    }
+    if let Ok(packages) = crate::packages::status::live(session.client(), book).await {
+        p.packages = packages;
     }
     if p.probe.in_recovery == Some(true) {
         if let Ok(row) = session
@@ -250,6 +270,8 @@ mod tests {
             prepared: Vec::new(),
             subscriptions: Vec::new(),
             replay_lsn: None,
+            packages: Vec::new(),
+            packages_differ: Vec::new(),
         }
     }
 

@@ -15,7 +15,9 @@ Exit codes:
   0  success (also: nothing to do)
   1  a patch or a node failed at run time, or a dry run found a patch that fails
   2  bad input: command line, config, patch directory, an applied patch whose file changed
-     (drift), a --patch-type refusal, a topology that contradicts the config
+     (drift), a --patch-type refusal, a topology that contradicts the config; deploy: the
+     packages directory, a role that does not exist, a package version whose schema holds
+     other content under --mode safe
   3  another coordinator holds the cluster
 
 Patch files are named patch-MAJOR-MINOR-POINT-TYPE.sql, TYPE one of:
@@ -46,12 +48,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate the patch directory without connecting to any node.
+    /// Validate the patch and packages directories without connecting to any node.
     ///
     /// Reports every file whose name does not match patch-MAJOR-MINOR-POINT-TYPE.sql,
     /// duplicate versions (1-02-0 and 1-2-0 are the same), empty patches, a last
     /// statement not terminated by `;`, and gaps in numbering (a warning, an error
-    /// with --strict or `strict: true`).
+    /// with --strict or `strict: true`). In the packages directory: unknown keys and bad
+    /// versions in package.yaml, missing dependencies, dependency cycles, an object file
+    /// holding two objects, a schema name or transaction control.
     Check(CheckArgs),
 
     /// Show every node: reachable, server version, in recovery, applied and pending
@@ -68,6 +72,16 @@ pub enum Command {
     /// -1 applies a single patch. A failed patch is not recorded on the master, and a
     /// re-run applies it only on the nodes where it is missing.
     Upgrade(UpgradeArgs),
+
+    /// Deploy code packages (functions, types, views) on every node.
+    ///
+    /// Each package (`packages/NAME/package.yaml` with one object per file under types/,
+    /// functions/, views/) goes into its own schema, NAME_MAJOR_MINOR_PATCH (versioned) or
+    /// NAME (basic), owned by its owner role, usable by its user roles only, in one
+    /// transaction per node under the cluster lock, recorded in `pgconvoy.package`. With
+    /// PACKAGE names, those and the packages they depend on; without, all. Same version
+    /// and files: nothing to do.
+    Deploy(DeployArgs),
 
     /// Resolve prepared transactions left by an `--atomic` coordinator that died between
     /// PREPARE and COMMIT: commit them where the patch committed anywhere, roll back otherwise.
@@ -141,6 +155,74 @@ pub struct UpgradeArgs {
     /// Format of the summary printed on stdout (progress goes to stderr).
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub format: ReportFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Packages to deploy (with what they depend on); default: every package.
+    #[arg(value_name = "PACKAGE")]
+    pub packages: Vec<String>,
+
+    /// When a package's schema already holds other content (same version, other files):
+    /// `safe` refuses and writes nothing anywhere, `moderate` renames the old schema
+    /// aside (NAME_..._N) then deploys, `unsafe` drops it with CASCADE then deploys.
+    #[arg(long, value_name = "MODE", default_value = "safe", value_parser = parse_mode)]
+    pub mode: crate::packages::plan::Mode,
+
+    /// Rehearse on every node in a transaction that is rolled back, and report what
+    /// each mode would do. Writes nothing on any node, not even `pgconvoy.package`.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// When another coordinator holds the cluster, wait for it instead of exiting 3.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Session `lock_timeout` (e.g. 300ms, 2s); a statement that hits it is retried.
+    /// Default: `lock_timeout` in the config, else 2s.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub lock_timeout: Option<std::time::Duration>,
+
+    /// Retries of a statement that hit the lock timeout, under a savepoint, with
+    /// jittered backoff. Default: `lock_retries`, else 5.
+    #[arg(long, value_name = "N")]
+    pub lock_retries: Option<u32>,
+
+    /// Session `statement_timeout` (0: none). Default: `statement_timeout`, else none.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub statement_timeout: Option<std::time::Duration>,
+
+    /// Two-phase commit: every node prepares, then all commit; if any node fails, no
+    /// node keeps any of it. Needs max_prepared_transactions > 0. Config: `atomic_direct: true`.
+    #[arg(long)]
+    pub atomic: bool,
+
+    /// At most this many nodes are worked on at once (default: `jobs`, else 16).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+
+    /// Format of the summary printed on stdout (progress goes to stderr).
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    pub format: StatusFormat,
+}
+
+impl DeployArgs {
+    /// The flags that override `cluster.yaml`.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            jobs: self.jobs.map(usize::from),
+            lock_timeout: self.lock_timeout,
+            lock_retries: self.lock_retries,
+            statement_timeout: self.statement_timeout,
+            atomic: self.atomic,
+            strict: false,
+        }
+    }
+}
+
+/// Accepts `safe`, `moderate` or `unsafe`.
+pub fn parse_mode(s: &str) -> Result<crate::packages::plan::Mode, String> {
+    s.parse()
 }
 
 #[derive(Debug, Args)]

@@ -1,17 +1,29 @@
-//! `pgconvoy check`: validate the patch directory, report every finding, touch no node.
+//! `pgconvoy check`: validate the patch and packages directories, report every
+//! finding, touch no node.
 
 use std::io::{self, Write};
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::output;
+use crate::packages::discover::PackageSet;
 use crate::patches::discover::{discover, PatchSet, Severity};
 
-/// Discovers the configured patch directory and prints what is wrong with it.
-/// Returns the set when it has no errors (warnings allowed).
+/// Discovers the configured patch and packages directories and prints what is
+/// wrong with them. Returns the patch set when neither has errors (warnings allowed).
 pub fn check(config: &Config) -> Result<PatchSet, Error> {
     let set = discover(&config.patches, config.strict)?;
-    output::to_stdout(|out| render(&set, out)).map_err(Error::Output)?;
+    let packages = crate::packages::discover::discover(&config.packages)?;
+    // A cluster without a packages directory gets no line about packages.
+    let show_packages = config.packages.exists() || !packages.is_ok();
+    output::to_stdout(|out| {
+        render(&set, out)?;
+        if show_packages {
+            render_packages(&packages, out)?;
+        }
+        Ok(())
+    })
+    .map_err(Error::Output)?;
     let errors = set.errors().count();
     if errors > 0 {
         return Err(Error::PatchDir {
@@ -19,7 +31,46 @@ pub fn check(config: &Config) -> Result<PatchSet, Error> {
             count: errors,
         });
     }
+    if !packages.is_ok() {
+        return Err(Error::PackageDir {
+            dir: packages.dir.display().to_string(),
+            count: packages.findings.len(),
+        });
+    }
     Ok(set)
+}
+
+/// Every finding of the packages directory, then one line per package and a summary.
+fn render_packages(set: &PackageSet, out: &mut dyn Write) -> io::Result<()> {
+    for finding in &set.findings {
+        writeln!(out, "{finding}")?;
+    }
+    for p in &set.packages {
+        writeln!(
+            out,
+            "package {} {} → schema {} ({} object(s), checksum {})",
+            p.name(),
+            p.manifest.version,
+            p.schema(),
+            p.objects.len(),
+            p.checksum
+        )?;
+        if let Some(cycle) = &p.routine_cycle {
+            writeln!(
+                out,
+                "note: package {}: routines call each other in a circle ({}): created with check_function_bodies off",
+                p.name(),
+                cycle.join(" → ")
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "checked {} package(s) in {}: {} error(s)",
+        set.packages.len(),
+        set.dir.display(),
+        set.findings.len()
+    )
 }
 
 /// Every finding, then a summary line.

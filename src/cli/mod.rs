@@ -8,6 +8,7 @@ use crate::patches::discover::{discover, PatchSet};
 pub mod args;
 pub mod check;
 pub mod demo;
+pub mod deploy;
 pub mod recover;
 pub mod status;
 pub mod upgrade;
@@ -39,6 +40,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             } else {
                 upgrade::upgrade(&config, &patches, &args.selection(), args.wait, args.format)
             }
+        }
+        Command::Deploy(args) => {
+            let config = Config::load(&cli.config, &args.overrides())?;
+            deploy::deploy(&config, &args)
         }
         Command::Recover => {
             let config = Config::load(&cli.config, &Overrides::default())?;

@@ -97,6 +97,17 @@ pub fn render_text(report: &StatusReport, out: &mut dyn Write) -> io::Result<()>
         for d in &n.drift {
             writeln!(out, "drift: {d}")?;
         }
+        if !n.packages.is_empty() {
+            let list: Vec<String> = n
+                .packages
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.version))
+                .collect();
+            writeln!(out, "node `{}`: packages {}", n.name, list.join(", "))?;
+        }
+        for d in &n.packages_differ {
+            writeln!(out, "node `{}`: differs from the master: {d}", n.name)?;
+        }
     }
     Ok(())
 }

@@ -134,6 +134,9 @@ pub struct Config {
     pub path: PathBuf,
     /// The patch directory, resolved against the config file's directory.
     pub patches: PathBuf,
+    /// The packages directory (`deploy`), resolved against the config file's
+    /// directory. The default `packages` may be absent (no packages).
+    pub packages: PathBuf,
     pub master: NodeConfig,
     pub replicas: Vec<NodeConfig>,
     /// Gaps in patch numbering are errors, not warnings.
@@ -238,6 +241,7 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let patches = patch_dir(base, raw.patches.clone()).map_err(invalid)?;
+        let packages = package_dir(base, raw.packages.clone()).map_err(invalid)?;
         let t = Timeouts::check(&raw).map_err(invalid)?;
         let publication = publication(&raw).map_err(invalid)?;
         let (master, replicas) =
@@ -255,6 +259,7 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             patches,
+            packages,
             master,
             replicas,
             strict: raw.strict,
@@ -287,6 +292,23 @@ fn patch_dir(base: &Path, raw: Option<PathBuf>) -> Result<PathBuf, String> {
         ));
     }
     Ok(patches)
+}
+
+/// `packages:` resolved against the config file's directory. Named in the
+/// file, it must exist; the default may not (a cluster without packages).
+fn package_dir(base: &Path, raw: Option<PathBuf>) -> Result<PathBuf, String> {
+    let Some(rel) = raw else {
+        return Ok(base.join("packages"));
+    };
+    let packages = base.join(&rel);
+    if !packages.is_dir() {
+        return Err(format!(
+            "key `packages`: directory `{}` does not exist (resolved against the config file's directory as `{}`)",
+            rel.display(),
+            packages.display()
+        ));
+    }
+    Ok(packages)
 }
 
 /// Every duration key, checked.
@@ -420,6 +442,7 @@ fn yaml_message(e: &serde_yaml::Error) -> String {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     patches: Option<PathBuf>,
+    packages: Option<PathBuf>,
     master: Option<RawNode>,
     #[serde(default)]
     replicas: Vec<RawNode>,
@@ -468,6 +491,11 @@ mod tests {
         assert_eq!(c.nodes().count(), 2);
         assert_eq!(c.ledger.to_string(), "pgconvoy.revision");
         assert_eq!(c.patches, d.path().join("patches"));
+        assert_eq!(
+            c.packages,
+            d.path().join("packages"),
+            "default, may be absent"
+        );
     }
 
     #[test]
@@ -529,6 +557,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = load(&d, OK).unwrap_err();
         assert!(e.contains("`patches`"), "{e}");
+    }
+
+    #[test]
+    fn packages_dir_named_must_exist() {
+        let d = dir();
+        let e = load(&d, &format!("packages: code\n{OK}")).unwrap_err();
+        assert!(e.contains("`packages`") && e.contains("code"), "{e}");
+        std::fs::create_dir(d.path().join("code")).unwrap();
+        let c = load(&d, &format!("packages: code\n{OK}")).unwrap();
+        assert_eq!(c.packages, d.path().join("code"));
     }
 
     #[test]

@@ -243,8 +243,8 @@ impl Manifest {
             // `version: 1.0` is read by YAML as a number: say what to write instead.
             Some(RawVersion::Number(n)) => {
                 return Err(invalid(format!(
-                    "key `version`: `{n}` is not a semantic version MAJOR.MINOR.PATCH (e.g. 1.9.0)"
-                )))
+                "key `version`: `{n:?}` is not a semantic version MAJOR.MINOR.PATCH (e.g. 1.9.0)"
+            )))
             }
         };
         let version: PackageVersion = version

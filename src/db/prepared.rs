@@ -22,15 +22,56 @@ pub fn gid(ledger: &Ledger, version: PatchVersion, node: &NodeConfig) -> String 
     )
 }
 
+/// The gid of a node's part of an `--atomic` deploy run `deploy_id`:
+/// `pgconvoy:LEDGER:deploy-ID:NODE:DATABASE`.
+pub fn deploy_gid(ledger: &Ledger, deploy_id: &str, node: &NodeConfig) -> String {
+    format!(
+        "{}deploy-{deploy_id}:{}:{}",
+        gid_prefix(ledger),
+        node.name,
+        node.database()
+    )
+}
+
+/// What a prepared transaction of pgconvoy's was part of.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GidOwner {
+    /// An `--atomic` direct patch.
+    Patch(PatchVersion),
+    /// An `--atomic` deploy, by its id (`deploy_id` in `pgconvoy.package`).
+    Deploy(String),
+}
+
+impl std::fmt::Display for GidOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GidOwner::Patch(v) => write!(f, "patch {v}"),
+            GidOwner::Deploy(id) => write!(f, "deploy {id}"),
+        }
+    }
+}
+
+/// The patch or deploy a pgconvoy gid belongs to.
+pub fn gid_owner(ledger: &Ledger, gid: &str) -> Option<GidOwner> {
+    let rest = gid.strip_prefix(&gid_prefix(ledger))?;
+    let (what, _node) = rest.split_once(':')?;
+    match what.strip_prefix("deploy-") {
+        Some(id) if !id.is_empty() => Some(GidOwner::Deploy(id.to_string())),
+        Some(_) => None,
+        None => what.parse().ok().map(GidOwner::Patch),
+    }
+}
+
 pub fn gid_prefix(ledger: &Ledger) -> String {
     format!("pgconvoy:{}:", ledger.name())
 }
 
-/// The version a pgconvoy gid belongs to.
+/// The version a pgconvoy gid of a patch belongs to.
 pub fn gid_version(ledger: &Ledger, gid: &str) -> Option<PatchVersion> {
-    let rest = gid.strip_prefix(&gid_prefix(ledger))?;
-    let (version, _node) = rest.split_once(':')?;
-    version.parse().ok()
+    match gid_owner(ledger, gid)? {
+        GidOwner::Patch(v) => Some(v),
+        GidOwner::Deploy(_) => None,
+    }
 }
 
 /// A prepared transaction of pgconvoy's on a node.
@@ -105,5 +146,19 @@ mod tests {
         assert_eq!(gid_version(&l, "other:1-0-0:x"), None);
         let other = Ledger::new(LedgerTable::parse("ops.ledger").unwrap());
         assert_eq!(gid_version(&other, &g), None);
+        let d = deploy_gid(&l, "1764601200000-42", &node);
+        assert_eq!(
+            d,
+            "pgconvoy:pgconvoy.revision:deploy-1764601200000-42:node-1:app"
+        );
+        assert_eq!(
+            gid_owner(&l, &d),
+            Some(GidOwner::Deploy("1764601200000-42".into()))
+        );
+        assert_eq!(gid_version(&l, &d), None);
+        assert_eq!(
+            gid_owner(&l, &g),
+            Some(GidOwner::Patch(PatchVersion::new(1, 10, 2)))
+        );
     }
 }

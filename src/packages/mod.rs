@@ -4,15 +4,17 @@
 //!
 //! The flow: [`discover`] reads and checks the packages directory (objects
 //! from [`object`], ordered by [`order`]); [`plan`] decides per node what each
-//! package needs; [`script`] spells the SQL; [`record`] reads and writes the
-//! per-node records.
+//! package needs; [`script`] spells the SQL; [`deploy`] runs it on every node;
+//! [`record`] reads and writes the per-node records; [`failure`] holds what
+//! stops a deploy, [`report`] what it did, [`status`] what `status` shows.
 
+pub mod deploy;
 pub mod discover;
+pub mod failure;
 pub mod object;
 pub mod order;
 pub mod plan;
 pub mod record;
+pub mod report;
 pub mod script;
-
-pub use discover::{discover, Package, PackageFinding, PackageSet};
-pub use plan::Mode;
+pub mod status;

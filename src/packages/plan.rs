@@ -81,7 +81,7 @@ pub struct Wanted {
 
 /// What holds a package's schema on a node when it is not this version.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Occupant {
     /// The package, deployed at `version` with other files (or another version of a basic package).
     Package { version: String, checksum: String },
@@ -89,22 +89,37 @@ pub enum Occupant {
     Unrecorded,
 }
 
-impl fmt::Display for Occupant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Occupant {
+    /// What the schema holds, in words, as against the `wanted` version.
+    pub fn describe(&self, wanted: &str) -> String {
         match self {
-            Occupant::Package { version, checksum } => write!(
-                f,
-                "version {version} (checksum {})",
-                &checksum[..checksum.len().min(12)]
-            ),
-            Occupant::Unrecorded => f.write_str("a schema pgconvoy did not deploy"),
+            Occupant::Package { version, checksum } => {
+                let checksum = &checksum[..checksum.len().min(12)];
+                if version == wanted {
+                    format!("{version} with other files (checksum {checksum})")
+                } else {
+                    format!("version {version} (checksum {checksum})")
+                }
+            }
+            Occupant::Unrecorded => "objects pgconvoy did not deploy".into(),
+        }
+    }
+
+    /// [`Occupant::describe`] without the checksum.
+    pub fn brief(&self, wanted: &str) -> String {
+        match self {
+            Occupant::Package { version, .. } if version == wanted => {
+                format!("{version} with other files")
+            }
+            Occupant::Package { version, .. } => format!("version {version}"),
+            Occupant::Unrecorded => "objects pgconvoy did not deploy".into(),
         }
     }
 }
 
 /// What happens to one package on one node.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
+#[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
     /// Same version, same checksum: nothing to do.
     UpToDate,
@@ -127,26 +142,6 @@ impl Action {
             Action::Deploy { .. } | Action::RenameAside { .. } | Action::Drop { .. }
         )
     }
-
-    /// One line for the operator.
-    pub fn describe(&self, schema: &str) -> String {
-        match self {
-            Action::UpToDate => "up to date: nothing to do".into(),
-            Action::Deploy { stale: false } => format!("deploy into new schema `{schema}`"),
-            Action::Deploy { stale: true } => format!(
-                "deploy into `{schema}` (recorded as deployed, but the schema is gone)"
-            ),
-            Action::Refuse { occupant } => format!(
-                "REFUSED: schema `{schema}` holds {occupant}; bump the version or choose a mode (--mode moderate renames it aside, --mode unsafe drops it)"
-            ),
-            Action::RenameAside { occupant, to } => format!(
-                "rename `{schema}` ({occupant}) aside to `{to}`, then deploy"
-            ),
-            Action::Drop { occupant } => format!(
-                "DROP SCHEMA `{schema}` CASCADE ({occupant}) — its objects and everything outside it that depends on them are dropped — then deploy"
-            ),
-        }
-    }
 }
 
 /// One package's step on one node.
@@ -157,6 +152,32 @@ pub struct Step {
     pub schema: String,
     #[serde(flatten)]
     pub action: Action,
+}
+
+impl Step {
+    /// One line for the operator.
+    pub fn describe(&self) -> String {
+        let schema = &self.schema;
+        match &self.action {
+            Action::UpToDate => "up to date".into(),
+            Action::Deploy { stale: false } => format!("deploy into new schema `{schema}`"),
+            Action::Deploy { stale: true } => {
+                format!("deploy into `{schema}` (recorded as deployed, but the schema is gone)")
+            }
+            Action::Refuse { occupant } => format!(
+                "REFUSED: `{schema}` holds {}",
+                occupant.describe(&self.version)
+            ),
+            Action::RenameAside { occupant, to } => format!(
+                "rename `{schema}` aside to `{to}` (it holds {}), then deploy",
+                occupant.brief(&self.version)
+            ),
+            Action::Drop { occupant } => format!(
+                "DROP SCHEMA `{schema}` CASCADE (it holds {}), then deploy",
+                occupant.brief(&self.version)
+            ),
+        }
+    }
 }
 
 /// Plans `wanted` (in deploy order) on a node in `state` under `mode`.
@@ -239,7 +260,13 @@ pub fn alternatives(step: &Step, state: &NodeState) -> Option<Vec<(Mode, String)
         ]
         .into_iter()
         .zip(Mode::ALL)
-        .map(|(a, m)| (m, a.describe(&step.schema)))
+        .map(|(action, m)| {
+            let s = Step {
+                action,
+                ..step.clone()
+            };
+            (m, s.describe())
+        })
         .collect(),
     )
 }

@@ -11,8 +11,8 @@ use tokio_postgres::GenericClient;
 
 use super::discover::Package;
 use super::plan::{Action, Deployed, Mode, NodeState, Step};
-use crate::db::quote::quote_ident;
 use crate::db::pgerror::PgFailure;
+use crate::db::quote::quote_ident;
 
 /// The table's name in a ledger schema.
 pub const TABLE: &str = "package";

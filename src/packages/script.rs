@@ -38,6 +38,11 @@ pub enum Work<'a> {
     /// of `schema` that does not set its own (found in the catalog, since the
     /// signatures are the server's to spell).
     PinSearchPath { schema: String, path: String },
+    /// After `--mode moderate` renamed `from` aside to `to`: the routines kept
+    /// there still name `from` in their pinned `search_path`, which now holds
+    /// the new deployment; point them at `to`, so the aside copy keeps
+    /// answering with its own code.
+    RepointSearchPath { from: String, to: String },
 }
 
 /// The `search_path` of a package: its schema, its direct dependencies'
@@ -59,10 +64,16 @@ pub fn deploy<'a>(package: &'a Package, step: &Step, dependencies: &[&Package]) 
     match &step.action {
         Action::UpToDate | Action::Refuse { .. } => return work,
         Action::Deploy { .. } => {}
-        Action::RenameAside { to, .. } => work.push(Work::Sql(format!(
-            "ALTER SCHEMA {schema} RENAME TO {}",
-            quote_ident(to)
-        ))),
+        Action::RenameAside { to, .. } => {
+            work.push(Work::Sql(format!(
+                "ALTER SCHEMA {schema} RENAME TO {}",
+                quote_ident(to)
+            )));
+            work.push(Work::RepointSearchPath {
+                from: step.schema.clone(),
+                to: to.clone(),
+            });
+        }
         Action::Drop { .. } => work.push(Work::Sql(format!("DROP SCHEMA {schema} CASCADE"))),
     }
     let m = &package.manifest;
@@ -158,6 +169,40 @@ SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, p.oid::regp
    AND NOT EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%')
  ORDER BY p.oid";
 
+/// The catalog query behind [`Work::RepointSearchPath`]: the routines of
+/// schema `$1` that set a `search_path`, as `kind, signature, path`.
+pub const ROUTINE_SEARCH_PATHS: &str = "
+SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, p.oid::regprocedure::text,
+       substr(c, length('search_path=') + 1)
+  FROM pg_proc p, unnest(p.proconfig) c
+ WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+   AND c LIKE 'search\\_path=%'
+ ORDER BY p.oid";
+
+/// `path` (a `search_path` as the catalog keeps it) with schema `from`
+/// replaced by `to`; `None` when it does not name `from`.
+pub fn repoint(path: &str, from: &str, to: &str) -> Option<String> {
+    let mut changed = false;
+    let parts: Vec<String> = path
+        .split(',')
+        .map(|part| {
+            let p = part.trim();
+            let unquoted = p
+                .strip_prefix('"')
+                .and_then(|q| q.strip_suffix('"'))
+                .map(|q| q.replace("\"\"", "\""))
+                .unwrap_or_else(|| p.to_string());
+            if unquoted == from {
+                changed = true;
+                quote_ident(to)
+            } else {
+                p.to_string()
+            }
+        })
+        .collect();
+    changed.then(|| parts.join(", "))
+}
+
 /// The statement that pins `path` on one routine found by [`ROUTINES_WITHOUT_SEARCH_PATH`].
 pub fn pin_search_path(kind: &str, signature: &str, path: &str) -> String {
     format!("ALTER {kind} {signature} SET search_path = {path}")
@@ -190,6 +235,7 @@ mod tests {
                 Work::Sql(s) => s.clone(),
                 Work::Object { text, .. } => format!("object: {text}"),
                 Work::PinSearchPath { schema, path } => format!("pin {schema}: {path}"),
+                Work::RepointSearchPath { from, to } => format!("repoint {from} -> {to}"),
             })
             .collect()
     }
@@ -254,7 +300,8 @@ mod tests {
             w[0],
             "ALTER SCHEMA \"billing_1_9_0\" RENAME TO \"billing_1_9_0_1\""
         );
-        assert!(w[1].starts_with("CREATE SCHEMA"));
+        assert_eq!(w[1], "repoint billing_1_9_0 -> billing_1_9_0_1");
+        assert!(w[2].starts_with("CREATE SCHEMA"));
         let w = sql(&deploy(&p, &step(Action::Drop { occupant }), &[]));
         assert_eq!(w[0], "DROP SCHEMA \"billing_1_9_0\" CASCADE");
         assert!(
@@ -285,6 +332,29 @@ mod tests {
             .unwrap();
         let obj = w.iter().position(|s| s.starts_with("object:")).unwrap();
         assert!(off < obj && obj < on, "{w:?}");
+    }
+
+    #[test]
+    fn repoint_paths() {
+        assert_eq!(
+            repoint(
+                "billing_1_9_0, money_1_0_0, pg_catalog, pg_temp",
+                "billing_1_9_0",
+                "billing_1_9_0_1"
+            )
+            .as_deref(),
+            Some("\"billing_1_9_0_1\", money_1_0_0, pg_catalog, pg_temp")
+        );
+        assert_eq!(
+            repoint("\"Odd\", pg_catalog", "Odd", "Odd_1").as_deref(),
+            Some("\"Odd_1\", pg_catalog")
+        );
+        assert_eq!(repoint("other, pg_catalog", "billing_1_9_0", "x"), None);
+        assert_eq!(
+            repoint("billing_1_9_0_2", "billing_1_9_0", "x"),
+            None,
+            "whole names only"
+        );
     }
 
     #[test]

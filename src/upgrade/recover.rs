@@ -2,8 +2,10 @@
 //! coordinator left behind (gids and listing live in [`crate::db::prepared`]).
 //!
 //! The rule: the coordinator only starts `COMMIT PREPARED` once every node has
-//! prepared, so if the patch committed on any node the decision was "commit"
-//! and the rest are committed too; otherwise every prepared part is rolled back.
+//! prepared, so if the patch (or the `--atomic` deploy) committed on any node the
+//! decision was "commit" and the rest are committed too; otherwise every prepared
+//! part is rolled back. A patch committed where the ledger has its row done; a
+//! deploy where `pgconvoy.package` has rows with its id.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,16 +17,17 @@ use crate::db::cluster::{Cluster, Node};
 use crate::db::ledger::{Ledger, NodeLedger};
 use crate::db::lock::acquire_lock;
 use crate::db::pgerror::PgFailure;
-use crate::db::prepared::{gid_version, list, resolve, verb, Prepared};
+use crate::db::prepared::{gid_owner, list, resolve, verb, GidOwner, Prepared};
 use crate::error::Error;
-use crate::patches::patch::PatchVersion;
+use crate::packages::record::PackageBook;
 
 /// One prepared transaction resolved by `recover`.
 #[derive(Debug, Clone)]
 pub struct Resolution {
     pub node: NodeName,
     pub gid: String,
-    pub patch: PatchVersion,
+    /// The patch or deploy it was part of.
+    pub owner: GidOwner,
     /// Committed (the patch committed elsewhere), else rolled back.
     pub commit: bool,
 }
@@ -33,11 +36,11 @@ impl fmt::Display for Resolution {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "node `{}`: {} '{}' (patch {} {})",
+            "node `{}`: {} '{}' ({} {})",
             self.node,
             verb(self.commit),
             self.gid,
-            self.patch,
+            self.owner,
             if self.commit {
                 "committed elsewhere"
             } else {
@@ -82,18 +85,22 @@ pub async fn recover(config: &Config) -> Result<Recovery, Error> {
         .into_iter()
         .collect::<Result<_, _>>()?;
 
-    let mut committed_somewhere: BTreeMap<PatchVersion, bool> = BTreeMap::new();
+    let mut committed_somewhere: BTreeMap<GidOwner, bool> = BTreeMap::new();
     for (_, prepared) in &states {
         for p in prepared {
-            if let Some(v) = gid_version(&ledger, &p.gid) {
-                committed_somewhere.entry(v).or_insert(false);
+            if let Some(owner) = gid_owner(&ledger, &p.gid) {
+                committed_somewhere.entry(owner).or_insert(false);
             }
         }
     }
-    for (v, committed) in committed_somewhere.iter_mut() {
-        *committed = states
-            .iter()
-            .any(|(l, _)| l.main.get(v).is_some_and(|r| r.is_done()));
+    let book = PackageBook::new(&config.ledger.schema);
+    for (owner, committed) in committed_somewhere.iter_mut() {
+        *committed = match owner {
+            GidOwner::Patch(v) => states
+                .iter()
+                .any(|(l, _)| l.main.get(v).is_some_and(|r| r.is_done())),
+            GidOwner::Deploy(id) => deploy_committed(&cluster, &book, id).await?,
+        };
     }
     let mut recovery = Recovery {
         found: !committed_somewhere.is_empty(),
@@ -101,15 +108,15 @@ pub async fn recover(config: &Config) -> Result<Recovery, Error> {
     };
     for (node, (_, prepared)) in cluster.nodes.iter().zip(&states) {
         for p in prepared {
-            let Some(v) = gid_version(&ledger, &p.gid) else {
+            let Some(owner) = gid_owner(&ledger, &p.gid) else {
                 continue;
             };
-            let commit = committed_somewhere.get(&v).copied().unwrap_or(false);
+            let commit = committed_somewhere.get(&owner).copied().unwrap_or(false);
             match resolve(node, &p.gid, commit).await {
                 Ok(()) => recovery.resolved.push(Resolution {
                     node: node.name().clone(),
                     gid: p.gid.clone(),
-                    patch: v,
+                    owner,
                     commit,
                 }),
                 Err(e) => recovery.unresolved.push(format!(
@@ -122,6 +129,26 @@ pub async fn recover(config: &Config) -> Result<Recovery, Error> {
         }
     }
     Ok(recovery)
+}
+
+/// Whether the `--atomic` deploy `id` committed on any node (its records are there).
+async fn deploy_committed(cluster: &Cluster, book: &PackageBook, id: &str) -> Result<bool, Error> {
+    for node in &cluster.nodes {
+        let session = node.session().await.map_err(|e| node.unreachable(e))?;
+        let committed = book
+            .committed(session.client(), id)
+            .await
+            .map_err(|failure| Error::Node {
+                node: node.name().clone(),
+                master: false,
+                action: "read the package records",
+                failure: Box::new(failure),
+            })?;
+        if committed {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A node's ledger and its prepared transactions of pgconvoy's.
