@@ -252,7 +252,7 @@ fn changed_content_safe_refuses_and_changes_nothing() {
     json.expect(2);
     let v: serde_json::Value = serde_json::from_str(&json.stdout()).unwrap();
     assert_eq!(v["exit_code"], 2);
-    assert_eq!(v["error"]["kind"], "refused");
+    assert_eq!(v["error"]["kind"], "deploy-refused");
     assert_eq!(v["error"]["package"], "billing");
     for (n, before) in before.iter().enumerate() {
         assert_eq!(total_as(&f, n, &r[1], "public", "billing_1_9_0"), "110.00");
@@ -606,7 +606,7 @@ fn a_failure_on_one_node_rolls_back_that_node_only_and_names_it() {
         .iter()
         .map(|n| n["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["committed", "rolled_back", "committed"]);
+    assert_eq!(outcomes, ["committed", "rolled-back", "committed"]);
     for n in [0, 2] {
         assert_eq!(live(&f, n), ["billing 1.0.0 billing_1_0_0"], "node{n}");
     }
