@@ -6,39 +6,9 @@
 
 mod common;
 use common::cli::Scratch;
-use common::{finish, has_pgconvoy_schema, spawn, Fixture};
+use common::{finish, has_pgconvoy_schema, spawn, Fixture, Session};
 
 use std::time::{Duration, Instant};
-
-/// A session of the test's own (not pgconvoy's), kept open across calls.
-struct Session {
-    rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
-}
-
-impl Session {
-    fn connect(dsn: &str) -> Session {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let (client, conn) = rt
-            .block_on(tokio_postgres::connect(
-                &format!("{dsn} application_name=packages-test"),
-                tokio_postgres::NoTls,
-            ))
-            .expect("connect");
-        rt.spawn(conn);
-        Session { rt, client }
-    }
-
-    fn exec(&self, sql: &str) {
-        self.rt
-            .block_on(self.client.batch_execute(sql))
-            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    }
-}
 
 /// Creates roles `{db}_{name}` on every node's server (roles are per server,
 /// so each test's names are its own) and returns their names.

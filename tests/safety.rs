@@ -12,55 +12,8 @@ use common::{
 use std::time::{Duration, Instant};
 
 use common::cli::Run;
-use common::Fixture;
+use common::{Fixture, Session};
 use pgconvoy::localpg::{LocalServer, PgBinaries, ServerOptions};
-
-/// A session of the test's own (not pgconvoy's), kept open across calls: a lock
-/// holder, a reader, a monitor.
-struct Session {
-    rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
-}
-
-impl Session {
-    fn connect(dsn: &str) -> Session {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let (client, conn) = rt
-            .block_on(tokio_postgres::connect(
-                &format!("{dsn} application_name=safety-test"),
-                tokio_postgres::NoTls,
-            ))
-            .expect("connect");
-        rt.spawn(conn);
-        Session { rt, client }
-    }
-
-    fn exec(&self, sql: &str) {
-        self.rt
-            .block_on(self.client.batch_execute(sql))
-            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    }
-
-    /// The first column of the first row, as text.
-    fn value(&self, sql: &str) -> String {
-        let msgs = self
-            .rt
-            .block_on(self.client.simple_query(sql))
-            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-        msgs.iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => {
-                    Some(r.get(0).unwrap_or("").to_string())
-                }
-                _ => None,
-            })
-            .unwrap_or_default()
-    }
-}
 
 /// pgconvoy backends of this database waiting for a lock (SQL for a monitor session).
 const PGCONVOY_WAITING: &str = "SELECT count(*) FROM pg_locks l \

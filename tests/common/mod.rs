@@ -255,3 +255,50 @@ pub fn start_time(f: &Fixture, node: usize, table: &str, version: (u32, u32, u32
         ),
     )
 }
+
+/// A session of the test's own (not pgconvoy's), kept open across calls: a lock
+/// holder, a reader, a monitor. `application_name` is `pgconvoy-test`.
+pub struct Session {
+    pub rt: tokio::runtime::Runtime,
+    pub client: tokio_postgres::Client,
+}
+
+impl Session {
+    pub fn connect(dsn: &str) -> Session {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let (client, conn) = rt
+            .block_on(tokio_postgres::connect(
+                &format!("{dsn} application_name=pgconvoy-test"),
+                tokio_postgres::NoTls,
+            ))
+            .expect("connect");
+        rt.spawn(conn);
+        Session { rt, client }
+    }
+
+    pub fn exec(&self, sql: &str) {
+        self.rt
+            .block_on(self.client.batch_execute(sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+
+    /// The first column of the first row, as text.
+    pub fn value(&self, sql: &str) -> String {
+        let msgs = self
+            .rt
+            .block_on(self.client.simple_query(sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        msgs.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some(r.get(0).unwrap_or("").to_string())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+}
