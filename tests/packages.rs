@@ -968,3 +968,50 @@ fn physical_standbys_get_packages_by_replay_before_deploy_returns() {
     drop(standby);
     drop(primary);
 }
+
+// --- interruption ------------------------------------------------------------------------
+
+#[test]
+fn ctrl_c_while_a_node_waits_for_a_lock_rolls_that_node_back_and_leaves_nothing_running() {
+    let f = Fixture::new(3);
+    let r = roles(&f, &["owner", "app"]);
+    billing(&f.scratch, "1.0.0", "0.1", &r[0], &[&r[1]]);
+    f.run(&["deploy"]).expect(0);
+    let reader = Session::connect(&f.dsns[1]);
+    reader.exec("BEGIN; SELECT * FROM billing_1_0_0.rates");
+    billing(&f.scratch, "1.0.0", "0.3", &r[0], &[&r[1]]);
+    let child = spawn(&f, &["deploy", "--mode", "unsafe", "--lock-timeout", "60s"]);
+    let waiting = common::wait_for(20, || {
+        f.psql(
+            1,
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE NOT l.granted AND a.application_name = 'pgconvoy' AND a.datname = current_database()",
+        ) != "0"
+    });
+    assert!(waiting, "the deploy never waited for its lock on node1");
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let run = finish(child, 30);
+    assert_ne!(run.code(), 0, "{}", run.all());
+    run.says("interrupted").says("node `node1`");
+    for n in 0..3 {
+        assert!(
+            common::wait_for(5, || common::pgconvoy_backends(&f, n).is_empty()),
+            "pgconvoy backends remain on node{n}: {:?}",
+            common::pgconvoy_backends(&f, n)
+        );
+    }
+    drop(reader);
+    assert_eq!(
+        total_as(&f, 1, &r[1], "public", "billing_1_0_0"),
+        "110.00",
+        "node1 rolled back"
+    );
+    assert_eq!(
+        f.psql(1, "SELECT state FROM pgconvoy.package ORDER BY deployed_at"),
+        "live"
+    );
+}
