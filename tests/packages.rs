@@ -1015,3 +1015,43 @@ fn ctrl_c_while_a_node_waits_for_a_lock_rolls_that_node_back_and_leaves_nothing_
         "live"
     );
 }
+
+// --- basic packages ----------------------------------------------------------------------
+
+#[test]
+fn a_basic_package_lives_in_its_name_and_a_new_version_needs_a_mode() {
+    let f = Fixture::new(3);
+    let r = roles(&f, &["owner", "app"]);
+    let util = |version: &str, answer: &str| {
+        package(
+            &f.scratch,
+            "util",
+            &format!(
+                "name: util\nversion: {version}\nsubclass: basic\nowner_role: {}\nuser_roles: [{}]\n",
+                r[0], r[1]
+            ),
+            &[(
+                "functions/answer.sql",
+                &format!("CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS $$ SELECT {answer} $$;\n"),
+            )],
+        )
+    };
+    let answer = |n: usize| f.psql(n, &format!("SET ROLE \"{}\"; SELECT util.answer()", r[1]));
+    util("1.0.0", "41");
+    f.run(&["deploy"])
+        .expect(0)
+        .says("deploy into new schema `util`");
+    util("1.1.0", "42");
+    // One schema, one version: the new version meets the old one there.
+    f.run(&["deploy"])
+        .expect(2)
+        .says("schema `util` already holds version 1.0.0");
+    assert_eq!(answer(0), "41");
+    f.run(&["deploy", "--mode", "moderate"])
+        .expect(0)
+        .says("aside to `util_1`");
+    for n in 0..3 {
+        assert_eq!(answer(n), "42", "node{n}");
+        assert_eq!(live(&f, n), ["util 1.1.0 util"], "node{n}");
+    }
+}
