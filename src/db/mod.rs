@@ -1,10 +1,13 @@
-//! The nodes at run time: connection pools and sessions, the one transaction type,
+//! The nodes at run time: libpq's connection conventions (`libpq`), TLS (`tls`),
+//! opening sessions host by host (`connect`), connection pools and sessions, the one transaction type,
 //! pipelined requests, the per-node ledger, PostgreSQL's errors, a first read-only
 //! look at a node, the cluster lock, two-phase-commit bookkeeping, lock-timeout
 //! retries and identifier quoting. Primitives: nothing here knows about commands.
 
 pub mod cluster;
+pub mod connect;
 pub mod ledger;
+pub mod libpq;
 pub mod lock;
 pub mod pgerror;
 pub mod pipeline;
@@ -12,4 +15,5 @@ pub mod prepared;
 pub mod probe;
 pub mod quote;
 pub mod retry;
+pub mod tls;
 pub mod transaction;

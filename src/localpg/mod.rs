@@ -13,16 +13,21 @@
 //! detached `sh` whose stdin is a pipe held only by the owning process. When the owner goes away
 //! (dropped, exits normally with the server in a `static`, or is SIGKILLed) the pipe closes, and
 //! the watchdog stops the server (`-m immediate`) and removes the temp dir.
+//!
+//! For TLS tests, [`certs::TestCa`] makes a CA and certificates; for network-failure tests,
+//! [`netns::NetNamespace`] is a network namespace that can be black-holed.
 
 mod binaries;
+pub mod certs;
 mod cluster;
 mod command;
+pub mod netns;
 mod server;
 
 pub use binaries::PgBinaries;
 pub use cluster::LocalCluster;
 pub use command::scrub_pg_env;
-pub use server::{LocalServer, ServerOptions};
+pub use server::{LocalServer, ServerOptions, ServerTls};
 
 use std::io;
 use std::path::PathBuf;

@@ -1,8 +1,12 @@
 //! One throwaway server: its temp dir, initdb, start on a free port, a watchdog that
-//! stops it when its owner goes away, stop and restart, and a standby of it.
+//! stops it when its owner goes away, stop and restart, and a standby of it. For TLS
+//! tests it can serve TLS with a certificate from [`super::certs::TestCa`], TCP over TLS
+//! only if asked (`hostssl`); for network-failure tests it can run inside a
+//! [`super::netns::NetNamespace`], listening on the namespace's address.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -29,6 +33,23 @@ pub struct ServerOptions {
     pub base_dir: Option<PathBuf>,
     /// Seconds `pg_ctl start` waits for the server.
     pub start_timeout_secs: u32,
+    /// The address the server listens on and the harness connects to. Default `127.0.0.1`.
+    pub listen_address: Option<String>,
+    /// Run the server inside this network namespace (see [`super::netns::NetNamespace::path`]).
+    pub netns: Option<PathBuf>,
+    /// Serve TLS with this certificate.
+    pub tls: Option<ServerTls>,
+}
+
+/// A server's TLS: its certificate, the CA its clients' certificates must chain to, and
+/// whether plain TCP connections are refused.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: super::certs::CertFiles,
+    /// `ssl_ca_file`: needed for `cert` authentication and `clientcert=…` in pg_hba.conf.
+    pub client_ca: Option<PathBuf>,
+    /// TCP lines of the default pg_hba.conf are `hostssl`, so plain TCP sessions are refused.
+    pub tls_only: bool,
 }
 
 impl Default for ServerOptions {
@@ -38,6 +59,9 @@ impl Default for ServerOptions {
             extra_hba_lines: Vec::new(),
             base_dir: None,
             start_timeout_secs: 60,
+            listen_address: None,
+            netns: None,
+            tls: None,
         }
     }
 }
@@ -122,6 +146,9 @@ const WATCHDOG_SCRIPT: &str =
 pub struct LocalServer {
     bins: PgBinaries,
     run_as: Option<RunAs>,
+    listen_address: String,
+    /// Open handle of the network namespace the server runs in.
+    netns: Option<std::fs::File>,
     port: u16,
     root: PathBuf,
     data_dir: PathBuf,
@@ -150,18 +177,9 @@ impl LocalServer {
         let mut cmd = server.server_cmd("pg_basebackup");
         cmd.arg("-D")
             .arg(&server.data_dir)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "-p",
-            ])
+            .arg("-h")
+            .arg(primary.host())
+            .args(["-U", "postgres", "-R", "-X", "stream", "-c", "fast", "-p"])
             .arg(primary.port.to_string());
         run_checked(&mut cmd)?;
         let socket_dir = server.root.to_string_lossy().replace('\'', "''");
@@ -197,6 +215,14 @@ impl LocalServer {
             log: root.join("server.log"),
             root,
             start_timeout_secs: opts.start_timeout_secs.max(1),
+            listen_address: opts
+                .listen_address
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1".to_string()),
+            netns: match &opts.netns {
+                Some(p) => Some(std::fs::File::open(p).map_err(io_err("open", p))?),
+                None => None,
+            },
             running: false,
             tempdir: Some(tempdir),
             watchdog: None,
@@ -228,9 +254,9 @@ impl LocalServer {
         self.port
     }
 
-    /// Always `127.0.0.1`.
+    /// The address the server listens on: `127.0.0.1` unless the options said otherwise.
     pub fn host(&self) -> &str {
-        "127.0.0.1"
+        &self.listen_address
     }
 
     /// The data dir (`PGDATA`).
@@ -391,10 +417,39 @@ impl LocalServer {
         let mut cmd = Command::new(self.bins.tool(tool));
         scrub_pg_env(&mut cmd);
         cmd.current_dir(&self.root).env("LC_ALL", "C");
-        if let Some(u) = self.run_as {
-            cmd.uid(u.uid).gid(u.gid);
+        if self.run_as.is_some() {
             cmd.env("HOME", &self.root).env("USER", "postgres");
             cmd.env("LOGNAME", "postgres");
+        }
+        match &self.netns {
+            // std switches the user before running pre_exec hooks, and joining a
+            // namespace needs root: join first, then switch by hand.
+            Some(ns) => {
+                let fd = ns.as_raw_fd();
+                let run_as = self.run_as;
+                // SAFETY: only async-signal-safe calls between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        if let Some(u) = run_as {
+                            if libc::setgroups(0, std::ptr::null()) != 0
+                                || libc::setgid(u.gid) != 0
+                                || libc::setuid(u.uid) != 0
+                            {
+                                return Err(io::Error::last_os_error());
+                            }
+                        }
+                        Ok(())
+                    });
+                }
+            }
+            None => {
+                if let Some(u) = self.run_as {
+                    cmd.uid(u.uid).gid(u.gid);
+                }
+            }
         }
         cmd
     }
@@ -444,7 +499,7 @@ impl LocalServer {
         let mut conf = String::from("\n# --- pgconvoy localpg ---\n");
         let socket_dir = self.root.to_string_lossy().replace('\'', "''");
         for (k, v) in [
-            ("listen_addresses", "'127.0.0.1'".to_string()),
+            ("listen_addresses", format!("'{}'", self.listen_address)),
             ("unix_socket_directories", format!("'{socket_dir}'")),
             ("fsync", "off".into()),
             ("synchronous_commit", "off".into()),
@@ -459,6 +514,9 @@ impl LocalServer {
         ] {
             conf.push_str(&format!("{k} = {v}\n"));
         }
+        if let Some(tls) = &opts.tls {
+            self.install_tls(tls, &mut conf)?;
+        }
         for (k, v) in &opts.extra_settings {
             conf.push_str(&format!("{k} = {v}\n"));
         }
@@ -470,13 +528,43 @@ impl LocalServer {
             hba.push_str(line);
             hba.push('\n');
         }
-        hba.push_str(
+        let host = if opts.tls.as_ref().is_some_and(|t| t.tls_only) {
+            "hostssl"
+        } else {
+            "host"
+        };
+        let net = if self.listen_address.contains(':') {
+            format!("{}/128", self.listen_address)
+        } else {
+            format!("{}/32", self.listen_address)
+        };
+        hba.push_str(&format!(
             "local all all trust\n\
-             host all postgres 127.0.0.1/32 trust\n\
-             host replication all 127.0.0.1/32 trust\n\
-             host all all 127.0.0.1/32 scram-sha-256\n",
-        );
+             {host} all postgres {net} trust\n\
+             {host} replication all {net} trust\n\
+             {host} all all {net} scram-sha-256\n"
+        ));
         self.write(&self.data_dir.join("pg_hba.conf"), &hba)
+    }
+
+    /// Copies the certificate, key and client CA into the data dir (the key readable by
+    /// the server user only, as the server demands) and turns TLS on.
+    fn install_tls(&self, tls: &ServerTls, conf: &mut String) -> Result<()> {
+        let copy = |from: &Path, name: &str| -> Result<()> {
+            let to = self.data_dir.join(name);
+            std::fs::copy(from, &to).map_err(io_err("copy", from))?;
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(io_err("chmod", &to))?;
+            self.own(&to)
+        };
+        copy(&tls.cert.cert, "server.crt")?;
+        copy(&tls.cert.key, "server.key")?;
+        conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        if let Some(ca) = &tls.client_ca {
+            copy(ca, "client_ca.crt")?;
+            conf.push_str("ssl_ca_file = 'client_ca.crt'\n");
+        }
+        Ok(())
     }
 
     fn set_port(&mut self, port: u16) -> Result<()> {

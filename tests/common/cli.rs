@@ -55,9 +55,18 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_pgconvoy")
 }
 
+/// The binary in `dir`, with none of libpq's environment variables of the test process
+/// and `HOME` set to `dir`, so that no `~/.pgpass`, `~/.pg_service.conf` or
+/// `~/.postgresql` of whoever runs the tests plays a part.
 pub fn command(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin());
-    cmd.args(args).current_dir(dir).env_remove("PGPASSWORD");
+    cmd.args(args).current_dir(dir).env("HOME", dir);
+    for (k, _) in std::env::vars_os() {
+        let k_text = k.to_string_lossy();
+        if k_text.starts_with("PG") && k_text != "PG_BIN" {
+            cmd.env_remove(k);
+        }
+    }
     cmd
 }
 
