@@ -8,7 +8,9 @@ use crate::config::NodeName;
 use crate::config::{Config, Role};
 use crate::db::cluster::{Cluster, Node};
 use crate::db::ledger::Ledger;
+use crate::db::libpq::SslMode;
 use crate::db::probe::{probe_keeping_session, NodeProbe};
+use crate::db::tls::TlsInfo;
 use crate::error::{exit, Error};
 use crate::packages::record::PackageBook;
 use crate::patches::discover::PatchSet;
@@ -36,6 +38,20 @@ pub struct NodeStatus {
     pub endpoint: String,
     pub reachable: bool,
     pub error: Option<String>,
+    pub database: String,
+    /// Every host of the DSN, in order (`host:port`, or the socket directory).
+    pub hosts: Vec<String>,
+    /// The host the session went to: with several hosts and `target_session_attrs`,
+    /// the one that qualified.
+    pub host: Option<String>,
+    /// Whether the session is encrypted (TLS).
+    pub encrypted: bool,
+    /// The session's TLS: version, cipher, and what was verified.
+    pub tls: Option<TlsInfo>,
+    /// `sslmode` from the DSN (or its service, or `PGSSLMODE`).
+    pub sslmode: SslMode,
+    /// `sslmode` below `verify-full` to a host on another machine.
+    pub tls_warning: Option<String>,
     pub server_version: Option<String>,
     pub in_recovery: Option<bool>,
     pub ledger_exists: bool,
@@ -148,12 +164,20 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
             } else {
                 Vec::new()
             };
+            let reached = p.reached.clone();
             NodeStatus {
                 name: node.name().clone(),
                 role,
                 endpoint: node.config.endpoint.clone(),
                 reachable,
                 error: p.error,
+                database: node.config.database().to_string(),
+                hosts: node.config.conn.hosts.iter().map(|h| h.label()).collect(),
+                host: reached.as_ref().map(|r| r.host.clone()),
+                encrypted: reached.as_ref().is_some_and(|r| r.tls.is_some()),
+                tls: reached.and_then(|r| r.tls),
+                sslmode: node.config.conn.ssl.mode,
+                tls_warning: node.config.conn.weak_tls_warning(),
                 server_version: p.server_version,
                 in_recovery: p.in_recovery,
                 ledger_exists: l.exists,
@@ -259,6 +283,13 @@ mod tests {
             endpoint: "h:5432/app".into(),
             reachable,
             error: (!reachable).then(|| "connection refused".into()),
+            database: "app".into(),
+            hosts: vec!["h:5432".into()],
+            host: reachable.then(|| "h:5432".into()),
+            encrypted: false,
+            tls: None,
+            sslmode: SslMode::Prefer,
+            tls_warning: None,
             server_version: None,
             in_recovery: None,
             ledger_exists: false,

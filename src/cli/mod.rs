@@ -23,17 +23,17 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 strict: args.strict,
                 ..Overrides::default()
             };
-            let config = Config::load(&cli.config, &overrides)?;
+            let config = load_config(&cli.config, &overrides)?;
             check::check(&config)?;
             Ok(())
         }
         Command::Status(args) => {
-            let config = Config::load(&cli.config, &Overrides::default())?;
+            let config = load_config(&cli.config, &Overrides::default())?;
             let patches = load_patches(&config)?;
             status::status(&config, &patches, args.format)
         }
         Command::Upgrade(args) => {
-            let config = Config::load(&cli.config, &args.overrides())?;
+            let config = load_config(&cli.config, &args.overrides())?;
             let patches = load_patches(&config)?;
             if args.dry_run {
                 upgrade::dry_run(&config, &patches, &args)
@@ -46,11 +46,21 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             deploy::deploy(&config, &args)
         }
         Command::Recover => {
-            let config = Config::load(&cli.config, &Overrides::default())?;
+            let config = load_config(&cli.config, &Overrides::default())?;
             recover::recover(&config)
         }
         Command::Demo(args) => demo::demo(args.keep),
     }
+}
+
+/// Reads the config; what it found worth a warning (an ignored password file) goes to
+/// stderr.
+fn load_config(path: &std::path::Path, overrides: &Overrides) -> Result<Config, Error> {
+    let config = Config::load(path, overrides)?;
+    for w in &config.warnings {
+        eprintln!("pgconvoy: warning: {w}");
+    }
+    Ok(config)
 }
 
 /// Discovers the patch directory; any error refuses the run (warnings go to stderr).

@@ -8,7 +8,7 @@ use crate::output;
 use crate::output::table::text_table;
 use crate::output::StatusFormat;
 use crate::patches::discover::PatchSet;
-use crate::status::StatusReport;
+use crate::status::{NodeStatus, StatusReport};
 
 /// The report as text: a table, then one line per problem.
 pub fn render_text(report: &StatusReport, out: &mut dyn Write) -> io::Result<()> {
@@ -35,21 +35,27 @@ pub fn render_text(report: &StatusReport, out: &mut dyn Write) -> io::Result<()>
             vec![
                 n.name.to_string(),
                 format!("{:?}", n.role).to_lowercase(),
-                n.endpoint.clone(),
+                endpoint(n),
                 state,
+                security(n),
                 n.applied.len().to_string(),
                 list(&n.pending),
             ]
         })
         .collect();
     text_table(
-        &["node", "role", "endpoint", "state", "applied", "pending"],
+        &[
+            "node", "role", "endpoint", "state", "tls", "applied", "pending",
+        ],
         &rows,
         out,
     )?;
     for n in &report.nodes {
         if let Some(e) = &n.error {
             writeln!(out, "node `{}`: {e}", n.name)?;
+        }
+        if let Some(w) = &n.tls_warning {
+            writeln!(out, "warning: node `{}`: {w}", n.name)?;
         }
         if !n.unfinished.is_empty() {
             writeln!(
@@ -110,6 +116,35 @@ pub fn render_text(report: &StatusReport, out: &mut dyn Write) -> io::Result<()>
         }
     }
     Ok(())
+}
+
+/// Where the node's session went (`host:port/db`), and which of several hosts that was.
+fn endpoint(n: &NodeStatus) -> String {
+    match &n.host {
+        None => n.endpoint.clone(),
+        Some(h) if n.hosts.len() > 1 => {
+            let i = n.hosts.iter().position(|x| x == h).map_or(0, |i| i + 1);
+            format!("{h}/{} (host {i} of {})", n.database, n.hosts.len())
+        }
+        Some(h) => format!("{h}/{}", n.database),
+    }
+}
+
+/// The tls column: `TLSv1.3 verified` (chain and host name), `TLSv1.3 ca-verified`,
+/// `TLSv1.3 unverified`, `no` for a plain session, `-` when not connected.
+fn security(n: &NodeStatus) -> String {
+    match (&n.tls, n.reachable) {
+        (_, false) => "-".into(),
+        (None, true) => "no".into(),
+        (Some(t), true) => {
+            let how = match (t.certificate_verified, t.host_name_verified) {
+                (true, true) => "verified",
+                (true, false) => "ca-verified",
+                _ => "unverified",
+            };
+            format!("{} {how}", t.version)
+        }
+    }
 }
 
 fn list(v: &[String]) -> String {

@@ -15,12 +15,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::db::libpq::{self, Environment};
+
 mod duration;
 mod node;
 pub mod package;
 
 pub use duration::parse_duration;
-pub use node::{parse_dsn, NodeConfig, NodeName, Role};
+pub use node::{NodeConfig, NodeName, Role};
 
 use duration::RawDuration;
 use node::RawNode;
@@ -162,6 +164,8 @@ pub struct Config {
     pub long_running_threshold: Duration,
     /// Dry run: replication lag above this is a blocking finding.
     pub lag_threshold: Duration,
+    /// Not errors, but worth a line on stderr (e.g. a password file that was ignored).
+    pub warnings: Vec<String>,
 }
 
 /// Command-line flags that override keys of `cluster.yaml` (`None`/`false`: the file's
@@ -188,15 +192,15 @@ impl Config {
         std::iter::once(&self.master).chain(self.replicas.iter())
     }
 
-    /// Reads and checks `path`, then lays the command-line `overrides` over it. The
-    /// environment is consulted for `PGPASSWORD`.
+    /// Reads and checks `path`, then lays the command-line `overrides` over it. DSNs are
+    /// completed from the process's environment, service files and password file, as
+    /// libpq does.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let env_password = std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty());
-        let mut config = Config::from_yaml(path, &text, env_password.as_deref())?;
+        let mut config = Config::from_yaml(path, &text, &libpq::ProcessEnvironment)?;
         config.apply(overrides)?;
         Ok(config)
     }
@@ -222,11 +226,12 @@ impl Config {
         Ok(())
     }
 
-    /// Checks the YAML `text` as if read from `path`.
+    /// Checks the YAML `text` as if read from `path`, with `env` standing for the
+    /// process's environment.
     pub fn from_yaml(
         path: &Path,
         text: &str,
-        env_password: Option<&str>,
+        env: &dyn Environment,
     ) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
@@ -245,7 +250,8 @@ impl Config {
         let t = Timeouts::check(&raw).map_err(invalid)?;
         let publication = publication(&raw).map_err(invalid)?;
         let (master, replicas) =
-            nodes(raw.master, raw.replicas, base, env_password, t.connect).map_err(invalid)?;
+            nodes(raw.master, raw.replicas, base, env, t.connect).map_err(invalid)?;
+        let warnings = node_warnings(&master, &replicas);
         let ledger = LedgerTable::parse(raw.ledger_table.as_deref().unwrap_or(DEFAULT_LEDGER))
             .map_err(|m| invalid(format!("key `ledger_table`: {m}")))?;
         let pool_size = positive("pool_size", raw.pool_size, DEFAULT_POOL_SIZE).map_err(invalid)?;
@@ -276,8 +282,22 @@ impl Config {
             replication_timeout: t.replication,
             long_running_threshold: t.long_running,
             lag_threshold: t.lag,
+            warnings,
         })
     }
+}
+
+/// The nodes' connection warnings, each said once (nodes usually share a password file).
+fn node_warnings(master: &NodeConfig, replicas: &[NodeConfig]) -> Vec<String> {
+    let mut warnings: Vec<String> = Vec::new();
+    for node in std::iter::once(master).chain(replicas) {
+        for w in &node.conn.warnings {
+            if !warnings.iter().any(|seen| seen.ends_with(w.as_str())) {
+                warnings.push(format!("node `{}`: {w}", node.name));
+            }
+        }
+    }
+    warnings
 }
 
 /// `patches:` resolved against the config file's directory; it must exist.
@@ -393,26 +413,20 @@ fn nodes(
     master: Option<RawNode>,
     replicas: Vec<RawNode>,
     base: &Path,
-    env_password: Option<&str>,
+    env: &dyn Environment,
     connect_timeout: Duration,
 ) -> Result<(NodeConfig, Vec<NodeConfig>), String> {
     let master = master.ok_or("missing key `master` (the node that claims patches)")?;
     let mut seen = HashSet::new();
     let master = master
-        .check(Role::Master, base, env_password, connect_timeout, &mut seen)
+        .check(Role::Master, base, env, connect_timeout, &mut seen)
         .map_err(|m| format!("master: {m}"))?;
     let replicas = replicas
         .into_iter()
         .enumerate()
         .map(|(i, raw)| {
-            raw.check(
-                Role::Replica,
-                base,
-                env_password,
-                connect_timeout,
-                &mut seen,
-            )
-            .map_err(|m| format!("replicas[{i}]: {m}"))
+            raw.check(Role::Replica, base, env, connect_timeout, &mut seen)
+                .map_err(|m| format!("replicas[{i}]: {m}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((master, replicas))
@@ -476,7 +490,8 @@ mod tests {
     }
 
     fn load(d: &tempfile::TempDir, yaml: &str) -> Result<Config, String> {
-        Config::from_yaml(&d.path().join("cluster.yaml"), yaml, None).map_err(|e| e.to_string())
+        let env = libpq::FixedEnvironment::new().home(d.path());
+        Config::from_yaml(&d.path().join("cluster.yaml"), yaml, &env).map_err(|e| e.to_string())
     }
 
     const OK: &str = "patches: patches\nmaster:\n  name: node0\n  dsn: \"host=db0 port=5432 dbname=app user=migrator\"\nreplicas:\n  - name: node1\n    dsn: \"postgresql://migrator:s3cret@db1:5433/app\"\n";
@@ -487,7 +502,8 @@ mod tests {
         let c = load(&d, OK).unwrap();
         assert_eq!(c.master.endpoint, "db0:5432/app");
         assert_eq!(c.replicas[0].endpoint, "db1:5433/app");
-        assert_eq!(c.replicas[0].pg.get_password(), Some(&b"s3cret"[..]));
+        let pw = c.replicas[0].conn.hosts[0].password.as_ref().unwrap();
+        assert_eq!(pw.secret.expose(), "s3cret");
         assert_eq!(c.nodes().count(), 2);
         assert_eq!(c.ledger.to_string(), "pgconvoy.revision");
         assert_eq!(c.patches, d.path().join("patches"));
@@ -581,10 +597,84 @@ mod tests {
         let d = dir();
         std::fs::write(d.path().join("pw"), "from-file\n").unwrap();
         let yaml = "master:\n  name: a\n  dsn: host=x password=from-dsn\n  password_file: pw\nreplicas:\n  - name: b\n    dsn: host=y\n    password_file: pw\n  - name: c\n    dsn: host=z\n";
-        let c = Config::from_yaml(&d.path().join("c.yaml"), yaml, Some("from-env")).unwrap();
-        assert_eq!(c.master.pg.get_password(), Some(&b"from-dsn"[..]));
-        assert_eq!(c.replicas[0].pg.get_password(), Some(&b"from-file"[..]));
-        assert_eq!(c.replicas[1].pg.get_password(), Some(&b"from-env"[..]));
+        let env = libpq::FixedEnvironment::new().var("PGPASSWORD", "from-env");
+        let c = Config::from_yaml(&d.path().join("c.yaml"), yaml, &env).unwrap();
+        let password = |n: &NodeConfig| {
+            n.conn.hosts[0]
+                .password
+                .as_ref()
+                .map(|p| p.secret.expose().to_string())
+        };
+        assert_eq!(password(&c.master).as_deref(), Some("from-dsn"));
+        assert_eq!(password(&c.replicas[0]).as_deref(), Some("from-file"));
+        assert_eq!(password(&c.replicas[1]).as_deref(), Some("from-env"));
+    }
+
+    #[test]
+    fn unknown_dsn_key_names_node_and_key() {
+        let d = dir();
+        let yaml = OK.replace(
+            "postgresql://migrator:s3cret@db1:5433/app",
+            "host=db1 sslmode=verify-full colour=blue password=s3cret",
+        );
+        let e = load(&d, &yaml).unwrap_err();
+        assert!(e.contains("node1") && e.contains("`colour`"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let yaml = OK.replace(
+            "postgresql://migrator:s3cret@db1:5433/app",
+            "host=db1 sslmode=verify-fool",
+        );
+        let e = load(&d, &yaml).unwrap_err();
+        assert!(e.contains("node1") && e.contains("sslmode"), "{e}");
+    }
+
+    #[test]
+    fn hosts_and_passwords_can_come_from_the_environment_and_pgpass() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir();
+        let pgpass = d.path().join(".pgpass");
+        std::fs::write(&pgpass, "envhost:6543:envdb:envuser:from-pgpass\n").unwrap();
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let env = libpq::FixedEnvironment::new()
+            .home(d.path())
+            .var("PGHOST", "envhost")
+            .var("PGPORT", "6543")
+            .var("PGUSER", "envuser")
+            .var("PGDATABASE", "envdb");
+        let yaml = "master:\n  name: a\n  dsn: \"\"\n";
+        let c = Config::from_yaml(&d.path().join("c.yaml"), yaml, &env).unwrap();
+        assert_eq!(c.master.endpoint, "envhost:6543/envdb");
+        let pw = c.master.conn.hosts[0].password.as_ref().unwrap();
+        assert_eq!(pw.secret.expose(), "from-pgpass");
+        assert!(c.warnings.is_empty());
+        // A password file others can read is ignored, with one warning.
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let yaml = "master:\n  name: a\n  dsn: \"\"\nreplicas:\n  - name: b\n    dsn: \"\"\n";
+        let c = Config::from_yaml(&d.path().join("c.yaml"), yaml, &env).unwrap();
+        assert!(c.master.conn.hosts[0].password.is_none());
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].starts_with("node `a`: password file"),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let d = tempfile::tempdir().unwrap();
+        let services = d.path().join("services.conf");
+        std::fs::write(&services, "[replica1]\nhost=db1.example.com\ndbname=app\nsslmode=verify-full\nsslrootcert=/ca.crt\n").unwrap();
+        let env = libpq::FixedEnvironment::new()
+            .home(d.path())
+            .var("PGSERVICEFILE", services.to_str().unwrap());
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.example.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = Config::from_yaml(&path, &text, &env).unwrap();
+        assert_eq!(c.master.conn.hosts.len(), 2);
+        assert_eq!(c.master.conn.ssl.mode, libpq::SslMode::VerifyFull);
+        assert_eq!(c.replicas[0].endpoint, "db1.example.com:5432/app");
+        assert!(c.nodes().all(|n| n.conn.weak_tls_warning().is_none()));
     }
 
     #[test]
@@ -601,10 +691,7 @@ mod tests {
         assert_eq!(c.lock_retries, 40);
         assert_eq!(c.statement_timeout, Some(Duration::from_secs(60)));
         assert!(c.atomic_direct);
-        assert_eq!(
-            c.master.pg.get_connect_timeout(),
-            Some(&Duration::from_secs(3))
-        );
+        assert_eq!(c.master.conn.connect_timeout, Some(Duration::from_secs(3)));
         let e = load(&d, &format!("lock_timeout: 0s\n{OK}")).unwrap_err();
         assert!(e.contains("lock_timeout"), "{e}");
     }

@@ -1,13 +1,15 @@
-//! The nodes of `cluster.yaml`: names, roles, DSNs (libpq key/value strings or URLs)
+//! The nodes of `cluster.yaml`: names, roles, DSNs (libpq key/value strings or URLs,
+//! resolved by `db::libpq` as psql would: service files, environment, password file)
 //! and where their passwords come from. Nothing here prints a password.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::db::libpq::{self, ConnParams, Environment, Secret};
 
 /// A node's name as written in `cluster.yaml`: non-empty, unique, and made of
 /// characters that are safe in logs, JSON and two-phase-commit gids.
@@ -63,20 +65,28 @@ pub enum Role {
 pub struct NodeConfig {
     pub name: NodeName,
     pub role: Role,
-    /// Connection settings, password included; never print this with `{:?}`
-    /// outside tokio-postgres's own redacting Debug.
-    pub pg: tokio_postgres::Config,
-    /// `host:port/dbname`, safe to print.
+    /// Connection settings as libpq would resolve them, passwords included (their
+    /// Debug form redacts them).
+    pub conn: ConnParams,
+    /// `host:port/dbname` (the first host), safe to print.
     pub endpoint: String,
 }
 
 impl NodeConfig {
+    /// A node reached with `conn`.
+    pub fn new(name: NodeName, role: Role, conn: ConnParams) -> NodeConfig {
+        let endpoint = endpoint(&conn);
+        NodeConfig {
+            name,
+            role,
+            conn,
+            endpoint,
+        }
+    }
+
     /// The database the DSN names (libpq's default: the user name).
     pub fn database(&self) -> &str {
-        self.pg
-            .get_dbname()
-            .or(self.pg.get_user())
-            .unwrap_or("postgres")
+        &self.conn.dbname
     }
 }
 
@@ -103,7 +113,7 @@ impl RawNode {
         self,
         role: Role,
         base: &Path,
-        env_password: Option<&str>,
+        env: &dyn Environment,
         connect_timeout: Duration,
         seen: &mut HashSet<String>,
     ) -> Result<NodeConfig, String> {
@@ -115,9 +125,9 @@ impl RawNode {
         let dsn = self
             .dsn
             .ok_or_else(|| format!("node `{name}`: missing key `dsn`"))?;
-        let mut pg = parse_dsn(&dsn).map_err(|m| format!("node `{name}`: {m}"))?;
-        if pg.get_password().is_none() {
-            if let Some(file) = self.password_file {
+        let password_file = match self.password_file {
+            None => None,
+            Some(file) => {
                 let file = base.join(file);
                 let text = std::fs::read_to_string(&file).map_err(|e| {
                     format!(
@@ -132,66 +142,25 @@ impl RawNode {
                         file.display()
                     ));
                 }
-                pg.password(password);
-            } else if let Some(password) = env_password {
-                pg.password(password);
+                Some(Secret::new(password))
             }
-        }
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(connect_timeout);
-        }
-        let endpoint = endpoint(&pg);
-        Ok(NodeConfig {
-            name,
-            role,
-            pg,
-            endpoint,
-        })
-    }
-}
-
-/// Parses a libpq key/value string or a `postgres://`/`postgresql://` URL.
-/// The error never repeats the DSN (it may hold a password).
-pub fn parse_dsn(dsn: &str) -> Result<tokio_postgres::Config, String> {
-    let trimmed = dsn.trim();
-    if trimmed.is_empty() {
-        return Err("dsn is empty".into());
-    }
-    let looks_like_url = trimmed.contains("://");
-    if looks_like_url
-        && !(trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://"))
-    {
-        return Err("dsn is a URL but its scheme is not `postgres://` or `postgresql://`".into());
-    }
-    let pg = tokio_postgres::Config::from_str(trimmed).map_err(|e| {
-        let detail = std::error::Error::source(&e)
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        // A parse error can quote a character of the input; keep only messages that name an option.
-        let detail = if detail.contains("option") {
-            detail
-        } else {
-            "malformed".into()
         };
-        format!("dsn is not a valid libpq connection string or URL ({detail})")
-    })?;
-    if pg.get_hosts().is_empty() {
-        return Err("dsn names no host (set `host=` or use `postgresql://HOST/…`)".into());
+        let conn = libpq::resolve(&dsn, env, password_file, connect_timeout)
+            .map_err(|e| format!("node `{name}`: {e}"))?;
+        Ok(NodeConfig::new(name, role, conn))
     }
-    Ok(pg)
 }
 
-fn endpoint(pg: &tokio_postgres::Config) -> String {
-    let host = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "?".into(),
+/// `host:port/dbname` of the first host: what messages and reports show.
+fn endpoint(conn: &ConnParams) -> String {
+    let first = conn
+        .hosts
+        .first()
+        .map(libpq::HostSpec::label)
+        .unwrap_or_else(|| "?".into());
+    let more = match conn.hosts.len() {
+        0 | 1 => String::new(),
+        n => format!(" (+{} more)", n - 1),
     };
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
-    let db = pg
-        .get_dbname()
-        .or(pg.get_user())
-        .unwrap_or("postgres")
-        .to_string();
-    format!("{host}:{port}/{db}")
+    format!("{first}/{}{more}", conn.dbname)
 }

@@ -1,5 +1,6 @@
 //! The cluster's nodes at run time: one bounded connection pool per node, and
-//! the session settings every pgconvoy connection gets.
+//! the session settings every pgconvoy connection gets. Connections are made by
+//! `db::connect` (libpq's host order, sslmode and target_session_attrs).
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -7,11 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{CancelToken, NoTls};
+use deadpool::managed::{Hook, HookError, Object, Pool};
+use tokio_postgres::CancelToken;
 
 use crate::config::{Config, NodeConfig, NodeName, Role};
+use crate::db::connect::{self, ConnectError, Endpoint, NodeManager, Reached, SessionOptions};
 use crate::db::pgerror::PgFailure;
+use crate::db::tls::TlsConnector;
 use crate::error::Error;
 
 /// Every session says who it is, so DBAs can find it in `pg_stat_activity`.
@@ -26,8 +29,8 @@ const SESSION_SETUP: &str = "SELECT set_config('client_connection_check_interval
 /// One node: its config and its pool.
 pub struct Node {
     pub config: NodeConfig,
-    pool: Pool,
-    session: SessionSettings,
+    endpoint: Arc<Endpoint>,
+    pool: Pool<NodeManager>,
     inflight: Arc<Inflight>,
     /// With more nodes than `jobs`, a replica's connections are closed after
     /// use, so the coordinator never holds more than jobs × pool_size of them.
@@ -49,22 +52,47 @@ impl SessionSettings {
             statement_timeout: config.statement_timeout,
         }
     }
+
+    /// What every session says about itself at startup, after the DSN's own `options`.
+    fn session_options(&self) -> SessionOptions {
+        let mut settings = vec![(
+            "lock_timeout".to_string(),
+            format!("{}ms", self.lock_timeout.as_millis().max(1)),
+        )];
+        if let Some(t) = self.statement_timeout {
+            settings.push((
+                "statement_timeout".to_string(),
+                format!("{}ms", t.as_millis().max(1)),
+            ));
+        }
+        SessionOptions {
+            application_name: APPLICATION_NAME.to_string(),
+            settings,
+        }
+    }
 }
 
 /// The sessions in use right now, so that Ctrl-C can cancel what they run.
 #[derive(Default)]
 pub struct Inflight {
     next: AtomicU64,
-    tokens: Mutex<HashMap<u64, (NodeName, CancelToken)>>,
+    /// Each session's cancel token, with the TLS connector that made the session: a
+    /// cancel request is encrypted and verified like the session it cancels.
+    tokens: Mutex<HashMap<u64, (NodeName, CancelToken, TlsConnector)>>,
 }
 
 impl Inflight {
-    fn track(self: &Arc<Self>, node: &NodeName, client: &tokio_postgres::Client) -> Tracked {
+    fn track(
+        self: &Arc<Self>,
+        node: &NodeName,
+        client: &tokio_postgres::Client,
+        tls: &TlsConnector,
+    ) -> Tracked {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (node.clone(), client.cancel_token()));
+            .insert(id, (node.clone(), client.cancel_token(), tls.clone()));
         Tracked {
             id,
             inflight: Arc::clone(self),
@@ -74,7 +102,7 @@ impl Inflight {
     /// Asks every server to cancel what pgconvoy's sessions are running;
     /// returns the nodes asked.
     pub async fn cancel_all(&self) -> Vec<NodeName> {
-        let tokens: Vec<(NodeName, CancelToken)> = self
+        let tokens: Vec<(NodeName, CancelToken, TlsConnector)> = self
             .tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -82,8 +110,8 @@ impl Inflight {
             .cloned()
             .collect();
         let mut nodes = Vec::new();
-        for (node, token) in tokens {
-            if token.cancel_query(NoTls).await.is_ok() && !nodes.contains(&node) {
+        for (node, token, tls) in tokens {
+            if token.cancel_query(tls).await.is_ok() && !nodes.contains(&node) {
                 nodes.push(node);
             }
         }
@@ -109,7 +137,8 @@ impl Drop for Tracked {
 
 /// A pooled session, registered for cancellation while it is held.
 pub struct Session {
-    object: Option<Object>,
+    object: Option<Object<NodeManager>>,
+    reached: Reached,
     /// Close the connection instead of keeping it idle in the pool.
     close_on_drop: bool,
     _tracked: Tracked,
@@ -118,6 +147,11 @@ pub struct Session {
 impl Session {
     pub fn client(&self) -> &tokio_postgres::Client {
         self
+    }
+
+    /// Which host the session went to, and its TLS.
+    pub fn reached(&self) -> &Reached {
+        &self.reached
     }
 
     /// Closes the connection instead of returning it to the pool: the server
@@ -140,8 +174,8 @@ impl Drop for Session {
 }
 
 impl Deref for Session {
-    type Target = Object;
-    fn deref(&self) -> &Object {
+    type Target = Object<NodeManager>;
+    fn deref(&self) -> &Object<NodeManager> {
         self.object
             .as_ref()
             .expect("a session holds its connection until dropped")
@@ -149,7 +183,7 @@ impl Deref for Session {
 }
 
 impl DerefMut for Session {
-    fn deref_mut(&mut self) -> &mut Object {
+    fn deref_mut(&mut self) -> &mut Object<NodeManager> {
         self.object
             .as_mut()
             .expect("a session holds its connection until dropped")
@@ -159,6 +193,7 @@ impl DerefMut for Session {
 /// A connection outside the pool, registered for cancellation.
 pub struct Dedicated {
     pub client: tokio_postgres::Client,
+    pub reached: Reached,
     _tracked: Tracked,
 }
 
@@ -179,9 +214,11 @@ impl Node {
     /// A pooled session with pgconvoy's settings.
     pub async fn session(&self) -> Result<Session, PgFailure> {
         let object = self.pool.get().await.map_err(PgFailure::from)?;
-        let tracked = self.inflight.track(self.name(), &object);
+        let tracked = self.inflight.track(self.name(), &object, &object.tls);
+        let reached = object.reached.clone();
         Ok(Session {
             object: Some(object),
+            reached,
             close_on_drop: self.close_idle,
             _tracked: tracked,
         })
@@ -190,26 +227,25 @@ impl Node {
     /// A connection outside the pool: the coordinator's lock session, which
     /// lives for the whole run, and lock watchers.
     pub async fn dedicated(&self) -> Result<Dedicated, PgFailure> {
-        let client = self.connect_unpooled().await?;
-        let tracked = self.inflight.track(self.name(), &client);
+        let c = connect::connect(
+            &self.endpoint,
+            Some(format!("lock session on node `{}`", self.config.name)),
+        )
+        .await
+        .map_err(PgFailure::from)?;
+        c.client.batch_execute(SESSION_SETUP).await?;
+        let tracked = self.inflight.track(self.name(), &c.client, &c.tls);
         Ok(Dedicated {
-            client,
+            client: c.client,
+            reached: c.reached,
             _tracked: tracked,
         })
     }
 
-    async fn connect_unpooled(&self) -> Result<tokio_postgres::Client, PgFailure> {
-        let (client, conn) = session_config(&self.config, &self.session)
-            .connect(NoTls)
-            .await?;
-        let name = self.config.name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                eprintln!("pgconvoy: lock session on node `{name}` ended: {e}");
-            }
-        });
-        client.batch_execute(SESSION_SETUP).await?;
-        Ok(client)
+    /// A warning worth a line in `status` and the dry run: sessions to another machine
+    /// without `sslmode=verify-full`.
+    pub fn weak_tls_warning(&self) -> Option<String> {
+        self.config.conn.weak_tls_warning()
     }
 }
 
@@ -229,10 +265,11 @@ impl Cluster {
         let nodes = config
             .nodes()
             .map(|n| {
+                let endpoint = Arc::new(Endpoint::new(n.conn.clone(), &settings.session_options()));
                 Arc::new(Node {
                     config: n.clone(),
-                    pool: pool(n, &settings, config.pool_size, config.connect_timeout),
-                    session: settings,
+                    pool: pool(n, Arc::clone(&endpoint), config.pool_size),
+                    endpoint,
                     inflight: Arc::clone(&inflight),
                     close_idle: bounded && n.role == Role::Replica,
                 })
@@ -254,50 +291,18 @@ impl Cluster {
     }
 }
 
-fn session_config(node: &NodeConfig, settings: &SessionSettings) -> tokio_postgres::Config {
-    let mut pg = node.pg.clone();
-    pg.application_name(APPLICATION_NAME);
-    let mut options = pg.get_options().unwrap_or_default().to_string();
-    // Checked to be at least 1ms when the config was loaded.
-    options.push_str(&format!(
-        " -c lock_timeout={}ms",
-        settings.lock_timeout.as_millis()
-    ));
-    if let Some(t) = settings.statement_timeout {
-        options.push_str(&format!(" -c statement_timeout={}ms", t.as_millis().max(1)));
-    }
-    pg.options(options.trim());
-    pg
-}
-
-fn pool(
-    node: &NodeConfig,
-    settings: &SessionSettings,
-    size: usize,
-    connect_timeout: Duration,
-) -> Pool {
-    let manager = Manager::from_config(
-        session_config(node, settings),
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    let connect = node
-        .pg
-        .get_connect_timeout()
-        .copied()
-        .unwrap_or(connect_timeout);
+fn pool(node: &NodeConfig, endpoint: Arc<Endpoint>, size: usize) -> Pool<NodeManager> {
+    let manager = NodeManager::new(endpoint, Some(format!("session on node `{}`", node.name)));
+    // No create timeout: every attempt is bounded by connect_timeout already, host by
+    // host, and a deadline here would cut a multi-host DSN short.
     Pool::builder(manager)
         .max_size(size)
-        .runtime(Runtime::Tokio1)
-        .create_timeout(Some(connect + Duration::from_secs(1)))
-        .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+        .runtime(deadpool::Runtime::Tokio1)
+        .post_create(Hook::async_fn(|conn: &mut connect::PooledConn, _| {
             Box::pin(async move {
-                client
-                    .batch_execute(SESSION_SETUP)
-                    .await
-                    .map_err(deadpool_postgres::HookError::Backend)
+                conn.client.batch_execute(SESSION_SETUP).await.map_err(|e| {
+                    HookError::Backend(ConnectError::setup(conn.reached.host.clone(), e))
+                })
             })
         }))
         .build()

@@ -85,10 +85,23 @@ impl From<tokio_postgres::Error> for Box<PgFailure> {
     }
 }
 
-impl From<deadpool_postgres::PoolError> for PgFailure {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
+/// A node none of whose hosts could be used: the server's SQLSTATE is kept when the
+/// last host answered with an error (a wrong password, a missing database).
+impl From<crate::db::connect::ConnectError> for PgFailure {
+    fn from(e: crate::db::connect::ConnectError) -> Self {
+        let mut failure = PgFailure::other(e.to_string());
+        failure.code = e.db_error().map(|db| db.code().clone());
+        failure
+    }
+}
+
+impl From<deadpool::managed::PoolError<crate::db::connect::ConnectError>> for PgFailure {
+    fn from(e: deadpool::managed::PoolError<crate::db::connect::ConnectError>) -> Self {
+        use deadpool::managed::{HookError, PoolError};
         match e {
-            deadpool_postgres::PoolError::Backend(e) => PgFailure::from_pg(&e),
+            PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e)) => {
+                PgFailure::from(e)
+            }
             other => PgFailure::other(other.to_string()),
         }
     }

@@ -134,12 +134,18 @@ mod tests {
     #[test]
     fn gids_round_trip() {
         let l = Ledger::new(LedgerTable::parse("pgconvoy.revision").unwrap());
-        let node = NodeConfig {
-            name: crate::config::NodeName::parse("node-1").unwrap(),
-            role: crate::config::Role::Replica,
-            pg: crate::config::parse_dsn("host=h dbname=app").unwrap(),
-            endpoint: "h:5432/app".into(),
-        };
+        let conn = crate::db::libpq::resolve(
+            "host=h dbname=app",
+            &crate::db::libpq::FixedEnvironment::new(),
+            None,
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        let node = NodeConfig::new(
+            crate::config::NodeName::parse("node-1").unwrap(),
+            crate::config::Role::Replica,
+            conn,
+        );
         let g = gid(&l, PatchVersion::new(1, 10, 2), &node);
         assert_eq!(g, "pgconvoy:pgconvoy.revision:1-10-2:node-1:app");
         assert_eq!(gid_version(&l, &g), Some(PatchVersion::new(1, 10, 2)));

@@ -1,7 +1,8 @@
-//! A first look at a node, read-only: reachable, server version, recovery
-//! state and ledger. `status` and the dry run start from it.
+//! A first look at a node, read-only: reachable, which host and how protected,
+//! server version, recovery state and ledger. `status` and the dry run start from it.
 
 use crate::db::cluster::{Node, Session};
+use crate::db::connect::Reached;
 use crate::db::ledger::{Ledger, NodeLedger};
 use crate::db::pgerror::PgFailure;
 
@@ -9,6 +10,8 @@ use crate::db::pgerror::PgFailure;
 #[derive(Debug, Default)]
 pub struct NodeProbe {
     pub error: Option<String>,
+    /// The host the session went to, and its TLS.
+    pub reached: Option<Reached>,
     /// The short version, e.g. `15.18` of "15.18 (Debian 15.18-0+deb12u1)".
     pub server_version: Option<String>,
     pub in_recovery: Option<bool>,
@@ -36,6 +39,7 @@ pub async fn probe_keeping_session(node: &Node, ledger: &Ledger) -> (NodeProbe, 
             return (p, None);
         }
     };
+    p.reached = Some(session.reached().clone());
     match session
         .query_one(
             "SELECT current_setting('server_version'), pg_is_in_recovery()",

@@ -41,6 +41,9 @@ pub enum FindingKind {
     Drift,
     /// `--patch-type` refuses the next group.
     Refused,
+    /// Sessions to another machine whose server is not verified (`sslmode` below
+    /// `verify-full`): a warning, never blocking.
+    WeakTls,
 }
 
 /// One finding of the dry run.

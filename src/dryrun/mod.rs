@@ -271,6 +271,7 @@ fn node_report(
         endpoint: node.config.endpoint.clone(),
         reachable: probe.reachable(),
         error: probe.error.clone(),
+        tls_warning: node.config.conn.weak_tls_warning(),
         server_version: probe.server_version.clone(),
         in_recovery: probe.in_recovery,
         ledger: LedgerView {
@@ -294,6 +295,15 @@ fn node_report(
 fn node_findings(report: &mut DryRunReport) {
     for n in &report.nodes {
         let node = Some(n.name.as_str());
+        if let Some(w) = &n.tls_warning {
+            report.findings.push(finding(
+                Level::Warning,
+                FindingKind::WeakTls,
+                node,
+                None,
+                format!("node `{}`: {w}", n.name),
+            ));
+        }
         if let Some(e) = &n.error {
             report.findings.push(finding(
                 Level::Blocking,

@@ -49,6 +49,8 @@ pub struct NodeReport {
     pub endpoint: String,
     pub reachable: bool,
     pub error: Option<String>,
+    /// `sslmode` below `verify-full` to a host on another machine.
+    pub tls_warning: Option<String>,
     pub server_version: Option<String>,
     pub in_recovery: Option<bool>,
     pub ledger: LedgerView,

@@ -62,12 +62,14 @@ mod tests {
     use super::*;
 
     fn n(name: &str, role: Role) -> NodeConfig {
-        NodeConfig {
-            name: NodeName::parse(name).unwrap(),
-            role,
-            pg: crate::config::parse_dsn("host=h dbname=app").unwrap(),
-            endpoint: "h:5432/app".into(),
-        }
+        let conn = crate::db::libpq::resolve(
+            "host=h dbname=app",
+            &crate::db::libpq::FixedEnvironment::new(),
+            None,
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        NodeConfig::new(NodeName::parse(name).unwrap(), role, conn)
     }
 
     #[test]
