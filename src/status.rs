@@ -8,7 +8,7 @@ use crate::config::NodeName;
 use crate::config::{Config, Role};
 use crate::db::cluster::{Cluster, Node};
 use crate::db::ledger::Ledger;
-use crate::db::libpq::SslMode;
+use crate::db::libpq::params::SslMode;
 use crate::db::probe::{probe_keeping_session, NodeProbe};
 use crate::db::tls::TlsInfo;
 use crate::error::{exit, Error};

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use pgconvoy::db::connect::{connect, ConnectError, Connected, Endpoint, SessionOptions};
-use pgconvoy::db::libpq::{resolve, Environment};
+use pgconvoy::db::libpq::params::{resolve, Environment};
 use pgconvoy::localpg::certs::{CertFiles, TestCa};
 use pgconvoy::localpg::{LocalServer, PgBinaries, ServerOptions, ServerTls};
 

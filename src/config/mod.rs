@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::db::libpq::{self, Environment};
+use crate::db::libpq::params::{self, Environment};
 
 mod duration;
 mod node;
@@ -200,7 +200,7 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut config = Config::from_yaml(path, &text, &libpq::ProcessEnvironment)?;
+        let mut config = Config::from_yaml(path, &text, &params::ProcessEnvironment)?;
         config.apply(overrides)?;
         Ok(config)
     }
@@ -490,7 +490,7 @@ mod tests {
     }
 
     fn load(d: &tempfile::TempDir, yaml: &str) -> Result<Config, String> {
-        let env = libpq::FixedEnvironment::new().home(d.path());
+        let env = params::FixedEnvironment::new().home(d.path());
         Config::from_yaml(&d.path().join("cluster.yaml"), yaml, &env).map_err(|e| e.to_string())
     }
 
@@ -597,7 +597,7 @@ mod tests {
         let d = dir();
         std::fs::write(d.path().join("pw"), "from-file\n").unwrap();
         let yaml = "master:\n  name: a\n  dsn: host=x password=from-dsn\n  password_file: pw\nreplicas:\n  - name: b\n    dsn: host=y\n    password_file: pw\n  - name: c\n    dsn: host=z\n";
-        let env = libpq::FixedEnvironment::new().var("PGPASSWORD", "from-env");
+        let env = params::FixedEnvironment::new().var("PGPASSWORD", "from-env");
         let c = Config::from_yaml(&d.path().join("c.yaml"), yaml, &env).unwrap();
         let password = |n: &NodeConfig| {
             n.conn.hosts[0]
@@ -635,7 +635,7 @@ mod tests {
         let pgpass = d.path().join(".pgpass");
         std::fs::write(&pgpass, "envhost:6543:envdb:envuser:from-pgpass\n").unwrap();
         std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let env = libpq::FixedEnvironment::new()
+        let env = params::FixedEnvironment::new()
             .home(d.path())
             .var("PGHOST", "envhost")
             .var("PGPORT", "6543")
@@ -665,14 +665,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let services = d.path().join("services.conf");
         std::fs::write(&services, "[replica1]\nhost=db1.example.com\ndbname=app\nsslmode=verify-full\nsslrootcert=/ca.crt\n").unwrap();
-        let env = libpq::FixedEnvironment::new()
+        let env = params::FixedEnvironment::new()
             .home(d.path())
             .var("PGSERVICEFILE", services.to_str().unwrap());
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.example.yaml");
         let text = std::fs::read_to_string(&path).unwrap();
         let c = Config::from_yaml(&path, &text, &env).unwrap();
         assert_eq!(c.master.conn.hosts.len(), 2);
-        assert_eq!(c.master.conn.ssl.mode, libpq::SslMode::VerifyFull);
+        assert_eq!(c.master.conn.ssl.mode, params::SslMode::VerifyFull);
         assert_eq!(c.replicas[0].endpoint, "db1.example.com:5432/app");
         assert!(c.nodes().all(|n| n.conn.weak_tls_warning().is_none()));
     }

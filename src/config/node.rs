@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::db::libpq::{self, ConnParams, Environment, Secret};
+use crate::db::libpq::params::{self, ConnParams, Environment, HostSpec};
+use crate::db::libpq::Secret;
 
 /// A node's name as written in `cluster.yaml`: non-empty, unique, and made of
 /// characters that are safe in logs, JSON and two-phase-commit gids.
@@ -145,7 +146,7 @@ impl RawNode {
                 Some(Secret::new(password))
             }
         };
-        let conn = libpq::resolve(&dsn, env, password_file, connect_timeout)
+        let conn = params::resolve(&dsn, env, password_file, connect_timeout)
             .map_err(|e| format!("node `{name}`: {e}"))?;
         Ok(NodeConfig::new(name, role, conn))
     }
@@ -156,7 +157,7 @@ fn endpoint(conn: &ConnParams) -> String {
     let first = conn
         .hosts
         .first()
-        .map(libpq::HostSpec::label)
+        .map(HostSpec::label)
         .unwrap_or_else(|| "?".into());
     let more = match conn.hosts.len() {
         0 | 1 => String::new(),

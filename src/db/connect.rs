@@ -12,10 +12,10 @@ use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{Client, Socket};
 
-use super::libpq::{
+use crate::db::libpq::params::{
     ChannelBinding, ConnParams, HostName, HostSpec, PasswordSource, SslMode, TargetSessionAttrs,
 };
-use super::tls::{TlsConnector, TlsError, TlsInfo, TlsStream};
+use crate::db::tls::{TlsConnector, TlsError, TlsInfo, TlsStream};
 
 /// A node's connection settings, ready to connect: the resolved parameters, the
 /// tokio-postgres settings every attempt shares, and the node's TLS connector.

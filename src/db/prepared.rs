@@ -134,9 +134,9 @@ mod tests {
     #[test]
     fn gids_round_trip() {
         let l = Ledger::new(LedgerTable::parse("pgconvoy.revision").unwrap());
-        let conn = crate::db::libpq::resolve(
+        let conn = crate::db::libpq::params::resolve(
             "host=h dbname=app",
-            &crate::db::libpq::FixedEnvironment::new(),
+            &crate::db::libpq::params::FixedEnvironment::new(),
             None,
             std::time::Duration::from_secs(1),
         )

@@ -29,7 +29,7 @@ use openssl::x509::{X509Ref, X509VerifyResult};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
-use super::libpq::{RootCert, SslMode, SslParams, TlsVersion};
+use crate::db::libpq::params::{RootCert, SslMode, SslParams, TlsVersion};
 
 /// Why TLS could not be set up or the handshake failed. Never carries a passphrase.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -17,7 +17,7 @@ use openssl::x509::extension::{
 };
 use openssl::x509::{X509Builder, X509NameBuilder, X509};
 
-use super::LocalPgError;
+use crate::localpg::LocalPgError;
 
 /// A certificate and its private key, as PEM files.
 #[derive(Debug, Clone)]

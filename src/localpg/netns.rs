@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use super::LocalPgError;
+use crate::localpg::LocalPgError;
 
 /// A namespace with one veth link to the host: the host end is `host_addr`, the
 /// namespace end `ns_addr`, a /30 of `10.231.0.0/16`.

@@ -62,9 +62,9 @@ mod tests {
     use super::*;
 
     fn n(name: &str, role: Role) -> NodeConfig {
-        let conn = crate::db::libpq::resolve(
+        let conn = crate::db::libpq::params::resolve(
             "host=h dbname=app",
-            &crate::db::libpq::FixedEnvironment::new(),
+            &crate::db::libpq::params::FixedEnvironment::new(),
             None,
             std::time::Duration::from_secs(1),
         )

@@ -4,16 +4,9 @@
 //! network.
 
 pub mod conninfo;
+pub mod params;
 pub mod pgpass;
-mod resolve;
 pub mod service;
-
-pub use conninfo::DsnError;
-pub use resolve::{
-    resolve, ChannelBinding, ConnParams, Environment, FixedEnvironment, HostName, HostSpec,
-    Keepalives, Password, PasswordSource, ProcessEnvironment, RootCert, SslMode, SslParams,
-    TargetSessionAttrs, TlsVersion, DEFAULT_KEEPALIVES, DEFAULT_TCP_USER_TIMEOUT,
-};
 
 use std::fmt;
 

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::conninfo::{keyword, DsnError};
+use crate::db::libpq::conninfo::{keyword, DsnError};
 
 /// Where to look for service definitions, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! DSN → service file → environment → defaults, in libpq's order, checked into one
+//! A node's connection parameters, resolved from
+//! DSN → service file → environment → defaults, in libpq's order, and checked into one
 //! [`ConnParams`]: the hosts to try (each with its port and password), TLS settings,
 //! timeouts and keepalives, and which kind of server to accept.
 
@@ -6,10 +7,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::conninfo::{self, DsnError, Options, KEYWORDS};
-use super::pgpass;
-use super::service::{self, ServiceFiles, UserFile};
-use super::Secret;
+use crate::db::libpq::conninfo::{self, DsnError, Options, KEYWORDS};
+use crate::db::libpq::pgpass;
+use crate::db::libpq::service::{self, ServiceFiles, UserFile};
+use crate::db::libpq::Secret;
 
 /// pgconvoy's TCP keepalive defaults (libpq leaves them to the system: 2 hours). A node
 /// that stops answering while a statement runs is noticed after about idle + count ×
