@@ -509,6 +509,7 @@ mod tests {
                 detail: None,
                 hint: Some("create it first".into()),
                 position: None,
+                connection_lost: false,
             }),
         }
     }

@@ -59,7 +59,8 @@ fn a_black_holed_replica_fails_the_run_in_bounded_time_and_a_rerun_completes() {
         "black-holed replica noticed after {noticed:?}:\n{}",
         run.all()
     );
-    run.expect(1).says("node1");
+    // The failure says why: the connection was lost, not merely "closed".
+    run.expect(1).says("node `node1`").says("connection lost");
     assert!(
         noticed < Duration::from_secs(60),
         "the run took {noticed:?} to notice the lost replica\n{}",

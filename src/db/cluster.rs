@@ -12,7 +12,9 @@ use deadpool::managed::{Hook, HookError, Object, Pool};
 use tokio_postgres::CancelToken;
 
 use crate::config::{Config, NodeConfig, NodeName, Role};
-use crate::db::connect::{self, ConnectError, Endpoint, NodeManager, Reached, SessionOptions};
+use crate::db::connect::{
+    self, ConnectError, Endpoint, NodeManager, Reached, SessionOptions, Watch,
+};
 use crate::db::pgerror::PgFailure;
 use crate::db::tls::TlsConnector;
 use crate::error::Error;
@@ -31,6 +33,8 @@ pub struct Node {
     pub config: NodeConfig,
     endpoint: Arc<Endpoint>,
     pool: Pool<NodeManager>,
+    /// Why the last of the node's connections that ended in an error ended.
+    lost: Arc<Mutex<Option<String>>>,
     inflight: Arc<Inflight>,
     /// With more nodes than `jobs`, a replica's connections are closed after
     /// use, so the coordinator never holds more than jobs × pool_size of them.
@@ -208,7 +212,27 @@ impl Node {
 
     /// The error for a node that could not be connected to or dropped the connection.
     pub fn unreachable(&self, failure: PgFailure) -> Error {
-        Error::unreachable(&self.config, failure)
+        Error::unreachable(&self.config, self.explain(failure))
+    }
+
+    /// A statement that failed because its connection was gone says why the connection
+    /// ended (e.g. "Connection timed out": keepalives gave up on a node that dropped off
+    /// the network), when one of the node's connections recorded it.
+    pub fn explain(&self, mut failure: PgFailure) -> PgFailure {
+        if failure.connection_lost {
+            let lost = self.lost.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(why) = lost {
+                failure.message = format!("connection lost: {why}");
+            }
+        }
+        failure
+    }
+
+    fn watch(&self, what: &str) -> Watch {
+        Watch {
+            label: format!("{what} on node `{}`", self.config.name),
+            lost: Arc::clone(&self.lost),
+        }
     }
 
     /// A pooled session with pgconvoy's settings.
@@ -227,12 +251,9 @@ impl Node {
     /// A connection outside the pool: the coordinator's lock session, which
     /// lives for the whole run, and lock watchers.
     pub async fn dedicated(&self) -> Result<Dedicated, PgFailure> {
-        let c = connect::connect(
-            &self.endpoint,
-            Some(format!("lock session on node `{}`", self.config.name)),
-        )
-        .await
-        .map_err(PgFailure::from)?;
+        let c = connect::connect(&self.endpoint, Some(self.watch("lock session")))
+            .await
+            .map_err(PgFailure::from)?;
         c.client.batch_execute(SESSION_SETUP).await?;
         let tracked = self.inflight.track(self.name(), &c.client, &c.tls);
         Ok(Dedicated {
@@ -266,10 +287,16 @@ impl Cluster {
             .nodes()
             .map(|n| {
                 let endpoint = Arc::new(Endpoint::new(n.conn.clone(), &settings.session_options()));
+                let lost = Arc::new(Mutex::new(None));
+                let watch = Watch {
+                    label: format!("session on node `{}`", n.name),
+                    lost: Arc::clone(&lost),
+                };
                 Arc::new(Node {
                     config: n.clone(),
-                    pool: pool(n, Arc::clone(&endpoint), config.pool_size),
+                    pool: pool(Arc::clone(&endpoint), watch, config.pool_size),
                     endpoint,
+                    lost,
                     inflight: Arc::clone(&inflight),
                     close_idle: bounded && n.role == Role::Replica,
                 })
@@ -291,8 +318,8 @@ impl Cluster {
     }
 }
 
-fn pool(node: &NodeConfig, endpoint: Arc<Endpoint>, size: usize) -> Pool<NodeManager> {
-    let manager = NodeManager::new(endpoint, Some(format!("session on node `{}`", node.name)));
+fn pool(endpoint: Arc<Endpoint>, watch: Watch, size: usize) -> Pool<NodeManager> {
+    let manager = NodeManager::new(endpoint, Some(watch));
     // No create timeout: every attempt is bounded by connect_timeout already, host by
     // host, and a deadline here would cut a multi-host DSN short.
     Pool::builder(manager)

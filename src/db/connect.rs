@@ -234,10 +234,17 @@ impl fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// Connects to the first host that answers and is of the kind asked for. The
-/// connection's task reports on stderr, as `pgconvoy: LOG_AS ended: …`, a connection
-/// that ends in an error (a reset, a keepalive timeout), when `log_as` names it.
-pub async fn connect(ep: &Endpoint, log_as: Option<String>) -> Result<Connected, ConnectError> {
+/// Who hears about a connection that ends in an error (a reset, a keepalive timeout):
+/// a line on stderr, `pgconvoy: LABEL ended: …`, and the reason kept in `lost`, so that
+/// a statement that failed with "connection closed" can say why.
+#[derive(Clone)]
+pub struct Watch {
+    pub label: String,
+    pub lost: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// Connects to the first host that answers and is of the kind asked for.
+pub async fn connect(ep: &Endpoint, watch: Option<Watch>) -> Result<Connected, ConnectError> {
     let mut order: Vec<usize> = (0..ep.params.hosts.len()).collect();
     if ep.params.load_balance_hosts {
         shuffle(&mut order);
@@ -253,7 +260,7 @@ pub async fn connect(ep: &Endpoint, log_as: Option<String>) -> Result<Connected,
     for want in passes {
         for &i in &order {
             let host = &ep.params.hosts[i];
-            match connect_host(ep, host, *want, log_as.clone()).await {
+            match connect_host(ep, host, *want, watch.clone()).await {
                 Ok(c) => return Ok(c),
                 Err(f) => attempts.push((host.label(), f)),
             }
@@ -283,20 +290,25 @@ async fn connect_host(
     ep: &Endpoint,
     host: &HostSpec,
     want: TargetSessionAttrs,
-    log_as: Option<String>,
+    watch: Option<Watch>,
 ) -> Result<Connected, HostFailure> {
     let work = async {
-        let (client, connection, tls) = open(ep, host).await?;
+        let (client, mut connection, tls) = open(ep, host).await?;
         let reached = Reached {
             host: host.label(),
             tls: tls.outcome(),
         };
         let task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                if let Some(what) = log_as {
-                    eprintln!("pgconvoy: {what} ended: {}", chain(&e));
+            // Polled by reference: the connection (whose drop tells waiting statements
+            // "connection closed") outlives the recording of why it ended.
+            if let Err(e) = (&mut connection).await {
+                if let Some(w) = watch {
+                    let why = chain(&e);
+                    eprintln!("pgconvoy: {} ended: {why}", w.label);
+                    *w.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 }
             }
+            drop(connection);
         });
         if let Err(f) = check_kind(&client, want).await {
             task.abort();
@@ -467,13 +479,13 @@ impl std::ops::DerefMut for PooledConn {
 /// Makes a node's pooled sessions with [`connect`].
 pub struct NodeManager {
     endpoint: Arc<Endpoint>,
-    /// How a session's connection names itself when it ends in an error.
-    log_as: Option<String>,
+    /// Who hears about a session's connection that ends in an error.
+    watch: Option<Watch>,
 }
 
 impl NodeManager {
-    pub fn new(endpoint: Arc<Endpoint>, log_as: Option<String>) -> NodeManager {
-        NodeManager { endpoint, log_as }
+    pub fn new(endpoint: Arc<Endpoint>, watch: Option<Watch>) -> NodeManager {
+        NodeManager { endpoint, watch }
     }
 }
 
@@ -482,7 +494,7 @@ impl deadpool::managed::Manager for NodeManager {
     type Error = ConnectError;
 
     async fn create(&self) -> Result<PooledConn, ConnectError> {
-        let c = connect(&self.endpoint, self.log_as.clone()).await?;
+        let c = connect(&self.endpoint, self.watch.clone()).await?;
         Ok(PooledConn {
             client: deadpool_postgres::ClientWrapper::new(c.client, c.task),
             reached: c.reached,

@@ -17,6 +17,8 @@ pub struct PgFailure {
     pub hint: Option<String>,
     /// 1-based character position in the query text that was sent.
     pub position: Option<u32>,
+    /// The statement failed because the connection was gone.
+    pub connection_lost: bool,
 }
 
 impl PgFailure {
@@ -31,8 +33,12 @@ impl PgFailure {
                     Some(ErrorPosition::Original(p)) => Some(*p),
                     _ => None,
                 },
+                connection_lost: false,
             },
-            None => PgFailure::other(error_chain(e)),
+            None => PgFailure {
+                connection_lost: e.is_closed(),
+                ..PgFailure::other(error_chain(e))
+            },
         }
     }
 
@@ -44,6 +50,7 @@ impl PgFailure {
             detail: None,
             hint: None,
             position: None,
+            connection_lost: false,
         }
     }
 

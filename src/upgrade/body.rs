@@ -202,7 +202,7 @@ impl Coordinator<'_> {
             .map(|p| first_line + sql::line_at_char_position(sql_text, p as usize) - 1);
         NodeFailure {
             line,
-            ..NodeFailure::of(self.node(i).name(), e)
+            ..NodeFailure::of(self.node(i).name(), self.node(i).explain(e))
         }
     }
 }

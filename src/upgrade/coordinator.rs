@@ -218,7 +218,7 @@ impl Coordinator<'_> {
 
     /// Turns a node's failure into a [`NodeFailure`] naming node `i`.
     pub(super) fn fail(&self, i: usize) -> impl Fn(PgFailure) -> NodeFailure + '_ {
-        move |failure| NodeFailure::of(self.node(i).name(), failure)
+        move |failure| NodeFailure::of(self.node(i).name(), self.node(i).explain(failure))
     }
 
     /// Creates node `i`'s ledger table in `book` unless it is known to exist (the
