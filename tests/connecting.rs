@@ -524,3 +524,28 @@ fn weak_tls_to_another_machine_is_a_warning_in_status_and_the_dry_run() {
     assert_eq!(status["nodes"][0]["tls_warning"], serde_json::Value::Null);
     assert_eq!(status["nodes"][0]["encrypted"], false);
 }
+
+#[test]
+fn ctrl_c_cancels_a_patch_running_over_verify_full_tls() {
+    let t = tls();
+    let (f, dbs) = tls_cluster(&[format!(
+        "host=localhost sslmode=verify-full sslrootcert={}",
+        p(&t.ca)
+    )]);
+    f.patch(
+        "patch-1-0-0-direct.sql",
+        "CREATE TABLE tls_t (id int);\nSELECT pg_sleep(60);\n",
+    );
+    let child = common::spawn(&f, &["upgrade"]);
+    assert!(common::wait_for(15, || common::pgconvoy_sleeping(&f, 0)));
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    // The cancel request travels like the session: over TLS, verified.
+    common::finish(child, 15)
+        .expect(1)
+        .says("cancel sent to `node0`");
+    assert!(!has_table(&dbs[0], "tls_t"));
+}
