@@ -262,12 +262,6 @@ impl Node {
             _tracked: tracked,
         })
     }
-
-    /// A warning worth a line in `status` and the dry run: sessions to another machine
-    /// without `sslmode=verify-full`.
-    pub fn weak_tls_warning(&self) -> Option<String> {
-        self.config.conn.weak_tls_warning()
-    }
 }
 
 /// All nodes, master first.

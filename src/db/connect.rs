@@ -84,20 +84,6 @@ impl Endpoint {
             tls,
         }
     }
-
-    /// The host written first, for messages before anything connected.
-    pub fn first_host(&self) -> String {
-        self.params
-            .hosts
-            .first()
-            .map(HostSpec::label)
-            .unwrap_or_default()
-    }
-
-    /// TLS configured to verify the server's certificate and host name.
-    pub fn verify_full(&self) -> bool {
-        self.params.ssl.mode == SslMode::VerifyFull
-    }
 }
 
 /// Where a session ended up and how it is protected.

@@ -131,11 +131,6 @@ impl TlsConnector {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
-
-    /// The problem with the node's certificate files, if any.
-    pub fn setup_error(&self) -> Option<&TlsError> {
-        self.setup.context.as_ref().err()
-    }
 }
 
 fn proto(v: TlsVersion) -> SslVersion {

@@ -127,14 +127,6 @@ impl Options {
     pub fn set_default(&mut self, key: &'static str, value: impl Into<String>) {
         self.0.entry(key).or_insert_with(|| value.into());
     }
-
-    pub fn remove(&mut self, key: &str) -> Option<String> {
-        self.0.remove(key)
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.0.keys().copied()
-    }
 }
 
 impl fmt::Debug for Options {
@@ -424,26 +416,26 @@ fn decode(text: &str, part: &str) -> Result<String, DsnError> {
     })
 }
 
-/// Quotes a value for a key/value connection string when needed.
-pub fn quote_value(v: &str) -> String {
-    if !v.is_empty() && !v.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
-        return v.to_string();
-    }
-    let mut s = String::with_capacity(v.len() + 2);
-    s.push('\'');
-    for c in v.chars() {
-        if c == '\'' || c == '\\' {
-            s.push('\\');
-        }
-        s.push(c);
-    }
-    s.push('\'');
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Quotes a value for a key/value connection string when needed.
+    fn quote_value(v: &str) -> String {
+        if !v.is_empty() && !v.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
+            return v.to_string();
+        }
+        let mut s = String::with_capacity(v.len() + 2);
+        s.push('\'');
+        for c in v.chars() {
+            if c == '\'' || c == '\\' {
+                s.push('\\');
+            }
+            s.push(c);
+        }
+        s.push('\'');
+        s
+    }
 
     fn kv(s: &str) -> Options {
         parse(s).unwrap()
