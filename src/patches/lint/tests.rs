@@ -1,0 +1,248 @@
+//! Tests of the lint rules, one patch or a few at a time.
+
+use super::*;
+use crate::patches::patch::{PatchVersion, StatementSpan};
+use std::path::PathBuf;
+
+fn patch(minor: u32, kind: PatchType, body: &str) -> Patch {
+    let statements = sql::split(body)
+        .unwrap()
+        .iter()
+        .map(|s| StatementSpan {
+            offset: s.offset,
+            len: s.text.len(),
+            line: s.line,
+        })
+        .collect();
+    Patch {
+        version: PatchVersion::new(1, minor, 0),
+        kind,
+        path: PathBuf::from(format!("patches/patch-1-{minor}-0-{kind}.sql")),
+        body: body.to_string(),
+        checksum: String::new(),
+        statements,
+        order: Default::default(),
+    }
+}
+
+/// `rule@line` of every finding for the patches, in order.
+fn run(patches: &[Patch]) -> Vec<String> {
+    let refs: Vec<&Patch> = patches.iter().collect();
+    lint(&refs)
+        .iter()
+        .map(|f| format!("{}@{}", f.rule, f.line))
+        .collect()
+}
+
+fn one(kind: PatchType, body: &str) -> Vec<String> {
+    run(&[patch(0, kind, body)])
+}
+
+use PatchType::{Concurrent as C, Direct as D, Std as S};
+
+#[test]
+fn index_without_concurrently() {
+    assert_eq!(
+        one(D, "SELECT 1;\nCREATE INDEX orders_v ON orders (v);\n"),
+        ["index-without-concurrently@2"]
+    );
+    assert_eq!(
+        one(S, "CREATE UNIQUE INDEX ON public.orders USING btree (v);"),
+        ["index-without-concurrently@1"]
+    );
+    // A table the pending patches create is new and empty.
+    assert!(run(&[
+        patch(0, D, "CREATE TABLE public.orders (v int);"),
+        patch(1, S, "CREATE INDEX ON orders (v);"),
+    ])
+    .is_empty());
+    // Concurrent builds in a concurrent patch are the right way.
+    assert!(one(C, "CREATE INDEX CONCURRENTLY o_v ON orders (v);").is_empty());
+}
+
+#[test]
+fn concurrently_in_transaction() {
+    assert_eq!(
+        one(
+            D,
+            "CREATE TABLE t (v int);\n\nCREATE INDEX CONCURRENTLY t_v ON t (v);"
+        ),
+        ["concurrently-in-transaction@3"]
+    );
+    assert_eq!(
+        one(S, "DROP INDEX CONCURRENTLY x;"),
+        ["concurrently-in-transaction@1"]
+    );
+    assert_eq!(
+        one(S, "REINDEX INDEX CONCURRENTLY x;"),
+        ["concurrently-in-transaction@1"]
+    );
+    // REFRESH … CONCURRENTLY is fine in a transaction; "concurrently" in a string is not a keyword.
+    assert!(one(D, "REFRESH MATERIALIZED VIEW CONCURRENTLY mv;").is_empty());
+    assert!(one(D, "COMMENT ON TABLE t IS 'create index concurrently';").is_empty());
+}
+
+#[test]
+fn not_concurrent_safe() {
+    assert_eq!(
+        one(
+            C,
+            "CREATE INDEX CONCURRENTLY a ON t (v);\nALTER TABLE t ADD COLUMN w int;\n"
+        ),
+        ["not-concurrent-safe@2"]
+    );
+    assert_eq!(
+        one(C, "CREATE INDEX t_v ON t (v);"),
+        ["not-concurrent-safe@1"]
+    );
+    assert!(one(
+        C,
+        "SET maintenance_work_mem = '1GB';\nCREATE UNIQUE INDEX CONCURRENTLY a ON t (v);\n\
+         DROP INDEX CONCURRENTLY IF EXISTS b;\nALTER TABLE t VALIDATE CONSTRAINT c;\nANALYZE t;\n\
+         ALTER TYPE mood ADD VALUE 'meh';\nREINDEX (VERBOSE) INDEX CONCURRENTLY a;\n"
+    )
+    .is_empty());
+}
+
+#[test]
+fn volatile_default() {
+    assert_eq!(
+        one(
+            D,
+            "ALTER TABLE orders\n  ADD COLUMN token uuid DEFAULT gen_random_uuid();"
+        ),
+        ["volatile-default@2"]
+    );
+    assert_eq!(
+        one(D, "ALTER TABLE orders ADD id2 bigserial;"),
+        ["volatile-default@1"]
+    );
+    assert_eq!(
+        one(
+            D,
+            "ALTER TABLE orders ADD COLUMN n int GENERATED ALWAYS AS IDENTITY;"
+        ),
+        ["volatile-default@1"]
+    );
+    // Constant and stable defaults are stored in the catalog: no rewrite.
+    assert!(one(
+        D,
+        "ALTER TABLE orders ADD COLUMN a int DEFAULT 0, ADD COLUMN b timestamptz DEFAULT now();"
+    )
+    .is_empty());
+    assert!(run(&[
+        patch(0, D, "CREATE TABLE orders (v int);"),
+        patch(
+            1,
+            D,
+            "ALTER TABLE orders ADD COLUMN r float8 DEFAULT random();"
+        ),
+    ])
+    .is_empty());
+}
+
+#[test]
+fn column_type_change() {
+    assert_eq!(
+        one(D, "ALTER TABLE orders ALTER COLUMN v TYPE bigint;"),
+        ["column-type-change@1"]
+    );
+    assert_eq!(
+        one(D, "ALTER TABLE orders ALTER v SET DATA TYPE text;"),
+        ["column-type-change@1"]
+    );
+    assert!(one(D, "ALTER TABLE orders ALTER COLUMN v SET DEFAULT 1;").is_empty());
+}
+
+#[test]
+fn set_not_null() {
+    let found = {
+        let p = patch(0, D, "ALTER TABLE s.orders ALTER COLUMN v SET NOT NULL;");
+        lint(&[&p])
+    };
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].rule, Rule::SetNotNull);
+    let col = found[0].column.as_ref().unwrap();
+    assert_eq!(
+        (col.table.quoted(), col.column.as_str()),
+        ("\"s\".\"orders\"".into(), "v")
+    );
+    // With a validated check first (in one step, or NOT VALID then VALIDATE): no finding.
+    assert!(one(
+        D,
+        "ALTER TABLE orders ADD CONSTRAINT v_nn CHECK (v IS NOT NULL);\nALTER TABLE orders ALTER v SET NOT NULL;"
+    )
+    .is_empty());
+    assert!(run(&[
+        patch(
+            0,
+            D,
+            "ALTER TABLE orders ADD CONSTRAINT v_nn CHECK (v IS NOT NULL) NOT VALID;"
+        ),
+        patch(1, D, "ALTER TABLE orders VALIDATE CONSTRAINT v_nn;"),
+        patch(2, D, "ALTER TABLE orders ALTER COLUMN v SET NOT NULL;"),
+    ])
+    .is_empty());
+    // NOT VALID alone does not help.
+    assert_eq!(
+        run(&[
+            patch(
+                0,
+                D,
+                "ALTER TABLE orders ADD CONSTRAINT v_nn CHECK (v IS NOT NULL) NOT VALID;"
+            ),
+            patch(1, D, "ALTER TABLE orders ALTER COLUMN v SET NOT NULL;"),
+        ]),
+        ["set-not-null@1"]
+    );
+}
+
+#[test]
+fn drops() {
+    assert_eq!(
+        one(D, "DROP TABLE IF EXISTS a, b;"),
+        ["drop-table@1", "drop-table@1"]
+    );
+    assert_eq!(
+        one(
+            S,
+            "ALTER TABLE orders\n  DROP COLUMN note,\n  DROP CONSTRAINT c;"
+        ),
+        ["drop-column@2"]
+    );
+    assert_eq!(
+        one(S, "ALTER TABLE orders DROP IF EXISTS note;"),
+        ["drop-column@1"]
+    );
+    assert!(one(
+        D,
+        "DROP INDEX orders_v;\nALTER TABLE orders ALTER v DROP DEFAULT;"
+    )
+    .is_empty());
+    assert!(run(&[
+        patch(0, D, "CREATE TABLE scratch (v int);"),
+        patch(
+            1,
+            D,
+            "ALTER TABLE scratch DROP COLUMN v;\nDROP TABLE scratch;"
+        ),
+    ])
+    .is_empty());
+}
+
+#[test]
+fn transaction_control() {
+    assert_eq!(
+        one(D, "BEGIN;\nCREATE TABLE t ();\nCOMMIT;\n"),
+        ["transaction-control@1", "transaction-control@3"]
+    );
+    assert!(one(
+        D,
+        "SAVEPOINT a;\nCREATE TABLE t ();\nROLLBACK TO SAVEPOINT a;\nCREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;\n"
+    )
+    .is_empty());
+    let f = lint(&[&patch(0, S, "COMMIT;")]);
+    assert_eq!(f[0].severity, Severity::Error);
+    assert_eq!(f[0].file, "patch-1-0-0-std.sql");
+    assert_eq!(f[0].patch, "1-0-0");
+}

@@ -1,0 +1,344 @@
+//! Splitting a patch body into statements: comments, strings, quoted identifiers and dollar quotes.
+//!
+//! The rules follow PostgreSQL's own scanner (`scan.l`) closely enough that every `;` the
+//! server would treat as a statement boundary is one here, and no other: nested block
+//! comments, `''`/`""` doubling, backslash escapes only in `E'...'` strings
+//! (`standard_conforming_strings` is assumed on, the default since 9.1), string continuation
+//! across newlines, and `$tag$` quotes whose closing tag must match exactly. SQL-standard
+//! routine bodies (`BEGIN ATOMIC ... END`) are kept whole with the same heuristic psql uses.
+//!
+//! Deliberately not handled: psql meta-commands and `:variables` (patches are sent to the
+//! server, never through psql), and a `;` inside parentheses, which psql would keep inside
+//! the statement; only a multi-action `CREATE RULE ... DO (a; b)` needs that.
+//!
+//! Everything runs in one pass over the bytes without allocating per token. Token
+//! boundaries always sit next to an ASCII byte (every byte >= 0x80 belongs to an identifier,
+//! a string, a quoted identifier or a comment), so byte offsets are always char boundaries.
+
+use std::fmt;
+
+mod lexer;
+#[cfg(test)]
+mod tests;
+
+pub use lexer::{tokens, Token, TokenKind, Tokens};
+
+/// One statement of a script, as it appears in the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement<'a> {
+    /// The statement text from its first significant character (leading whitespace and
+    /// comments before it excluded) through its terminating `;` inclusive.
+    pub text: &'a str,
+    /// Byte offset of `text` within the script.
+    pub offset: usize,
+    /// 1-based line number where `text` starts.
+    pub line: usize,
+}
+
+impl<'a> Statement<'a> {
+    /// Byte offset within the script just past the terminating `;`.
+    pub fn end(&self) -> usize {
+        self.offset + self.text.len()
+    }
+
+    /// The tokens of this statement; their offsets are relative to `text`.
+    pub fn tokens(&self) -> Tokens<'a> {
+        tokens(self.text)
+    }
+
+    /// See [`leading_keywords`].
+    pub fn leading_keywords(&self, n: usize) -> Vec<String> {
+        leading_keywords(self.text, n)
+    }
+
+    /// The script line of a 1-based character position the server reported for this
+    /// statement when it was sent on its own.
+    pub fn script_line_at_char_position(&self, position: usize) -> usize {
+        self.line + line_at_char_position(self.text, position) - 1
+    }
+}
+
+/// Why a script could not be split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitError {
+    /// The script holds no statement at all (only whitespace/comments, or nothing).
+    Empty,
+    /// The last statement is not terminated by `;` (line = where that statement starts).
+    MissingTerminator { line: usize },
+    /// A string, quoted identifier or block comment is never closed (line = where it
+    /// opened). `what` is "string literal", "quoted identifier" or "block comment".
+    Unterminated { what: &'static str, line: usize },
+    /// A dollar quote is never closed (line = where it opened). Kept apart from
+    /// `Unterminated` because the tag is part of the message and is not `'static`;
+    /// `tag` is empty for `$$`.
+    UnterminatedDollarQuote { tag: String, line: usize },
+}
+
+impl SplitError {
+    /// The 1-based line the error points at, if any.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            SplitError::Empty => None,
+            SplitError::MissingTerminator { line }
+            | SplitError::Unterminated { line, .. }
+            | SplitError::UnterminatedDollarQuote { line, .. } => Some(*line),
+        }
+    }
+}
+
+impl fmt::Display for SplitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SplitError::Empty => {
+                f.write_str("no statements (the file is empty or holds only comments)")
+            }
+            SplitError::MissingTerminator { line } => {
+                write!(
+                    f,
+                    "the last statement (line {line}) is not terminated by `;`"
+                )
+            }
+            SplitError::Unterminated { what, line } => {
+                write!(f, "unterminated {what} opened on line {line}")
+            }
+            SplitError::UnterminatedDollarQuote { tag, line } => {
+                write!(
+                    f,
+                    "unterminated dollar-quoted string ${tag}$ opened on line {line}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for SplitError {}
+
+/// Splits a script into its statements.
+///
+/// Empty statements (a `;` with nothing significant before it) are dropped. Whitespace and
+/// comments after the last `;` are fine; anything else there is a
+/// [`SplitError::MissingTerminator`].
+pub fn split(script: &str) -> Result<Vec<Statement<'_>>, SplitError> {
+    let mut lexer = tokens(script);
+    let mut lines = LineCounter::new();
+    let mut statements = Vec::new();
+    let mut current: Option<Pending> = None;
+    for token in lexer.by_ref() {
+        if current.is_none() && token.kind == TokenKind::Semicolon {
+            continue;
+        }
+        let pending = current.get_or_insert_with(|| Pending::new(token.offset));
+        pending.observe(&token);
+        if token.kind == TokenKind::Semicolon && pending.atomic_depth == 0 {
+            let offset = pending.start;
+            statements.push(Statement {
+                text: &script[offset..token.end()],
+                offset,
+                line: lines.line_at(script, offset),
+            });
+            current = None;
+        }
+    }
+    // An unclosed construct swallows the rest of the script, so it explains a missing
+    // terminator better than the terminator check would.
+    if let Some(err) = lexer.error() {
+        return Err(err);
+    }
+    if let Some(pending) = current {
+        return Err(SplitError::MissingTerminator {
+            line: lines.line_at(script, pending.start),
+        });
+    }
+    if statements.is_empty() {
+        return Err(SplitError::Empty);
+    }
+    Ok(statements)
+}
+
+/// 1-based line of a 1-based *character* position into `text` (PostgreSQL error positions
+/// count characters, not bytes). Positions past the end give the last line, i.e. the line
+/// of the last character, so a trailing newline does not add a line. Position 0 is
+/// treated as 1.
+pub fn line_at_char_position(text: &str, position: usize) -> usize {
+    let target = position.saturating_sub(1);
+    let mut line = 1;
+    let mut line_of_previous = 1;
+    for (index, c) in text.chars().enumerate() {
+        if index == target {
+            return line;
+        }
+        line_of_previous = line;
+        if c == '\n' {
+            line += 1;
+        }
+    }
+    line_of_previous
+}
+
+/// 1-based line of a byte offset into `text`; offsets past the end give the line of the end.
+pub fn line_at_offset(text: &str, offset: usize) -> usize {
+    let bytes = text.as_bytes();
+    1 + count_newlines(&bytes[..offset.min(bytes.len())])
+}
+
+/// The first few words of a statement, uppercased, with comments skipped. Only the leading
+/// run of bare words counts: the first token that is not one (a quoted identifier, string,
+/// number, punctuation, ...) ends the list, so `create index concurrently "Foo" on t` gives
+/// at most `["CREATE", "INDEX", "CONCURRENTLY"]`. That keeps the result a prefix of the
+/// statement's keywords instead of splicing words from after a quoted name.
+pub fn leading_keywords(statement: &str, n: usize) -> Vec<String> {
+    tokens(statement)
+        .take_while(|t| t.kind == TokenKind::Word)
+        .take(n)
+        .map(|t| t.text.to_ascii_uppercase())
+        .collect()
+}
+
+/// The index name of `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON ...`.
+///
+/// Bare names are folded to lower case and quoted ones unquoted, as PostgreSQL does; a
+/// qualified name keeps its parts joined by `.` (`s.idx` gives `"s.idx"`). `None` if the
+/// statement is not a concurrent index build or names no index (`... CONCURRENTLY ON t`).
+/// Names are not truncated to 63 bytes the way the server would.
+pub fn create_index_concurrently_name(statement: &str) -> Option<String> {
+    let mut toks = tokens(statement);
+    fn expect(toks: &mut Tokens<'_>, keyword: &str) -> Option<()> {
+        toks.next().filter(|t| t.is_keyword(keyword)).map(|_| ())
+    }
+    expect(&mut toks, "create")?;
+    let mut look = toks.clone();
+    if look.next().is_some_and(|t| t.is_keyword("unique")) {
+        toks = look;
+    }
+    expect(&mut toks, "index")?;
+    expect(&mut toks, "concurrently")?;
+    // IF is not reserved, so an index may be called `if`; only IF NOT EXISTS is the clause.
+    let mut look = toks.clone();
+    if expect(&mut look, "if").is_some()
+        && expect(&mut look, "not").is_some()
+        && expect(&mut look, "exists").is_some()
+    {
+        toks = look;
+    }
+    let first = toks.next()?;
+    // ON is reserved, so as a bare word it starts the table clause rather than naming the index.
+    if first.is_keyword("on") {
+        return None;
+    }
+    let mut name = first.ident()?;
+    loop {
+        let mut look = toks.clone();
+        match look.next() {
+            Some(t) if t.kind == TokenKind::Punct && t.text == "." => {
+                // After a dot any keyword is a valid name part, ON included.
+                let part = look.next()?.ident()?;
+                name.push('.');
+                name.push_str(&part);
+                toks = look;
+            }
+            _ => break,
+        }
+    }
+    if toks.error().is_some() {
+        return None;
+    }
+    Some(name)
+}
+
+/// The statement being collected by [`split`], with just enough state to see where a
+/// `BEGIN ATOMIC ... END` routine body ends.
+struct Pending {
+    start: usize,
+    head: Head,
+    parens: usize,
+    atomic_depth: usize,
+    after_begin: bool,
+}
+
+/// How far the statement's first words match `CREATE [OR REPLACE] FUNCTION|PROCEDURE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    Start,
+    Create,
+    CreateOr,
+    CreateOrReplace,
+    Routine,
+    Other,
+}
+
+impl Pending {
+    fn new(start: usize) -> Self {
+        Pending {
+            start,
+            head: Head::Start,
+            parens: 0,
+            atomic_depth: 0,
+            after_begin: false,
+        }
+    }
+
+    /// Like psql, only words outside parentheses count, so a parameter or column named
+    /// `begin`, `case` or `end` in the signature or in a subexpression changes nothing, and
+    /// CASE ... END inside the body is counted so its END does not close the body.
+    fn observe(&mut self, token: &Token<'_>) {
+        self.head = match self.head {
+            Head::Start if token.is_keyword("create") => Head::Create,
+            Head::Create if token.is_keyword("or") => Head::CreateOr,
+            Head::CreateOr if token.is_keyword("replace") => Head::CreateOrReplace,
+            Head::Create | Head::CreateOrReplace
+                if token.is_keyword("function") || token.is_keyword("procedure") =>
+            {
+                Head::Routine
+            }
+            Head::Routine => Head::Routine,
+            _ => Head::Other,
+        };
+        if self.head != Head::Routine {
+            return;
+        }
+        let after_begin = std::mem::take(&mut self.after_begin);
+        match token.kind {
+            TokenKind::Punct if token.text == "(" => self.parens += 1,
+            TokenKind::Punct if token.text == ")" => self.parens = self.parens.saturating_sub(1),
+            TokenKind::Word if self.parens == 0 => {
+                if after_begin && token.is_keyword("atomic") {
+                    self.atomic_depth += 1;
+                } else if token.is_keyword("begin") {
+                    self.after_begin = true;
+                } else if self.atomic_depth > 0 && token.is_keyword("case") {
+                    self.atomic_depth += 1;
+                } else if self.atomic_depth > 0 && token.is_keyword("end") {
+                    self.atomic_depth -= 1;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Line numbers for increasing offsets without rescanning the script from the start.
+struct LineCounter {
+    pos: usize,
+    line: usize,
+}
+
+impl LineCounter {
+    fn new() -> Self {
+        LineCounter { pos: 0, line: 1 }
+    }
+
+    fn line_at(&mut self, script: &str, offset: usize) -> usize {
+        let bytes = script.as_bytes();
+        let offset = offset.min(bytes.len());
+        if offset < self.pos {
+            return line_at_offset(script, offset);
+        }
+        self.line += count_newlines(&bytes[self.pos..offset]);
+        self.pos = offset;
+        self.line
+    }
+}
+
+fn count_newlines(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
+}
