@@ -14,7 +14,6 @@ use crate::db::tls::TlsInfo;
 use crate::error::{exit, Error};
 use crate::packages::record::PackageBook;
 use crate::patches::discover::PatchSet;
-use crate::patches::patch::PatchVersion;
 use crate::replication::topology::{topology_problems, TopologyProblem};
 use crate::upgrade::plan;
 use crate::upgrade::plan::Drift;
@@ -120,14 +119,7 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
         .buffered(cluster.jobs)
         .collect()
         .await;
-    let master_done: Vec<PatchVersion> = observed[0]
-        .probe
-        .ledger
-        .main
-        .iter()
-        .filter(|(_, r)| r.is_done())
-        .map(|(v, _)| *v)
-        .collect();
+    let master_ledger = observed[0].probe.ledger.clone();
     let master_packages = observed[0].packages.clone();
     let nodes = cluster
         .nodes
@@ -143,22 +135,8 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
             } = observed;
             let role = node.role();
             let l = &p.ledger;
-            let done = |v: &PatchVersion| l.main.get(v).is_some_and(|r| r.is_done());
-            let missing_from_master = if role == Role::Replica && p.error.is_none() {
-                master_done
-                    .iter()
-                    .filter(|v| {
-                        patches
-                            .get(**v)
-                            .is_some_and(|pt| pt.kind.runs_on_replicas())
-                    })
-                    .filter(|v| !done(v))
-                    .map(|v| v.to_string())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let reachable = p.error.is_none();
+            let reachable = p.reachable();
+            let summary = plan::summarize(patches, role, l, &master_ledger, reachable);
             let packages_differ = if role == Role::Replica && reachable {
                 crate::packages::status::differences(&master_packages, &node_packages)
             } else {
@@ -181,12 +159,7 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                 server_version: p.server_version,
                 in_recovery: p.in_recovery,
                 ledger_exists: l.exists,
-                applied: l
-                    .main
-                    .values()
-                    .filter(|r| r.is_done())
-                    .map(|r| r.version.clone())
-                    .collect(),
+                applied: summary.applied,
                 pending: if reachable {
                     plan::node_pending(patches, role, l)
                         .iter()
@@ -195,14 +168,8 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                 } else {
                     Vec::new()
                 },
-                unfinished: l
-                    .main
-                    .values()
-                    .chain(l.local.values())
-                    .filter(|r| !r.is_done())
-                    .map(|r| r.version.clone())
-                    .collect(),
-                missing_from_master,
+                unfinished: summary.unfinished,
+                missing_from_master: summary.missing_from_master,
                 drift: plan::drift(patches, node.name(), l),
                 prepared,
                 subscriptions,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::db::cluster::{Cluster, Dedicated};
 use crate::db::ledger::Ledger;
+use crate::db::pgerror::PgFailure;
 use crate::error::Error;
 use crate::progress::{Event, Reporter};
 
@@ -38,7 +39,11 @@ pub async fn acquire_lock(
     if got {
         return Ok(lock);
     }
-    let holder = lock_holder(&lock.client, key).await;
+    let holder = holder(&lock.client, key)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "holder not visible to this role".into());
     if !wait {
         return Err(Error::Busy {
             node: master.name().clone(),
@@ -67,32 +72,38 @@ pub async fn acquire_lock(
     Ok(lock)
 }
 
-async fn lock_holder(client: &tokio_postgres::Client, key: i64) -> String {
-    let hi = key >> 32;
-    let lo = key & 0xffff_ffff;
+/// Who holds the cluster lock right now, in words (`pid 42 application `pgconvoy` from
+/// local socket as `app` since 2024-…`); `None` when nobody does. Parts the role may not
+/// see in `pg_stat_activity` show as `?`.
+pub async fn holder(
+    client: &tokio_postgres::Client,
+    key: i64,
+) -> Result<Option<String>, PgFailure> {
+    let (hi, lo) = (key >> 32, key & 0xffff_ffff);
     let row = client
         .query_opt(
-            "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket'),
-                    coalesce(a.usename::text, ''), to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
-               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            "SELECT l.pid, coalesce(a.application_name, '?'),
+                    coalesce(host(a.client_addr), CASE WHEN a.pid IS NULL THEN '?' ELSE 'local socket' END),
+                    coalesce(a.usename::text, '?'),
+                    coalesce(to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '?')
+               FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 AND l.classid::bigint = $1 AND l.objid::bigint = $2
               LIMIT 1",
             &[&hi, &lo],
         )
-        .await;
-    match row {
-        Ok(Some(r)) => format!(
+        .await?;
+    Ok(row.map(|r| {
+        format!(
             "pid {} application `{}` from {} as `{}` since {}",
             r.get::<_, i32>(0),
             r.get::<_, String>(1),
             r.get::<_, String>(2),
             r.get::<_, String>(3),
             r.get::<_, String>(4)
-        ),
-        _ => "holder not visible to this role".into(),
-    }
+        )
+    }))
 }
 
 pub async fn release_lock(lock: Dedicated, ledger: &Ledger) {

@@ -6,11 +6,11 @@
 
 use futures::stream::{self, StreamExt};
 
-use crate::config::{Config, Replication, Role};
+use crate::config::{Config, Replication};
 use crate::db::cluster::{Cluster, Node};
-use crate::db::ledger::{Ledger, LedgerRow};
+use crate::db::ledger::Ledger;
 use crate::db::probe::{probe, NodeProbe};
-use crate::error::{exit, Error};
+use crate::error::Error;
 use crate::patches::discover::PatchSet;
 use crate::patches::lint::{self, LintFinding, Rule};
 use crate::patches::patch::{Patch, PatchOrder, PatchType};
@@ -20,7 +20,7 @@ use crate::upgrade::plan::{self, Selection};
 use findings::{finding, rehearsal_findings, Finding, FindingKind, Level};
 use preflight::{Inspection, Thresholds};
 use rehearsal::PatchRehearsal;
-use report::{DryRunReport, GroupPlan, LedgerView, NodeReport, SelectionView, Summary, Verdict};
+use report::{DryRunReport, GroupPlan, LedgerView, NodeReport};
 
 pub mod findings;
 pub mod preflight;
@@ -56,46 +56,59 @@ async fn examine_cluster(
     reporter: &dyn Reporter,
 ) -> DryRunReport {
     let ledger = Ledger::new(config.ledger.clone());
-    let mut report = DryRunReport {
-        dry_run: true,
-        verdict: Verdict::Ready,
-        exit_code: exit::SUCCESS,
-        config: config.path.display().to_string(),
-        patch_dir: patches.dir.display().to_string(),
-        ledger_table: ledger.name(),
-        replication: config.replication,
-        lock_timeout_ms: u64::try_from(config.lock_timeout.as_millis()).unwrap_or(u64::MAX),
-        selection: SelectionView {
-            all: selection.all,
-            one: selection.one,
-            patch_types: selection.types.clone(),
-        },
-        pending: Vec::new(),
-        groups: Vec::new(),
-        stopped_before: None,
-        nodes: Vec::new(),
-        findings: Vec::new(),
-        lint: Vec::new(),
-        summary: Summary::default(),
-        refusal: None,
-    };
-
+    let mut report = DryRunReport::new(config, patches, &ledger, selection);
     let probes: Vec<NodeProbe> = stream::iter(cluster.nodes.iter())
         .map(|n| probe(n, &ledger))
         .buffered(cluster.jobs)
         .collect()
         .await;
+    first_look(&mut report, cluster, config, patches, &probes);
+    if !probes[0].reachable() {
+        // Without the master's ledger nothing can be planned.
+        report.finish();
+        return report;
+    }
+    let Some(targets) = plan_run(&mut report, cluster, config, patches, selection, &probes).await
+    else {
+        report.finish();
+        return report;
+    };
+    leftovers(cluster, &ledger, &mut report).await;
+    if config.atomic_direct
+        && report
+            .groups
+            .iter()
+            .any(|g| g.patch_type == PatchType::Direct)
+    {
+        two_phase(cluster, &probes, &mut report).await;
+    }
+    rehearse_and_inspect(&mut report, cluster, config, &probes, &targets, reporter).await;
+    refine_lint(&mut report.lint, cluster.master()).await;
+    report.finish();
+    report
+}
+
+/// What the first look at every node shows: each node, and what is wrong already
+/// (unreachable, unfinished rows, divergence, a topology that contradicts the config,
+/// drift, which a real run refuses).
+fn first_look(
+    report: &mut DryRunReport,
+    cluster: &Cluster,
+    config: &Config,
+    patches: &PatchSet,
+    probes: &[NodeProbe],
+) {
     report.nodes = cluster
         .nodes
         .iter()
-        .zip(&probes)
+        .zip(probes)
         .map(|(n, p)| node_report(n, p, patches, &probes[0]))
         .collect();
-    node_findings(&mut report);
+    node_findings(report);
     let recovery = cluster
         .nodes
         .iter()
-        .zip(&probes)
+        .zip(probes)
         .map(|(n, p)| (&n.config, p.in_recovery));
     for problem in topology_problems(config.replication, recovery) {
         report.findings.push(finding(
@@ -106,11 +119,10 @@ async fn examine_cluster(
             problem.message,
         ));
     }
-
     let drift: Vec<String> = cluster
         .nodes
         .iter()
-        .zip(&probes)
+        .zip(probes)
         .filter(|(_, p)| p.reachable())
         .flat_map(|(n, p)| plan::drift(patches, n.name(), &p.ledger))
         .map(|d| {
@@ -127,11 +139,20 @@ async fn examine_cluster(
     if !drift.is_empty() {
         report.refusal = Some(format!("refusing to run: {}", drift.join("; ")));
     }
-    if !probes[0].reachable() {
-        // Without the master's ledger nothing can be planned.
-        report.finish();
-        return report;
-    }
+}
+
+/// Plans like a real run: another coordinator, pending patches and their lint, the
+/// schedule, and what each node would receive (returned, in order; `None` when a real
+/// run would refuse).
+async fn plan_run<'p>(
+    report: &mut DryRunReport,
+    cluster: &Cluster,
+    config: &Config,
+    patches: &'p PatchSet,
+    selection: &Selection,
+    probes: &[NodeProbe],
+) -> Option<Vec<Vec<&'p Patch>>> {
+    let ledger = Ledger::new(config.ledger.clone());
     if let Some(holder) =
         preflight::coordinator_running(cluster.master(), ledger.advisory_key()).await
     {
@@ -145,7 +166,6 @@ async fn examine_cluster(
             ),
         ));
     }
-
     let pending = plan::pending(patches, &probes[0].ledger);
     report.pending = pending.iter().map(|p| p.version.to_string()).collect();
     report.lint = lint::lint(&pending);
@@ -160,17 +180,13 @@ async fn examine_cluster(
                 refusal.to_string(),
             ));
             report.refusal.get_or_insert_with(|| refusal.to_string());
-            report.finish();
-            return report;
+            return None;
         }
     };
     report.stopped_before = schedule.stopped_before.map(|p| p.version.to_string());
     if report.refusal.is_some() {
-        report.finish();
-        return report;
+        return None;
     }
-
-    // What each node would receive, in order.
     let scheduled: Vec<&Patch> = schedule
         .groups
         .iter()
@@ -179,7 +195,7 @@ async fn examine_cluster(
     let targets: Vec<Vec<&Patch>> = cluster
         .nodes
         .iter()
-        .zip(&probes)
+        .zip(probes)
         .map(|(n, p)| {
             scheduled
                 .iter()
@@ -207,19 +223,26 @@ async fn examine_cluster(
             order: order(g.kind, &g.patches, config.replication),
         })
         .collect();
-    leftovers(cluster, &ledger, &mut report).await;
-    if config.atomic_direct && schedule.groups.iter().any(|g| g.kind == PatchType::Direct) {
-        two_phase(cluster, &probes, &mut report).await;
-    }
+    Some(targets)
+}
 
-    if scheduled.is_empty() {
+/// Every node's rehearsal and preflight, at most `jobs` nodes at once.
+async fn rehearse_and_inspect(
+    report: &mut DryRunReport,
+    cluster: &Cluster,
+    config: &Config,
+    probes: &[NodeProbe],
+    targets: &[Vec<&Patch>],
+    reporter: &dyn Reporter,
+) {
+    if report.summary_patches() == 0 {
         reporter.event(&Event::Note(
             "dry run: nothing to do, the cluster is up to date; checking the nodes",
         ));
     } else {
         reporter.event(&Event::Note(&format!(
             "dry run: rehearsing {} patch(es) on {} node(s) in transactions that are always rolled back; nothing is changed",
-            scheduled.len(),
+            report.summary_patches(),
             cluster.nodes.len()
         )));
     }
@@ -227,7 +250,7 @@ async fn examine_cluster(
         long_running: config.long_running_threshold,
         lag: config.lag_threshold,
     };
-    let examined: Vec<Examined> = stream::iter(cluster.nodes.iter().zip(&probes).zip(&targets))
+    let examined: Vec<Examined> = stream::iter(cluster.nodes.iter().zip(probes).zip(targets))
         .map(|((node, probe), targets)| examine(node, probe, targets, config, limits, reporter))
         .buffered(cluster.jobs)
         .collect()
@@ -237,9 +260,6 @@ async fn examine_cluster(
         n.preflight = e.inspection;
         report.findings.extend(e.findings);
     }
-    refine_lint(&mut report.lint, cluster.master()).await;
-    report.finish();
-    report
 }
 
 fn node_report(
@@ -248,23 +268,13 @@ fn node_report(
     patches: &PatchSet,
     master: &NodeProbe,
 ) -> NodeReport {
-    let l = &probe.ledger;
-    let done = |v| l.main.get(v).is_some_and(|r: &LedgerRow| r.is_done());
-    let missing_from_master =
-        if node.role() == Role::Replica && probe.reachable() && master.reachable() {
-            master
-                .ledger
-                .main
-                .iter()
-                .filter(|(v, r)| {
-                    r.is_done() && patches.get(**v).is_some_and(|p| p.kind.runs_on_replicas())
-                })
-                .filter(|(v, _)| !done(*v))
-                .map(|(v, _)| v.to_string())
-                .collect()
-        } else {
-            Vec::new()
-        };
+    let summary = plan::summarize(
+        patches,
+        node.role(),
+        &probe.ledger,
+        &master.ledger,
+        probe.reachable() && master.reachable(),
+    );
     NodeReport {
         name: node.name().to_string(),
         role: node.role(),
@@ -275,16 +285,10 @@ fn node_report(
         server_version: probe.server_version.clone(),
         in_recovery: probe.in_recovery,
         ledger: LedgerView {
-            exists: l.exists,
-            applied: l.main.values().filter(|r| r.is_done()).count(),
-            unfinished: l
-                .main
-                .values()
-                .chain(l.local.values())
-                .filter(|r| !r.is_done())
-                .map(|r| r.version.clone())
-                .collect(),
-            missing_from_master,
+            exists: probe.ledger.exists,
+            applied: summary.applied.len(),
+            unfinished: summary.unfinished,
+            missing_from_master: summary.missing_from_master,
         },
         patches: Vec::new(),
         preflight: None,

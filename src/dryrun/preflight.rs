@@ -113,282 +113,297 @@ pub async fn inspect(
     ctx: &Context<'_>,
     limits: Thresholds,
 ) -> (Inspection, Vec<Finding>) {
-    let mut out = Inspection::default();
-    let mut findings = Vec::new();
     let session = match node.session().await {
         Ok(s) => s,
         Err(e) => {
+            let mut out = Inspection::default();
             out.unchecked
                 .push(format!("no session for the preflight: {e}"));
-            return (out, findings);
+            return (out, Vec::new());
         }
     };
-    let client = session.client();
-    let name = node.name().to_string();
-    let finding = |kind, blocking: bool, message: String| Finding {
-        severity: if blocking {
-            Level::Blocking
-        } else {
-            Level::Warning
-        },
-        kind,
-        node: Some(name.clone()),
-        patch: None,
-        message,
+    let mut i = Inspector {
+        client: session.client(),
+        node: node.name().to_string(),
+        limits,
+        out: Inspection::default(),
+        findings: Vec::new(),
     };
+    i.sessions(ctx).await;
+    if ctx.in_recovery {
+        i.replay_delay().await;
+    } else {
+        i.standbys().await;
+        i.slots().await;
+    }
+    i.subscriptions().await;
+    i.invalid_indexes().await;
+    i.prepared_transactions().await;
+    (i.out, i.findings)
+}
 
-    // Other sessions of this database that are old enough to matter.
-    let long = limits.long_running.as_secs_f64();
-    match client.query(SESSIONS, &[&ctx.own_pids, &long]).await {
-        Ok(rows) => {
-            for r in rows {
-                let s = Session {
-                    pid: r.get(0),
-                    user: r.get(1),
-                    application: r.get(2),
-                    client: r.get(3),
-                    state: r.get(4),
-                    transaction_age_s: r.get(5),
-                    query_age_s: r.get(6),
-                    query: r.get(7),
-                };
-                let idle = s.state.starts_with("idle in transaction");
-                let age = s.transaction_age_s.or(s.query_age_s).unwrap_or(0.0);
-                let mut message = format!(
-                    "session pid {} (user `{}`, application `{}`, from {}) is {} with a transaction open {}: {}",
-                    s.pid,
-                    s.user,
-                    s.application,
-                    s.client,
-                    s.state,
-                    seconds(age),
-                    one_line(&s.query)
-                );
-                if ctx.runs_concurrent {
-                    message.push_str(
-                        "; CREATE INDEX CONCURRENTLY in the `concurrent` patches waits for it to end",
-                    );
-                }
-                let kind = if idle {
-                    FindingKind::IdleInTransaction
-                } else {
-                    FindingKind::LongRunningSession
-                };
-                findings.push(finding(kind, false, message));
-                out.sessions.push(s);
-            }
-        }
-        Err(e) => out
-            .unchecked
-            .push(format!("sessions: {}", PgFailure::from_pg(&e))),
+/// One node's preflight in progress: each check adds what it read and its findings;
+/// a check that cannot run is noted in `unchecked`.
+struct Inspector<'a> {
+    client: &'a tokio_postgres::Client,
+    node: String,
+    limits: Thresholds,
+    out: Inspection,
+    findings: Vec<Finding>,
+}
+
+impl Inspector<'_> {
+    fn finding(&mut self, kind: FindingKind, blocking: bool, message: String) {
+        self.findings.push(Finding {
+            severity: if blocking {
+                Level::Blocking
+            } else {
+                Level::Warning
+            },
+            kind,
+            node: Some(self.node.clone()),
+            patch: None,
+            message,
+        });
     }
 
-    let lag_limit = limits.lag.as_secs_f64();
-    if ctx.in_recovery {
-        match client.query_one(REPLAY_DELAY, &[]).await {
-            Ok(r) => out.replication.replay_delay_s = r.get(0),
-            Err(e) => out
+    /// Runs `sql`; on failure notes the check as not run and returns nothing.
+    async fn rows(
+        &mut self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Vec<tokio_postgres::Row> {
+        match self.client.query(sql, params).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.out
+                    .unchecked
+                    .push(format!("{what}: {}", PgFailure::from_pg(&e)));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Other sessions of this database that are old enough to matter.
+    async fn sessions(&mut self, ctx: &Context<'_>) {
+        let long = self.limits.long_running.as_secs_f64();
+        for r in self
+            .rows("sessions", SESSIONS, &[&ctx.own_pids, &long])
+            .await
+        {
+            let s = Session {
+                pid: r.get(0),
+                user: r.get(1),
+                application: r.get(2),
+                client: r.get(3),
+                state: r.get(4),
+                transaction_age_s: r.get(5),
+                query_age_s: r.get(6),
+                query: r.get(7),
+            };
+            let age = s.transaction_age_s.or(s.query_age_s).unwrap_or(0.0);
+            let mut message = format!(
+                "session pid {} (user `{}`, application `{}`, from {}) is {} with a transaction open {}: {}",
+                s.pid,
+                s.user,
+                s.application,
+                s.client,
+                s.state,
+                seconds(age),
+                one_line(&s.query)
+            );
+            if ctx.runs_concurrent {
+                message.push_str(
+                    "; CREATE INDEX CONCURRENTLY in the `concurrent` patches waits for it to end",
+                );
+            }
+            let kind = if s.state.starts_with("idle in transaction") {
+                FindingKind::IdleInTransaction
+            } else {
+                FindingKind::LongRunningSession
+            };
+            self.finding(kind, false, message);
+            self.out.sessions.push(s);
+        }
+    }
+
+    /// On a standby: how far behind its replay is.
+    async fn replay_delay(&mut self) {
+        match self.client.query_one(REPLAY_DELAY, &[]).await {
+            Ok(r) => self.out.replication.replay_delay_s = r.get(0),
+            Err(e) => self
+                .out
                 .unchecked
                 .push(format!("replay delay: {}", PgFailure::from_pg(&e))),
         }
-    } else {
-        match client.query(STANDBYS, &[]).await {
-            Ok(rows) => {
-                for r in rows {
-                    let s = Standby {
-                        application: r.get(0),
-                        client: r.get(1),
-                        state: r.get(2),
-                        lag_s: r.get(3),
-                        lag_bytes: r.get(4),
-                    };
-                    if let Some(lag) = s.lag_s.filter(|l| *l > lag_limit) {
-                        findings.push(finding(
-                            FindingKind::ReplicationLag,
-                            true,
-                            format!(
-                                "standby `{}` ({}) lags {} behind (threshold {})",
-                                s.application,
-                                s.client,
-                                seconds(lag),
-                                seconds(lag_limit)
-                            ),
-                        ));
-                    } else if s.state != "streaming" {
-                        findings.push(finding(
-                            FindingKind::ReplicationLag,
-                            false,
-                            format!(
-                                "standby `{}` ({}) is `{}`, not streaming",
-                                s.application, s.client, s.state
-                            ),
-                        ));
-                    }
-                    out.replication.standbys.push(s);
-                }
-            }
-            Err(e) => out
-                .unchecked
-                .push(format!("standbys: {}", PgFailure::from_pg(&e))),
-        }
-        match client.query(SLOTS, &[]).await {
-            Ok(rows) => {
-                for r in rows {
-                    let s = Slot {
-                        name: r.get(0),
-                        slot_type: r.get(1),
-                        active: r.get(2),
-                        retained_bytes: r.get(3),
-                    };
-                    if !s.active {
-                        findings.push(finding(
-                            FindingKind::InactiveSlot,
-                            false,
-                            format!(
-                                "{} replication slot `{}` is inactive and holds back {} of WAL",
-                                s.slot_type,
-                                s.name,
-                                s.retained_bytes.map_or("an unknown amount".into(), bytes)
-                            ),
-                        ));
-                    }
-                    out.replication.slots.push(s);
-                }
-            }
-            Err(e) => out
-                .unchecked
-                .push(format!("replication slots: {}", PgFailure::from_pg(&e))),
-        }
-    }
-    let health = crate::replication::subscriptions::subscriptions(client)
-        .await
-        .unwrap_or_default();
-    match client.query(SUBSCRIPTIONS, &[]).await {
-        Ok(rows) => {
-            for r in rows {
-                let name: String = r.get(0);
-                let apply_errors = health
-                    .iter()
-                    .find(|h| h.name == name)
-                    .map_or(0, |h| h.apply_errors);
-                let s = Subscription {
-                    name,
-                    enabled: r.get(1),
-                    worker_running: r.get(2),
-                    last_message_age_s: r.get(3),
-                    apply_errors,
-                };
-                if s.enabled && !s.worker_running {
-                    findings.push(finding(
-                        FindingKind::SubscriptionDown,
-                        false,
-                        format!(
-                            "subscription `{}` is enabled but its apply worker is not running: replication to this node is stopped",
-                            s.name
-                        ),
-                    ));
-                } else if let Some(age) = s.last_message_age_s.filter(|a| *a > lag_limit) {
-                    findings.push(finding(
-                        FindingKind::ReplicationLag,
-                        true,
-                        format!(
-                            "subscription `{}` has not heard from its publisher for {} (threshold {})",
-                            s.name,
-                            seconds(age),
-                            seconds(lag_limit)
-                        ),
-                    ));
-                }
-                if s.apply_errors > 0 {
-                    findings.push(finding(
-                        FindingKind::SubscriptionDown,
-                        false,
-                        format!(
-                            "subscription `{}` has had {} apply error(s) (the error text is in this node's server log)",
-                            s.name, s.apply_errors
-                        ),
-                    ));
-                }
-                out.replication.subscriptions.push(s);
-            }
-        }
-        Err(e) => out
-            .unchecked
-            .push(format!("subscriptions: {}", PgFailure::from_pg(&e))),
     }
 
-    match client.query(INVALID_INDEXES, &[]).await {
-        Ok(rows) => {
-            for r in rows {
-                let i = InvalidIndex {
-                    index: r.get(0),
-                    table: r.get(1),
-                };
-                findings.push(finding(
-                    FindingKind::InvalidIndex,
+    /// Standbys streaming from this node, and their lag.
+    async fn standbys(&mut self) {
+        let lag_limit = self.limits.lag.as_secs_f64();
+        for r in self.rows("standbys", STANDBYS, &[]).await {
+            let s = Standby {
+                application: r.get(0),
+                client: r.get(1),
+                state: r.get(2),
+                lag_s: r.get(3),
+                lag_bytes: r.get(4),
+            };
+            if let Some(lag) = s.lag_s.filter(|l| *l > lag_limit) {
+                self.finding(
+                    FindingKind::ReplicationLag,
+                    true,
+                    format!(
+                        "standby `{}` ({}) lags {} behind (threshold {})",
+                        s.application,
+                        s.client,
+                        seconds(lag),
+                        seconds(lag_limit)
+                    ),
+                );
+            } else if s.state != "streaming" {
+                self.finding(
+                    FindingKind::ReplicationLag,
                     false,
                     format!(
-                        "index `{}` on `{}` is invalid (a failed or running CREATE INDEX CONCURRENTLY?): it slows every write and is never used; drop or rebuild it",
-                        i.index, i.table
+                        "standby `{}` ({}) is `{}`, not streaming",
+                        s.application, s.client, s.state
                     ),
-                ));
-                out.invalid_indexes.push(i);
+                );
             }
+            self.out.replication.standbys.push(s);
         }
-        Err(e) => out
-            .unchecked
-            .push(format!("invalid indexes: {}", PgFailure::from_pg(&e))),
     }
-    match client.query(PREPARED, &[]).await {
-        Ok(rows) => {
-            for r in rows {
-                let p = PreparedTransaction {
-                    gid: r.get(0),
-                    owner: r.get(1),
-                    age_s: r.get(2),
-                };
-                findings.push(finding(
-                    FindingKind::PreparedTransaction,
+
+    /// Replication slots, and the WAL the inactive ones hold back.
+    async fn slots(&mut self) {
+        for r in self.rows("replication slots", SLOTS, &[]).await {
+            let s = Slot {
+                name: r.get(0),
+                slot_type: r.get(1),
+                active: r.get(2),
+                retained_bytes: r.get(3),
+            };
+            if !s.active {
+                self.finding(
+                    FindingKind::InactiveSlot,
                     false,
                     format!(
-                        "prepared transaction `{}` (owner `{}`, prepared {} ago) holds its locks until it is committed or rolled back",
-                        p.gid,
-                        p.owner,
-                        seconds(p.age_s.unwrap_or(0.0))
+                        "{} replication slot `{}` is inactive and holds back {} of WAL",
+                        s.slot_type,
+                        s.name,
+                        s.retained_bytes.map_or("an unknown amount".into(), bytes)
                     ),
-                ));
-                out.prepared_transactions.push(p);
+                );
             }
+            self.out.replication.slots.push(s);
         }
-        Err(e) => out
-            .unchecked
-            .push(format!("prepared transactions: {}", PgFailure::from_pg(&e))),
     }
-    (out, findings)
+
+    /// Subscriptions on this node: worker running, publisher heard from, apply errors.
+    async fn subscriptions(&mut self) {
+        let lag_limit = self.limits.lag.as_secs_f64();
+        let health = crate::replication::subscriptions::subscriptions(self.client)
+            .await
+            .unwrap_or_default();
+        for r in self.rows("subscriptions", SUBSCRIPTIONS, &[]).await {
+            let name: String = r.get(0);
+            let apply_errors = health
+                .iter()
+                .find(|h| h.name == name)
+                .map_or(0, |h| h.apply_errors);
+            let s = Subscription {
+                name,
+                enabled: r.get(1),
+                worker_running: r.get(2),
+                last_message_age_s: r.get(3),
+                apply_errors,
+            };
+            if s.enabled && !s.worker_running {
+                self.finding(
+                    FindingKind::SubscriptionDown,
+                    false,
+                    format!(
+                        "subscription `{}` is enabled but its apply worker is not running: replication to this node is stopped",
+                        s.name
+                    ),
+                );
+            } else if let Some(age) = s.last_message_age_s.filter(|a| *a > lag_limit) {
+                self.finding(
+                    FindingKind::ReplicationLag,
+                    true,
+                    format!(
+                        "subscription `{}` has not heard from its publisher for {} (threshold {})",
+                        s.name,
+                        seconds(age),
+                        seconds(lag_limit)
+                    ),
+                );
+            }
+            if s.apply_errors > 0 {
+                self.finding(
+                    FindingKind::SubscriptionDown,
+                    false,
+                    format!(
+                        "subscription `{}` has had {} apply error(s) (the error text is in this node's server log)",
+                        s.name, s.apply_errors
+                    ),
+                );
+            }
+            self.out.replication.subscriptions.push(s);
+        }
+    }
+
+    /// Invalid indexes left by failed concurrent builds.
+    async fn invalid_indexes(&mut self) {
+        for r in self.rows("invalid indexes", INVALID_INDEXES, &[]).await {
+            let i = InvalidIndex {
+                index: r.get(0),
+                table: r.get(1),
+            };
+            self.finding(
+                FindingKind::InvalidIndex,
+                false,
+                format!(
+                    "index `{}` on `{}` is invalid (a failed or running CREATE INDEX CONCURRENTLY?): it slows every write and is never used; drop or rebuild it",
+                    i.index, i.table
+                ),
+            );
+            self.out.invalid_indexes.push(i);
+        }
+    }
+
+    /// Prepared transactions, which hold their locks until resolved.
+    async fn prepared_transactions(&mut self) {
+        for r in self.rows("prepared transactions", PREPARED, &[]).await {
+            let p = PreparedTransaction {
+                gid: r.get(0),
+                owner: r.get(1),
+                age_s: r.get(2),
+            };
+            self.finding(
+                FindingKind::PreparedTransaction,
+                false,
+                format!(
+                    "prepared transaction `{}` (owner `{}`, prepared {} ago) holds its locks until it is committed or rolled back",
+                    p.gid,
+                    p.owner,
+                    seconds(p.age_s.unwrap_or(0.0))
+                ),
+            );
+            self.out.prepared_transactions.push(p);
+        }
+    }
 }
 
 /// Whether a coordinator holds the cluster lock on the master now, and who.
 pub async fn coordinator_running(node: &Node, key: i64) -> Option<String> {
     let session = node.session().await.ok()?;
-    let (hi, lo) = (key >> 32, key & 0xffff_ffff);
-    let row = session
-        .query_opt(
-            "SELECT l.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket')
-               FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                AND l.classid::bigint = $1 AND l.objid::bigint = $2
-                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-              LIMIT 1",
-            &[&hi, &lo],
-        )
+    crate::db::lock::holder(session.client(), key)
         .await
-        .ok()??;
-    Some(format!(
-        "pid {} application `{}` from {}",
-        row.get::<_, i32>(0),
-        row.get::<_, String>(1),
-        row.get::<_, String>(2)
-    ))
+        .ok()
+        .flatten()
 }
 
 /// Client backends of this database, other than ours, whose transaction (or, outside a

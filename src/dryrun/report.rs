@@ -4,10 +4,13 @@
 use super::findings::{Finding, Level};
 use super::preflight::Inspection;
 use super::rehearsal::{Outcome, PatchRehearsal};
-use crate::config::{Replication, Role};
+use crate::config::{Config, Replication, Role};
+use crate::db::ledger::Ledger;
 use crate::error::{exit, Error};
+use crate::patches::discover::PatchSet;
 use crate::patches::lint::LintFinding;
 use crate::patches::patch::PatchType;
+use crate::upgrade::plan::Selection;
 
 /// The selection as given on the command line.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -133,10 +136,47 @@ impl DryRunReport {
         }
     }
 
+    /// An empty report of a dry run of `config` with `selection`, ready to fill.
+    pub(super) fn new(
+        config: &Config,
+        patches: &PatchSet,
+        ledger: &Ledger,
+        selection: &Selection,
+    ) -> DryRunReport {
+        DryRunReport {
+            dry_run: true,
+            verdict: Verdict::Ready,
+            exit_code: exit::SUCCESS,
+            config: config.path.display().to_string(),
+            patch_dir: patches.dir.display().to_string(),
+            ledger_table: ledger.name(),
+            replication: config.replication,
+            lock_timeout_ms: u64::try_from(config.lock_timeout.as_millis()).unwrap_or(u64::MAX),
+            selection: SelectionView {
+                all: selection.all,
+                one: selection.one,
+                patch_types: selection.types.clone(),
+            },
+            pending: Vec::new(),
+            groups: Vec::new(),
+            stopped_before: None,
+            nodes: Vec::new(),
+            findings: Vec::new(),
+            lint: Vec::new(),
+            summary: Summary::default(),
+            refusal: None,
+        }
+    }
+
+    /// Patches the run would apply (on the cluster).
+    pub(super) fn summary_patches(&self) -> usize {
+        self.groups.iter().map(|g| g.patches.len()).sum()
+    }
+
     pub(super) fn finish(&mut self) {
         self.findings.sort_by_key(|f| f.severity);
         let mut s = Summary {
-            patches: self.groups.iter().map(|g| g.patches.len()).sum(),
+            patches: self.summary_patches(),
             lint: self.lint.len(),
             ..Summary::default()
         };

@@ -136,6 +136,58 @@ pub fn needs_body(
     }
 }
 
+/// What a node's ledger says, compared with the master's: the view `status` and the
+/// dry run both show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerSummary {
+    /// Versions finished on the node (on the master: applied to the cluster).
+    pub applied: Vec<String>,
+    /// Rows started and not finished (a failed or killed run), in either book.
+    pub unfinished: Vec<String>,
+    /// Replicas: `direct`/`concurrent` patches the master has applied and this node lacks.
+    pub missing_from_master: Vec<String>,
+}
+
+/// Summarizes a node's ledger; `compare` says whether to look for what the master has
+/// and the node lacks (a reachable replica of a reachable master).
+pub fn summarize(
+    patches: &PatchSet,
+    role: Role,
+    ledger: &NodeLedger,
+    master: &NodeLedger,
+    compare: bool,
+) -> LedgerSummary {
+    let missing_from_master = if role == Role::Replica && compare {
+        master
+            .main
+            .iter()
+            .filter(|(v, r)| {
+                r.is_done() && patches.get(**v).is_some_and(|p| p.kind.runs_on_replicas())
+            })
+            .filter(|(v, _)| !done(&ledger.main, **v))
+            .map(|(v, _)| v.to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    LedgerSummary {
+        applied: ledger
+            .main
+            .values()
+            .filter(|r| r.is_done())
+            .map(|r| r.version.clone())
+            .collect(),
+        unfinished: ledger
+            .main
+            .values()
+            .chain(ledger.local.values())
+            .filter(|r| !r.is_done())
+            .map(|r| r.version.clone())
+            .collect(),
+        missing_from_master,
+    }
+}
+
 fn done(
     book: &std::collections::BTreeMap<PatchVersion, crate::db::ledger::LedgerRow>,
     v: PatchVersion,
@@ -451,6 +503,36 @@ mod tests {
         assert!(matches!(d[0].kind, DriftKind::Changed { .. }));
         assert_eq!(d[1].kind, DriftKind::Missing);
         assert!(d[1].to_string().contains("`9-0-0`"));
+    }
+
+    #[test]
+    fn summaries_compare_replicas_with_the_master() {
+        let ps = sample();
+        let mut master = NodeLedger::default();
+        for p in &ps.patches[..4] {
+            master.main.insert(p.version, row(p, true));
+        }
+        let mut replica = NodeLedger::default();
+        replica
+            .main
+            .insert(ps.patches[2].version, row(&ps.patches[2], true));
+        replica
+            .main
+            .insert(ps.patches[3].version, row(&ps.patches[3], false));
+        let s = summarize(&ps, Role::Replica, &replica, &master, true);
+        assert_eq!(s.applied, ["1-2-0"]);
+        assert_eq!(s.unfinished, ["1-3-0"]);
+        // 1-0-0 and 1-1-0 are std (the master only); 1-3-0 is direct-or-concurrent and unfinished.
+        assert_eq!(s.missing_from_master, ["1-3-0"]);
+        assert!(summarize(&ps, Role::Replica, &replica, &master, false)
+            .missing_from_master
+            .is_empty());
+        assert_eq!(
+            summarize(&ps, Role::Master, &master, &master, true)
+                .applied
+                .len(),
+            4
+        );
     }
 
     #[test]
