@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::localpg::{LocalCluster, PgBinaries, ServerOptions};
+use crate::localpg::{cluster_yaml, LocalCluster, PgBinaries, ServerOptions};
 
 /// The example patches, embedded so the demo runs from any directory.
 const PATCHES: &[(&str, &str)] = &[
@@ -66,18 +66,7 @@ impl DemoCluster {
             std::fs::write(patches.join(name), body)
                 .map_err(|e| failed("cannot write the example patches", &e))?;
         }
-        let mut yaml = String::from("patches: patches\nmaster:\n");
-        for (i, server) in cluster.servers.iter().enumerate() {
-            if i == 1 {
-                yaml.push_str("replicas:\n");
-            }
-            let indent = if i == 0 { "  " } else { "    " };
-            let dash = if i == 0 { "  " } else { "  - " };
-            yaml.push_str(&format!(
-                "{dash}name: node{i}\n{indent}dsn: \"{}\"\n",
-                server.dsn("app")
-            ));
-        }
+        let yaml = cluster_yaml(&cluster.dsns("app"), "");
         let config_path = dir.path().join("cluster.yaml");
         std::fs::write(&config_path, &yaml).map_err(|e| failed("cannot write cluster.yaml", &e))?;
         eprintln!("demo: wrote {}:\n{yaml}", config_path.display());

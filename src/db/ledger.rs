@@ -100,7 +100,13 @@ impl Ledger {
         if exists {
             return Ok(());
         }
-        let ddl = format!(
+        client.batch_execute(&self.ddl(book)).await?;
+        Ok(())
+    }
+
+    /// The DDL that creates the ledger's schema and `book`'s table (`IF NOT EXISTS`).
+    pub fn ddl(&self, book: Book) -> String {
+        format!(
             "CREATE SCHEMA IF NOT EXISTS {schema};
              CREATE TABLE IF NOT EXISTS {table} (
                  major      integer NOT NULL,
@@ -120,9 +126,7 @@ impl Ledger {
                 Book::Main => "'pgconvoy ledger: patches applied (master: to the cluster; replica: on this node). end_time NULL = started, not finished.'",
                 Book::Local => "'pgconvoy ledger: the master''s own part of concurrent patches, recorded apart from the claim.'",
             },
-        );
-        client.batch_execute(&ddl).await?;
-        Ok(())
+        )
     }
 
     /// Reads a node's ledger without writing anything (safe for read-only roles).

@@ -86,3 +86,21 @@ pub enum LocalPgError {
 }
 
 type Result<T> = std::result::Result<T, LocalPgError>;
+
+/// A `cluster.yaml` for local servers: `patches: patches`, node0 at `dsns[0]` the
+/// master, node1… the replicas, then `extra` (more top-level keys).
+pub fn cluster_yaml(dsns: &[String], extra: &str) -> String {
+    let mut yaml = String::from("patches: patches\n");
+    for (i, dsn) in dsns.iter().enumerate() {
+        if i == 0 {
+            yaml.push_str(&format!("master:\n  name: node0\n  dsn: \"{dsn}\"\n"));
+        } else {
+            if i == 1 {
+                yaml.push_str("replicas:\n");
+            }
+            yaml.push_str(&format!("  - name: node{i}\n    dsn: \"{dsn}\"\n"));
+        }
+    }
+    yaml.push_str(extra);
+    yaml
+}

@@ -64,19 +64,10 @@ impl Fixture {
 
     /// Writes `cluster.yaml`, with `extra` top-level YAML appended.
     pub fn write_config(&self, extra: &str) {
-        let mut yaml = String::from("patches: patches\n");
-        for (i, dsn) in self.dsns.iter().enumerate() {
-            if i == 0 {
-                yaml.push_str(&format!("master:\n  name: node0\n  dsn: \"{dsn}\"\n"));
-            } else {
-                if i == 1 {
-                    yaml.push_str("replicas:\n");
-                }
-                yaml.push_str(&format!("  - name: node{i}\n    dsn: \"{dsn}\"\n"));
-            }
-        }
-        yaml.push_str(extra);
-        self.scratch.write("cluster.yaml", &yaml);
+        self.scratch.write(
+            "cluster.yaml",
+            &pgconvoy::localpg::cluster_yaml(&self.dsns, extra),
+        );
     }
 
     pub fn patch(&self, name: &str, sql: &str) {

@@ -1,0 +1,121 @@
+//! Figure 2: per-patch overhead of tiny `std` and `direct` patches vs `psql -1 -f`.
+
+use crate::*;
+
+/// The `k`-th tiny patch body.
+pub(crate) fn tiny_body(k: usize) -> String {
+    format!("CREATE TABLE t_{k} (id integer PRIMARY KEY, note text);\n")
+}
+
+/// Writes `n` tiny patches of `kind` into `dir/patches` and their concatenation to
+/// `dir/all.sql`.
+pub(crate) fn tiny_patches(dir: &Path, n: usize, kind: &str) -> PathBuf {
+    let mut all = String::new();
+    for k in 0..n {
+        let body = tiny_body(k);
+        write(
+            &dir.join(format!("patches/patch-1-{k}-0-{kind}.sql")),
+            &body,
+        );
+        all.push_str(&body);
+    }
+    let path = dir.join("all.sql");
+    write(&path, &all);
+    path
+}
+
+impl Bench {
+    pub(crate) fn per_patch(&self, out: &mut Results) {
+        let n = self.settings.tiny_patches;
+        eprintln!("bench: [2] {n} tiny patches");
+        let std_dir = self.dir("tiny_std");
+        let std_all = tiny_patches(&std_dir, n, "std");
+        let direct_dir = self.dir("tiny_direct");
+        let direct_all = tiny_patches(&direct_dir, n, "direct");
+
+        let mut t: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+        for rep in 0..self.settings.reps {
+            let mut order = [0, 1, 2, 3];
+            order.rotate_left(rep % 4);
+            for v in order {
+                let db = self.unique("tiny");
+                let on = if v < 2 { &[0][..] } else { &[0, 1, 2][..] };
+                let (key, s) = match v {
+                    0 => {
+                        self.create_db(&[0], &db);
+                        let cfg = write_config(&std_dir, &[self.servers[0].dsn(&db)], "");
+                        let s = self.run_one(self.pgconvoy(&cfg, &["upgrade", "--all"]));
+                        self.assert_done(0, &db, "pgconvoy.revision", n);
+                        ("std pgconvoy", s)
+                    }
+                    1 => {
+                        self.create_db(&[0], &db);
+                        let s =
+                            self.run_one(self.psql_file(&self.servers[0].dsn(&db), &std_all, true));
+                        ("std psql", s)
+                    }
+                    2 => {
+                        self.create_db(&[0, 1, 2], &db);
+                        let dsns: Vec<String> = (0..3).map(|i| self.servers[i].dsn(&db)).collect();
+                        let cfg = write_config(&direct_dir, &dsns, "");
+                        let s = self.run_one(self.pgconvoy(&cfg, &["upgrade", "--all"]));
+                        for i in 0..3 {
+                            self.assert_done(i, &db, "pgconvoy.revision", n);
+                        }
+                        ("direct pgconvoy", s)
+                    }
+                    _ => {
+                        self.create_db(&[0, 1, 2], &db);
+                        let jobs = (0..3)
+                            .map(|i| self.psql_file(&self.servers[i].dsn(&db), &direct_all, true))
+                            .collect();
+                        ("direct psql", self.run(jobs, 3))
+                    }
+                };
+                self.drop_db(on, &db);
+                t.entry(key).or_default().push(s.wall.as_secs_f64());
+            }
+        }
+        for (k, v) in &t {
+            log_samples("2", k, v);
+        }
+        let m = |k: &str| median(t[k].clone());
+        let r = |a: &str, b: &str| paired_ratio(&t[a], &t[b]);
+        let (ours, base) = (m("std pgconvoy"), m("std psql"));
+        let ratio = r("std pgconvoy", "std psql");
+        let patches = thousands(n as u64);
+        let quick_note = if n < 1000 {
+            " (fewer than the full run's 1,000)"
+        } else {
+            ""
+        };
+        out.row(
+            "2",
+            &format!(
+                "per-patch overhead: {patches} tiny `std` patches (`CREATE TABLE t_K (id integer PRIMARY KEY, note text)`), 1 node, `upgrade --all`{quick_note}"
+            ),
+            format!("{} ({:.2} ms/patch)", secs(ours), ours * 1000.0 / n as f64),
+            format!(
+                "`psql -X -1 -f` of the same SQL concatenated: {} ({:.2} ms/patch)",
+                secs(base),
+                base * 1000.0 / n as f64
+            ),
+            format!("**{ratio:.2}**"),
+            format!("≤ 1.3: {}", verdict(ratio <= 1.3)),
+        );
+        let (ours, base) = (m("direct pgconvoy"), m("direct psql"));
+        let ratio = r("direct pgconvoy", "direct psql");
+        out.row(
+            "2",
+            &format!("{patches} tiny `direct` patches, 3 nodes, `upgrade --all`{quick_note}"),
+            format!("{} ({:.2} ms/patch)", secs(ours), ours * 1000.0 / n as f64),
+            format!(
+                "3 parallel `psql -X -1 -f`, one per node: {} ({:.2} ms/patch)",
+                secs(base),
+                base * 1000.0 / n as f64
+            ),
+            format!("**{ratio:.2}**"),
+            format!("≤ 1.3 (the `std` bar): {}", verdict(ratio <= 1.3)),
+        );
+    }
+}
