@@ -260,6 +260,7 @@ async fn rehearse_and_inspect(
         n.preflight = e.inspection;
         report.findings.extend(e.findings);
     }
+    report.findings.extend(rehearsal_findings(&report.nodes));
 }
 
 fn node_report(
@@ -376,9 +377,6 @@ async fn examine(
         (rehearsal::not_rehearsed(targets, &why), Vec::new())
     } else {
         let r = rehearsal::rehearse(node, targets, config.lock_timeout, reporter).await;
-        for p in &r.patches {
-            findings.extend(rehearsal_findings(&name, p));
-        }
         (r.patches, r.pids)
     };
     let ctx = preflight::Context {

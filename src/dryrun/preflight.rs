@@ -164,6 +164,7 @@ impl Inspector<'_> {
             node: Some(self.node.clone()),
             patch: None,
             message,
+            nodes: Vec::new(),
         });
     }
 

@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use super::findings::{FindingKind, Level};
+use super::findings::{list, FindingKind, Level};
 use super::rehearsal::{Outcome, PatchRehearsal};
 use super::report::{DryRunReport, NodeReport, Verdict};
 use crate::output;
@@ -13,12 +13,29 @@ use crate::output::ReportFormat;
 use crate::patches::discover::Severity;
 use crate::patches::lockmode::LockMode;
 
+/// The widest line a text or Markdown report has: what a change ticket can show. Longer
+/// lines are cut with "…" (the JSON report has everything).
+pub const MAX_LINE: usize = 400;
+
 /// Writes the report in `format`.
 pub fn render(r: &DryRunReport, format: ReportFormat, out: &mut dyn Write) -> io::Result<()> {
+    let mut buf = Vec::new();
     match format {
-        ReportFormat::Json => output::json(out, r),
-        ReportFormat::Text => text(r, out),
-        ReportFormat::Markdown => markdown(r, out),
+        ReportFormat::Json => return output::json(out, r),
+        ReportFormat::Text => text(r, &mut buf)?,
+        ReportFormat::Markdown => markdown(r, &mut buf)?,
+    }
+    for line in String::from_utf8_lossy(&buf).lines() {
+        writeln!(out, "{}", cap(line, MAX_LINE))?;
+    }
+    Ok(())
+}
+
+/// `line`, cut to `max` characters with "…" when longer.
+fn cap(line: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match line.char_indices().nth(max.saturating_sub(1)) {
+        Some((at, _)) if line.chars().count() > max => format!("{}…", &line[..at]).into(),
+        _ => line.into(),
     }
 }
 
@@ -26,8 +43,15 @@ pub fn render(r: &DryRunReport, format: ReportFormat, out: &mut dyn Write) -> io
 pub fn verdict(r: &DryRunReport) -> String {
     let s = &r.summary;
     let counts = format!(
-        "{} patch(es) to apply, {} rehearsal(s) ok, {} failed, {} not rehearsable; {} blocking finding(s), {} warning(s), {} lint finding(s)",
-        s.patches, s.rehearsed_ok, s.failed, s.not_rehearsable, s.blocking, s.warnings, s.lint
+        "{} patch(es) to apply, {} rehearsal(s) ok, {} failed, {} not rehearsed after a failure, {} not rehearsable; {} blocking finding(s), {} warning(s), {} lint finding(s)",
+        s.patches,
+        s.rehearsed_ok,
+        s.failed,
+        s.not_rehearsed,
+        s.not_rehearsable,
+        s.blocking,
+        s.warnings,
+        s.lint
     );
     match r.verdict {
         Verdict::Ready => {
@@ -38,6 +62,14 @@ pub fn verdict(r: &DryRunReport) -> String {
             "REFUSED (exit 2): a real run would refuse this input: {}",
             r.refusal.as_deref().unwrap_or("bad input")
         ),
+    }
+}
+
+/// A group's versions: all of them, or the first and the last of a long run.
+fn versions(v: &[String]) -> String {
+    match v {
+        [first, .., last] if v.len() > 8 => format!("{first} … {last} ({} patches)", v.len()),
+        _ => v.join(", "),
     }
 }
 
@@ -78,7 +110,10 @@ fn cell(p: Option<&PatchRehearsal>) -> String {
                 None => "FAILED".into(),
             },
             Outcome::NotRehearsable => "not rehearsable".into(),
-            Outcome::NotRehearsed => "NOT REHEARSED".into(),
+            Outcome::NotRehearsed => match &p.after {
+                Some(root) => format!("not rehearsed (after {root})"),
+                None => "NOT REHEARSED".into(),
+            },
         },
     }
 }
@@ -171,7 +206,7 @@ fn lock_rows(r: &DryRunReport) -> Vec<Vec<String>> {
         }
     }
     rows.into_iter()
-        .map(|(p, nodes, rel, mode, note)| vec![p, nodes.join(", "), rel, mode, note])
+        .map(|(p, nodes, rel, mode, note)| vec![p, list(&nodes, 8), rel, mode, note])
         .collect()
 }
 
@@ -195,7 +230,7 @@ fn rewrite_lines(r: &DryRunReport) -> Vec<String> {
         .map(|(p, t, nodes)| {
             format!(
                 "patch `{p}` rewrites `{t}` on {} (new storage: time and disk grow with its size, under the lock above)",
-                nodes.join(", ")
+                list(&nodes, 8)
             )
         })
         .collect()
@@ -205,11 +240,10 @@ fn rewrite_lines(r: &DryRunReport) -> Vec<String> {
 fn not_rehearsable(r: &DryRunReport) -> Vec<(String, String, Vec<String>, &PatchRehearsal)> {
     let mut out: Vec<(String, String, Vec<String>, &PatchRehearsal)> = Vec::new();
     for n in &r.nodes {
-        for p in n
-            .patches
-            .iter()
-            .filter(|p| p.outcome == Outcome::NotRehearsable)
-        {
+        for p in n.patches.iter().filter(|p| {
+            p.outcome == Outcome::NotRehearsable
+                && p.patch_type == crate::patches::patch::PatchType::Concurrent
+        }) {
             match out.iter_mut().find(|(v, _, _, _)| *v == p.patch) {
                 Some(e) => e.2.push(n.name.clone()),
                 None => out.push((p.patch.clone(), p.file.clone(), vec![n.name.clone()], p)),
@@ -248,11 +282,11 @@ fn text(r: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
                 "  {}. {:<10} {} on {}",
                 i + 1,
                 g.patch_type.to_string(),
-                g.patches.join(", "),
+                versions(&g.patches),
                 if g.nodes.is_empty() {
                     "no node".to_string()
                 } else {
-                    g.nodes.join(", ")
+                    list(&g.nodes, 8)
                 }
             )?;
         }
@@ -291,7 +325,7 @@ fn text(r: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
             "\nnot rehearsable (`concurrent`: outside any transaction, one statement at a time):"
         )?;
         for (v, file, nodes, p) in concurrent {
-            writeln!(out, "  {v} ({file}) on {}", nodes.join(", "))?;
+            writeln!(out, "  {v} ({file}) on {}", list(&nodes, 8))?;
             for s in &p.statements {
                 writeln!(out, "    line {}: {}", s.line, one_line(&s.text))?;
             }
@@ -356,8 +390,8 @@ fn markdown(r: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
                 vec![
                     (i + 1).to_string(),
                     g.patch_type.to_string(),
-                    g.patches.join(", "),
-                    g.nodes.join(", "),
+                    versions(&g.patches),
+                    list(&g.nodes, 8),
                 ]
             })
             .collect();
@@ -389,7 +423,7 @@ fn markdown(r: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
             "\n### Not rehearsable (`concurrent`: outside any transaction)\n"
         )?;
         for (v, file, nodes, p) in concurrent {
-            writeln!(out, "- `{v}` ({file}) on {}:", nodes.join(", "))?;
+            writeln!(out, "- `{v}` ({file}) on {}:", list(&nodes, 8))?;
             writeln!(out, "\n  ```sql")?;
             for s in &p.statements {
                 for line in s.text.lines() {
@@ -435,4 +469,24 @@ fn markdown(r: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
         markdown_table(&["file", "line", "rule", "severity", "finding"], &rows, out)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_cut_with_an_ellipsis() {
+        assert_eq!(cap("short", 10), "short");
+        assert_eq!(cap("abcdefghij", 10), "abcdefghij");
+        assert_eq!(cap("abcdefghijk", 10), "abcdefghi…");
+        assert_eq!(cap("ééééé", 3).chars().count(), 3);
+    }
+
+    #[test]
+    fn long_runs_of_versions_are_shortened() {
+        let v: Vec<String> = (0..300).map(|k| format!("1-{k}-0")).collect();
+        assert_eq!(versions(&v), "1-0-0 … 1-299-0 (300 patches)");
+        assert_eq!(versions(&v[..2]), "1-0-0, 1-1-0");
+    }
 }

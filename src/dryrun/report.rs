@@ -71,7 +71,11 @@ pub struct Summary {
     /// Patch × node rehearsals that succeeded / failed (not rehearsed counts as failed).
     pub rehearsed_ok: usize,
     pub failed: usize,
-    /// Patch × node pairs of `concurrent` patches.
+    /// Patch × node rehearsals that failed after an earlier failure of the same rehearsal
+    /// (reported once, with it).
+    pub not_rehearsed: usize,
+    /// Patch × node pairs that cannot be rehearsed in a transaction (`concurrent` patches,
+    /// and what PostgreSQL allows only after a commit).
     pub not_rehearsable: usize,
     pub blocking: usize,
     pub warnings: usize,
@@ -183,8 +187,9 @@ impl DryRunReport {
         for p in self.nodes.iter().flat_map(|n| &n.patches) {
             match p.outcome {
                 Outcome::Ok => s.rehearsed_ok += 1,
-                Outcome::Failed | Outcome::NotRehearsed => s.failed += 1,
+                _ if p.is_failure() => s.failed += 1,
                 Outcome::NotRehearsable => s.not_rehearsable += 1,
+                Outcome::Failed | Outcome::NotRehearsed => s.not_rehearsed += 1,
             }
         }
         for f in &self.findings {

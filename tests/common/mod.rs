@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod corpus;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;

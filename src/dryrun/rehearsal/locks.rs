@@ -1,51 +1,27 @@
-//! What a rehearsed patch locked and rewrote: the relation locks its backend holds
-//! (new ones, and those an earlier patch took that this one used too), resolved against
-//! the committed catalog, described in plain words, strongest first.
+//! What a rehearsed patch locked and rewrote: the relation locks its backend holds (new
+//! ones, and those an earlier patch took that this one used too), told apart from the
+//! relations that existed before the rehearsal (read once from the committed catalog),
+//! described in plain words, strongest first; and the catalog queries behind them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{HeldLock, LockTaken, Rehearsal, Relation, Usage, FIRST_NORMAL_OID};
+use super::{bare_name, HeldLock, LockTaken, Rehearsal, Relation, Usage, FIRST_NORMAL_OID};
 use crate::db::pgerror::PgFailure;
 use crate::patches::lockmode::LockMode;
 
 impl Rehearsal<'_> {
-    /// The locks the patch just took (beyond those already held) and the tables it rewrote.
-    pub(super) async fn locks_taken(
+    /// The locks the patch just took (beyond those already held) on relations that existed
+    /// before the run or that it created itself, and the tables it rewrote. `rows`: every
+    /// relation lock the rehearsal holds now; `before`/`after`: the tables it already held
+    /// that the patch names, around the patch.
+    pub(super) fn locks_taken(
         &mut self,
+        rows: &[tokio_postgres::Row],
         before: &HashMap<i64, Usage>,
-    ) -> Result<(Vec<LockTaken>, Vec<String>), PgFailure> {
-        let held = self.held_now().await?;
-        self.resolve(held.iter().map(|h| h.oid)).await?;
-
-        // Strongest new mode per relation.
-        let mut new: BTreeMap<i64, LockMode> = BTreeMap::new();
-        for h in &held {
-            if !self.held.contains(&(h.oid, h.mode)) {
-                let m = new.entry(h.oid).or_insert(h.mode);
-                *m = (*m).max(h.mode);
-            }
-        }
-        let reused = self.reused(before, &new).await?;
-        for h in &held {
-            self.held.insert((h.oid, h.mode));
-        }
-        let all = new
-            .into_iter()
-            .map(|(o, m)| (o, m, false))
-            .chain(reused.into_iter().map(|(o, m)| (o, m, true)));
-        let locks = self.describe(&held, all);
-        let rewrites = self.rewrites(&held);
-        Ok((locks, rewrites))
-    }
-
-    /// The relation locks the rehearsing backend holds now.
-    async fn held_now(&self) -> Result<Vec<HeldLock>, PgFailure> {
-        let rows = self
-            .work
-            .client()
-            .query(&held_locks_sql(), &[&FIRST_NORMAL_OID])
-            .await?;
-        Ok(rows
+        after: &HashMap<i64, Usage>,
+        words: &HashSet<String>,
+    ) -> (Vec<LockTaken>, Vec<String>) {
+        let held: Vec<HeldLock> = rows
             .iter()
             .filter_map(|r| {
                 let mode = LockMode::from_pg(&r.get::<_, String>(1))?;
@@ -61,22 +37,18 @@ impl Rehearsal<'_> {
                     inside,
                 })
             })
-            .collect())
-    }
+            .collect();
 
-    /// Relations an earlier patch already locked that this one used too (one transaction
-    /// holds them all), with the mode inferred from what the patch did to them.
-    async fn reused(
-        &self,
-        before: &HashMap<i64, Usage>,
-        new: &BTreeMap<i64, LockMode>,
-    ) -> Result<BTreeMap<i64, LockMode>, PgFailure> {
-        let mut reused: BTreeMap<i64, LockMode> = BTreeMap::new();
-        if before.is_empty() {
-            return Ok(reused);
+        // Strongest new mode per relation.
+        let mut new: BTreeMap<i64, LockMode> = BTreeMap::new();
+        for h in &held {
+            if !self.held.contains(&(h.oid, h.mode)) {
+                let m = new.entry(h.oid).or_insert(h.mode);
+                *m = (*m).max(h.mode);
+            }
         }
-        let oids: Vec<i64> = before.keys().copied().collect();
-        let after = self.usage(&oids).await?;
+        // Relations an earlier patch already locked that this one used too.
+        let mut reused: BTreeMap<i64, LockMode> = BTreeMap::new();
         for (oid, was) in before {
             if new.contains_key(oid) {
                 continue;
@@ -98,30 +70,29 @@ impl Rehearsal<'_> {
                 reused.insert(*oid, m);
             }
         }
-        Ok(reused)
-    }
-
-    /// Each lock in words, strongest first: relations the rehearsal created block nobody,
-    /// system relations are left out.
-    fn describe(
-        &self,
-        held: &[HeldLock],
-        locks: impl Iterator<Item = (i64, LockMode, bool)>,
-    ) -> Vec<LockTaken> {
-        let mut out: Vec<(LockMode, LockTaken)> = Vec::new();
-        for (oid, mode, inferred) in locks {
+        for h in &held {
+            self.held.insert((h.oid, h.mode));
+        }
+        let mut locks: Vec<(LockMode, LockTaken)> = Vec::new();
+        let all = new
+            .into_iter()
+            .map(|(o, m)| (o, m, false))
+            .chain(reused.into_iter().map(|(o, m)| (o, m, true)));
+        for (oid, mode, inferred) in all {
             let inside = held
                 .iter()
                 .find(|h| h.oid == oid)
                 .and_then(|h| h.inside.clone());
-            let before = self.committed.get(&oid).cloned().flatten();
+            let before = self.existing.relations.get(&oid).cloned();
             let (rel, created) = match (before, inside) {
                 (Some(b), _) => (b, false),
                 (None, Some(i)) => (i, true),
                 // Created and dropped within the rehearsal: nobody ever saw it.
                 (None, None) => continue,
             };
-            if rel.system {
+            // Relations created by earlier patches that took no probe show up late: only
+            // the patch that names them reports them.
+            if rel.system || (created && !words.contains(&bare_name(&rel.name))) {
                 continue;
             }
             let blocks = if created {
@@ -132,7 +103,7 @@ impl Rehearsal<'_> {
             } else {
                 mode.blocks(&rel.name)
             };
-            out.push((
+            locks.push((
                 mode,
                 LockTaken {
                     relation: rel.name.clone(),
@@ -145,23 +116,23 @@ impl Rehearsal<'_> {
             ));
         }
         // Strongest first: that is what the DBA plans the window around.
-        out.sort_by(|(ma, a), (mb, b)| mb.cmp(ma).then_with(|| a.relation.cmp(&b.relation)));
-        out.into_iter().map(|(_, l)| l).collect()
-    }
-
-    /// Existing tables whose storage changed since the rehearsal last looked (a rewrite).
-    fn rewrites(&mut self, held: &[HeldLock]) -> Vec<String> {
+        locks.sort_by(|(ma, a), (mb, b)| mb.cmp(ma).then_with(|| a.relation.cmp(&b.relation)));
+        let locks = locks.into_iter().map(|(_, l)| l).collect();
         let mut rewrites = Vec::new();
-        for h in held {
-            let (Some(inside), Some(Some(before))) = (&h.inside, self.committed.get(&h.oid)) else {
+        let storage_now = held
+            .iter()
+            .filter_map(|h| h.inside.as_ref().map(|i| (h.oid, i.relfilenode)))
+            .chain(after.iter().map(|(oid, u)| (*oid, u.relfilenode)));
+        for (oid, relfilenode) in storage_now {
+            let Some(before) = self.existing.relations.get(&oid) else {
                 continue;
             };
-            if inside.relfilenode == 0 || before.system {
+            if relfilenode == 0 || before.system {
                 continue;
             }
-            let last = *self.storage.entry(h.oid).or_insert(before.relfilenode);
-            if last != inside.relfilenode {
-                self.storage.insert(h.oid, inside.relfilenode);
+            let last = *self.storage.entry(oid).or_insert(before.relfilenode);
+            if last != relfilenode {
+                self.storage.insert(oid, relfilenode);
                 if matches!(before.kind.as_str(), "table" | "materialized view")
                     && !rewrites.contains(&before.name)
                 {
@@ -169,61 +140,70 @@ impl Rehearsal<'_> {
                 }
             }
         }
-        rewrites
+        (locks, rewrites)
     }
+}
 
-    /// For tables among `oids` (inside the rehearsal): their catalog rows' versions and this
-    /// transaction's reads and writes of them, to tell whether a patch used them.
-    pub(super) async fn usage(&self, oids: &[i64]) -> Result<HashMap<i64, Usage>, PgFailure> {
-        if oids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows = self.work.client().query(USAGE, &[&oids]).await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    Usage {
-                        catalog: r.get(1),
-                        writes: r.get(2),
-                        scans: r.get(3),
-                    },
-                )
-            })
-            .collect())
-    }
+/// The user relations and routines that existed before the rehearsal, read once from the
+/// committed catalog.
+pub(super) struct Existing {
+    /// By oid.
+    pub(super) relations: HashMap<i64, Relation>,
+    /// Oids of those relations by bare name (lower case) and the bare names of user
+    /// routines: a patch that names none of them cannot lock anything that existed before
+    /// the run, except through triggers and routines it calls by other names, which are
+    /// rare in migrations.
+    pub(super) by_name: HashMap<String, Vec<i64>>,
+    pub(super) routines: HashSet<String>,
+}
 
-    /// Looks up, in the committed catalog (the watch session), relations not seen before.
-    async fn resolve(&mut self, oids: impl Iterator<Item = i64>) -> Result<(), PgFailure> {
-        let unknown: Vec<i64> = oids
-            .filter(|o| !self.committed.contains_key(o))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        let rows = self
-            .watch
-            .query(&committed_relations_sql(), &[&unknown])
+impl Existing {
+    pub(super) async fn read(client: &tokio_postgres::Client) -> Result<Existing, PgFailure> {
+        let rows = client
+            .query(&existing_relations_sql(), &[&FIRST_NORMAL_OID])
             .await?;
-        for oid in &unknown {
-            self.committed.insert(*oid, None);
-        }
+        let mut relations = HashMap::with_capacity(rows.len());
+        let mut by_name: HashMap<String, Vec<i64>> = HashMap::with_capacity(rows.len());
         for r in rows {
-            self.committed.insert(
+            let bare: String = r.get(5);
+            by_name
+                .entry(bare.to_lowercase())
+                .or_default()
+                .push(r.get(0));
+            relations.insert(
                 r.get(0),
-                Some(Relation {
+                Relation {
                     name: r.get(1),
                     kind: r.get(2),
                     system: r.get(3),
                     relfilenode: r.get(4),
-                }),
+                },
             );
         }
-        Ok(())
+        let routines = client
+            .query(EXISTING_ROUTINES, &[])
+            .await?
+            .iter()
+            .map(|r| r.get::<_, String>(0).to_lowercase())
+            .collect();
+        Ok(Existing {
+            relations,
+            by_name,
+            routines,
+        })
     }
+}
+
+pub(super) fn usage_row(r: &tokio_postgres::Row) -> (i64, Usage) {
+    (
+        r.get(0),
+        Usage {
+            catalog: r.get(1),
+            writes: r.get(2),
+            scans: r.get(3),
+            relfilenode: r.get(4),
+        },
+    )
 }
 
 /// `relkind` in words.
@@ -237,31 +217,39 @@ const SYSTEM_SCHEMA: &str = "(n.nspname IN ('pg_catalog', 'information_schema') 
      OR n.nspname LIKE 'pg\\_toast%' OR n.nspname LIKE 'pg\\_temp%')";
 
 /// Relation locks the rehearsing backend holds, seen from inside its transaction.
-fn held_locks_sql() -> String {
+pub(super) fn held_locks_sql() -> String {
     format!(
         "SELECT l.relation::int8, l.mode,
                 CASE WHEN c.oid IS NOT NULL THEN c.oid::regclass::text END,
                 {RELKIND}, coalesce({SYSTEM_SCHEMA}, false), coalesce(c.relfilenode::int8, 0)
-           FROM pg_locks l
+           FROM (SELECT relation, mode FROM pg_locks
+                  WHERE pid = pg_backend_pid() AND locktype = 'relation' AND granted
+                    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    AND relation::int8 >= $1) l
            LEFT JOIN pg_class c ON c.oid = l.relation
-           LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted
-            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-            AND l.relation::int8 >= $1"
+           LEFT JOIN pg_namespace n ON n.oid = c.relnamespace"
     )
 }
 
-/// Relations as the committed catalog knows them.
-fn committed_relations_sql() -> String {
+/// User relations as the committed catalog knows them: oid, name, kind, system-ness,
+/// storage, bare name.
+fn existing_relations_sql() -> String {
     format!(
-        "SELECT c.oid::int8, c.oid::regclass::text, {RELKIND}, {SYSTEM_SCHEMA}, c.relfilenode::int8
+        "SELECT c.oid::int8, c.oid::regclass::text, {RELKIND}, {SYSTEM_SCHEMA}, c.relfilenode::int8, c.relname::text
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE c.oid = ANY($1::int8[]::oid[])"
+          WHERE c.oid::int8 >= $1"
     )
 }
 
-/// Catalog row versions and this transaction's activity for the tables among `$1`.
-const USAGE: &str = "
+/// Names of user routines (extensions' included).
+const EXISTING_ROUTINES: &str = "
+    SELECT DISTINCT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')";
+
+/// Catalog row versions and this transaction's activity for the tables among `$1`. The
+/// activity comes from the statistics functions themselves: `pg_stat_xact_all_tables`
+/// would compute them for every relation of the database first.
+pub(super) const USAGE: &str = "
     SELECT c.oid::int8,
            concat_ws('|', c.xmin::text || c.ctid::text,
              (SELECT string_agg(a.xmin::text || a.ctid::text, ',' ORDER BY a.attnum)
@@ -272,7 +260,11 @@ const USAGE: &str = "
                 FROM pg_index i WHERE i.indrelid = c.oid),
              (SELECT string_agg(t.xmin::text || t.ctid::text, ',' ORDER BY t.oid)
                 FROM pg_trigger t WHERE t.tgrelid = c.oid)),
-           coalesce(s.n_tup_ins + s.n_tup_upd + s.n_tup_del, 0)::int8,
-           (coalesce(s.seq_scan, 0) + coalesce(s.idx_scan, 0))::int8
-      FROM pg_class c LEFT JOIN pg_stat_xact_all_tables s ON s.relid = c.oid
+           (pg_stat_get_xact_tuples_inserted(c.oid) + pg_stat_get_xact_tuples_updated(c.oid)
+              + pg_stat_get_xact_tuples_deleted(c.oid))::int8,
+           (pg_stat_get_xact_numscans(c.oid)
+              + coalesce((SELECT sum(pg_stat_get_xact_numscans(i.indexrelid))
+                            FROM pg_index i WHERE i.indrelid = c.oid), 0))::int8,
+           c.relfilenode::int8
+      FROM pg_class c
      WHERE c.oid = ANY($1::int8[]::oid[]) AND c.relkind IN ('r', 'p', 'm')";

@@ -3,11 +3,16 @@
 //! it took (from `pg_locks`, before the rollback), the tables it rewrote, and who held a
 //! lock it could not get within a short `lock_timeout`.
 //!
-//! Each patch runs under its own savepoint, so a failing patch is rolled back alone and the
-//! later patches still rehearse (and show whether they depend on it). A second session on
-//! the node watches the rehearsing backend with `pg_blocking_pids()` while a patch runs, and
-//! resolves relation names against the committed catalog (a relation the committed catalog
-//! does not know was created by the rehearsal and blocks nobody).
+//! Each patch runs under its own savepoint, in one request with its probes, so a failing
+//! patch is rolled back alone and the later patches still rehearse; a later failure is
+//! then reported as following from the first (the real run stops there). What PostgreSQL
+//! does not allow in one transaction although the real run (a transaction per patch) does
+//! — using an enum value an earlier patch added (55P04) — is "not rehearsable", not a
+//! failure. A second session on the node watches the rehearsing backend with
+//! `pg_blocking_pids()` while a patch runs. Relations the committed catalog did not know
+//! when the rehearsal began were created by it and block nobody; only patches that name
+//! something that existed are probed for locks, since the probe scans every lock the
+//! rehearsal holds and that grows with every patch.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -17,12 +22,14 @@ use tokio_postgres::error::SqlState;
 
 use crate::db::cluster::Node;
 use crate::db::pgerror::PgFailure;
+use crate::db::pipeline::SAVEPOINT as SAVEPOINT_NAME;
 use crate::db::transaction::{RollbackOnly, Transaction};
 use crate::output::human::{self, one_line, seconds};
 use crate::patches::lockmode::LockMode;
-use crate::patches::patch::{Patch, PatchType};
+use crate::patches::patch::{Patch, PatchType, StatementSpan};
 use crate::patches::sql;
 use crate::progress::{Event, Reporter};
+use locks::{held_locks_sql, usage_row, Existing, USAGE};
 
 mod locks;
 
@@ -37,17 +44,17 @@ pub enum Outcome {
     Ok,
     /// Rehearsed and failed; `error` says why.
     Failed,
-    /// A `concurrent` patch: it runs outside any transaction, so it cannot be rehearsed.
+    /// Cannot be rehearsed inside the rehearsal's one transaction, though the real run
+    /// (a transaction per patch, or none) may well apply it: a `concurrent` patch, or one
+    /// that uses what an earlier patch of the same rehearsal did in a way PostgreSQL only
+    /// allows after a commit (an enum value added earlier: 55P04). `reason` says which.
     NotRehearsable,
-    /// Not rehearsed: the node cannot rehearse (see the node's findings) or the patch would
-    /// end the rehearsal's transaction; `error` says why. Counts as a failure.
+    /// Not rehearsed. With `after`: it failed after an earlier patch of this rehearsal
+    /// failed or could not be rehearsed, and most likely because of it (the real run stops
+    /// at the first failure anyway): reported once, with that patch. Without `after`: the
+    /// node cannot rehearse or the patch would end the rehearsal's transaction; `error`
+    /// says why, and it counts as a failure.
     NotRehearsed,
-}
-
-impl Outcome {
-    pub fn is_failure(self) -> bool {
-        matches!(self, Outcome::Failed | Outcome::NotRehearsed)
-    }
 }
 
 /// A server error, with the line of the patch file it points at.
@@ -142,8 +149,11 @@ pub struct PatchRehearsal {
     pub outcome: Outcome,
     pub duration_ms: u64,
     pub error: Option<RehearsalError>,
-    /// Earlier patches that failed in this node's rehearsal (this one may depend on them).
-    pub after_failed: Vec<String>,
+    /// `not_rehearsable`: why it cannot be rehearsed in one transaction.
+    pub reason: Option<String>,
+    /// `not_rehearsed`: the earlier patch of this rehearsal that failed (or could not be
+    /// rehearsed) and that this one most likely failed because of.
+    pub after: Option<String>,
     /// Table locks this patch takes, strongest first.
     pub locks: Vec<LockTaken>,
     /// Existing tables the patch gave new storage (a rewrite, or TRUNCATE).
@@ -163,11 +173,22 @@ impl PatchRehearsal {
             outcome,
             duration_ms: 0,
             error: None,
-            after_failed: Vec::new(),
+            reason: None,
+            after: None,
             locks: Vec::new(),
             rewrites: Vec::new(),
             blockers: Vec::new(),
             statements: Vec::new(),
+        }
+    }
+
+    /// A failure of its own: it failed first, or the node could not rehearse it. Patches
+    /// that failed after an earlier failure (`after`) are not counted again.
+    pub fn is_failure(&self) -> bool {
+        match self.outcome {
+            Outcome::Failed => true,
+            Outcome::NotRehearsed => self.after.is_none(),
+            Outcome::Ok | Outcome::NotRehearsable => false,
         }
     }
 
@@ -222,6 +243,34 @@ fn not_rehearsable(patch: &Patch) -> PatchRehearsal {
     r
 }
 
+/// The first patch of a node's rehearsal that failed (the real run stops there), and the
+/// last one that could not be rehearsed in one transaction: later failures most likely
+/// follow from them.
+#[derive(Default)]
+struct Roots {
+    failed: Option<String>,
+    unrehearsable: Option<String>,
+}
+
+/// What earlier patches of the rehearsal did that PostgreSQL lets later statements of the
+/// same transaction use only after a commit.
+#[derive(Default)]
+struct Earlier {
+    /// An enum value was added (`ALTER TYPE … ADD VALUE`).
+    enum_value: bool,
+    /// Rows were changed (deferred constraint triggers wait for the commit).
+    rows: bool,
+}
+
+impl Earlier {
+    fn note(&mut self, patch: &Patch) {
+        for (text, _) in patch.statement_texts() {
+            self.enum_value |= adds_enum_value(text);
+            self.rows |= changes_rows(text);
+        }
+    }
+}
+
 /// Rehearses `patches` (the ones `node` would receive, in order) in one transaction that
 /// is always rolled back.
 pub async fn rehearse(
@@ -249,6 +298,8 @@ pub async fn rehearse(
             backend_pid(work.client()).await?,
             backend_pid(watch.client()).await?,
         ];
+        // Before the rehearsal changes anything: the relations and routines that exist.
+        let existing = Existing::read(watch.client()).await?;
         let settings = format!(
             "ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{}ms'",
             lock_timeout.as_millis()
@@ -256,10 +307,13 @@ pub async fn rehearse(
         // The type has no way to commit: whatever happens, the rehearsal is rolled back
         // (explicitly below, or by closing the connection if it is dropped first).
         let tx = Transaction::rollback_only(work, &settings).await?;
-        Ok::<_, PgFailure>((pids, tx))
+        // Prepared once, so that each patch's probes go out in its one request.
+        let held_locks = tx.client().prepare(&held_locks_sql()).await?;
+        let usage = tx.client().prepare(USAGE).await?;
+        Ok::<_, PgFailure>((pids, existing, tx, held_locks, usage))
     }
     .await;
-    let (pids, tx) = match begun {
+    let (pids, existing, tx, held_locks, usage) = match begun {
         Ok(b) => b,
         Err(e) => {
             out.patches = not_rehearsed(patches, &format!("cannot start the rehearsal: {e}"));
@@ -273,15 +327,20 @@ pub async fn rehearse(
         watch: watch.client(),
         pid: out.pids[0],
         lock_timeout,
+        held_locks,
+        usage,
         held: HashSet::new(),
         storage: HashMap::new(),
-        committed: HashMap::new(),
+        existing,
     };
-    let mut failed: Vec<String> = Vec::new();
+    let mut roots = Roots::default();
+    let mut earlier = Earlier::default();
     let mut broken: Option<String> = None;
     for patch in patches {
+        let version = patch.version.to_string();
         if patch.kind == PatchType::Concurrent {
             out.patches.push(not_rehearsable(patch));
+            roots.unrehearsable = Some(version);
             continue;
         }
         if let Some(why) = &broken {
@@ -297,7 +356,7 @@ pub async fn rehearse(
                 e.line = Some(line);
             }
             out.patches.push(pr);
-            failed.push(patch.version.to_string());
+            roots.failed.get_or_insert(version);
             continue;
         }
         reporter.event(&Event::NodeStart {
@@ -305,7 +364,14 @@ pub async fn rehearse(
             node: node.name(),
         });
         let mut pr = match r.patch(patch).await {
-            Ok(pr) => pr,
+            Ok((mut pr, failed_at)) => {
+                if let Some(at) = failed_at {
+                    classify(&mut pr, patch, at, &earlier, &mut roots);
+                } else {
+                    earlier.note(patch);
+                }
+                pr
+            }
             Err(e) => {
                 // The session itself failed (connection lost, savepoint unusable).
                 let why = format!("the rehearsal session failed: {e}");
@@ -313,22 +379,125 @@ pub async fn rehearse(
                 not_rehearsed(&[patch], &why).remove(0)
             }
         };
-        pr.after_failed.clone_from(&failed);
-        let error = pr.error.as_ref().map(|e| e.text.clone());
+        if pr.outcome == Outcome::NotRehearsed && pr.after.is_none() && broken.is_none() {
+            pr.after = roots.failed.clone();
+        }
+        let error = pr
+            .error
+            .as_ref()
+            .filter(|_| pr.is_failure())
+            .map(|e| e.text.clone());
         reporter.event(&Event::NodeDone {
             version: patch.version,
             node: node.name(),
             elapsed: Duration::from_millis(pr.duration_ms),
             error: error.as_deref(),
         });
-        if pr.outcome.is_failure() {
-            failed.push(pr.patch.clone());
-        }
         out.patches.push(pr);
     }
     drop(r);
     tx.rollback().await;
     out
+}
+
+/// Decides what a failed patch's failure means: a patch PostgreSQL cannot run in the same
+/// transaction as an earlier one (not rehearsable), a consequence of an earlier failure
+/// (not rehearsed, after it), or a failure of its own. `at`: the failing statement.
+fn classify(
+    pr: &mut PatchRehearsal,
+    patch: &Patch,
+    at: usize,
+    earlier: &Earlier,
+    roots: &mut Roots,
+) {
+    let code = pr.error.as_ref().and_then(|e| e.sqlstate.clone());
+    let is = |s: &SqlState| code.as_deref() == Some(s.code());
+    let upto: Vec<&str> = patch
+        .statement_texts()
+        .take(at + 1)
+        .map(|(t, _)| t)
+        .collect();
+    let reason = if is(&SqlState::UNSAFE_NEW_ENUM_VALUE_USAGE)
+        && earlier.enum_value
+        && !upto.iter().any(|t| adds_enum_value(t))
+    {
+        Some(
+            "it uses an enum value that an earlier pending patch adds (ALTER TYPE … ADD VALUE); \
+             PostgreSQL allows that only once the adding transaction committed, which the real \
+             run does (a transaction per patch) and a rehearsal in one transaction cannot (55P04)",
+        )
+    } else if is(&SqlState::OBJECT_IN_USE) && earlier.rows && !upto.iter().any(|t| changes_rows(t))
+    {
+        Some(
+            "it changes a table with pending trigger events from rows an earlier pending patch \
+             changed (deferred constraint triggers fire at commit, which the real run does per \
+             patch and a rehearsal in one transaction cannot; 55006)",
+        )
+    } else {
+        None
+    };
+    if let Some(why) = reason {
+        pr.outcome = Outcome::NotRehearsable;
+        pr.reason = Some(format!("not rehearsable in one transaction: {why}"));
+        roots.unrehearsable = Some(pr.patch.clone());
+        return;
+    }
+    // What a patch the rehearsal could not run leaves missing.
+    let missing = [
+        SqlState::UNDEFINED_TABLE,
+        SqlState::UNDEFINED_COLUMN,
+        SqlState::UNDEFINED_OBJECT,
+        SqlState::UNDEFINED_FUNCTION,
+        SqlState::INVALID_SCHEMA_NAME,
+        SqlState::INVALID_TEXT_REPRESENTATION,
+    ]
+    .iter()
+    .any(is);
+    if let Some(root) = &roots.failed {
+        pr.outcome = Outcome::NotRehearsed;
+        pr.after = Some(root.clone());
+    } else if let (Some(root), true) = (&roots.unrehearsable, missing) {
+        pr.outcome = Outcome::NotRehearsed;
+        pr.after = Some(root.clone());
+    } else {
+        roots.failed = Some(pr.patch.clone());
+    }
+}
+
+/// `ALTER TYPE … ADD VALUE`.
+fn adds_enum_value(statement: &str) -> bool {
+    let toks: Vec<sql::Token<'_>> = sql::tokens(statement).take(64).collect();
+    toks.first().is_some_and(|t| t.is_keyword("alter"))
+        && toks.get(1).is_some_and(|t| t.is_keyword("type"))
+        && toks
+            .windows(2)
+            .any(|w| w[0].is_keyword("add") && w[1].is_keyword("value"))
+}
+
+/// Statements that change rows (and so may queue deferred trigger events).
+fn changes_rows(statement: &str) -> bool {
+    let head = sql::leading_keywords(statement, 1);
+    let first = head.first().map(|k| k.to_ascii_lowercase());
+    let first = first.as_deref();
+    matches!(
+        first,
+        Some("insert" | "update" | "delete" | "merge" | "copy")
+    ) || (first == Some("with")
+        && sql::tokens(statement).any(|t| {
+            ["insert", "update", "delete"]
+                .iter()
+                .any(|k| t.is_keyword(k))
+        }))
+}
+
+/// Every word of `text`, folded to lower case, comments, strings and quoted identifiers
+/// included: what the patch may name. Over-inclusive on purpose (a DO block's body is a
+/// string).
+fn words(text: &str) -> HashSet<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
 }
 
 async fn backend_pid(client: &tokio_postgres::Client) -> Result<i32, PgFailure> {
@@ -347,12 +516,15 @@ struct Rehearsal<'a> {
     /// The rehearsing backend.
     pid: i32,
     lock_timeout: Duration,
-    /// `(relation oid, mode)` held by the rehearsal so far.
+    /// [`held_locks_sql`] and [`USAGE`], prepared on the work session.
+    held_locks: tokio_postgres::Statement,
+    usage: tokio_postgres::Statement,
+    /// `(relation oid, mode)` held by the rehearsal so far, as last seen.
     held: HashSet<(i64, LockMode)>,
     /// Last seen `relfilenode` of each relation the rehearsal locked.
     storage: HashMap<i64, i64>,
-    /// Committed-catalog facts about relations, by oid (`None`: not committed, i.e. new).
-    committed: HashMap<i64, Option<Relation>>,
+    /// What existed before the rehearsal.
+    existing: Existing,
 }
 
 /// A relation as the committed catalog knows it.
@@ -374,6 +546,8 @@ struct Usage {
     writes: i64,
     /// Sequential and index scans by this transaction.
     scans: i64,
+    /// Its storage (a new one: rewritten).
+    relfilenode: i64,
 }
 
 /// A relation lock held by the rehearsing backend, as seen inside its transaction.
@@ -384,69 +558,145 @@ struct HeldLock {
     inside: Option<Relation>,
 }
 
+type Rows = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>;
+
 impl Rehearsal<'_> {
-    /// One patch under its savepoint. `Err` only when the session itself is unusable.
-    async fn patch(&mut self, patch: &Patch) -> Result<PatchRehearsal, PgFailure> {
+    /// One patch under its savepoint, in one request: the savepoint, the statements (one
+    /// message each, so that a failure is pinned to its statement even when the server
+    /// reports no position in it), the lock probes, the release. Returns the rehearsal and,
+    /// when it failed, the index of the failing statement. `Err` only when the session
+    /// itself is unusable.
+    ///
+    /// The probes cost a scan of every lock the rehearsal holds (`pg_locks`), which grows
+    /// with every patch; they run only for patches that name a relation or routine that
+    /// existed before the run, since only locks on those block anybody.
+    async fn patch(&mut self, patch: &Patch) -> Result<(PatchRehearsal, Option<usize>), PgFailure> {
         let mut pr = PatchRehearsal::new(patch, Outcome::Ok);
-        let tables: Vec<i64> = self
-            .held
-            .iter()
-            .map(|(oid, _)| *oid)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let before = self.usage(&tables).await?;
-        let work = self.work;
-        let savepoint = work.savepoint().await?;
+        let words = words(&patch.body);
+        // A relation the rehearsal already holds in ACCESS EXCLUSIVE mode can show no new
+        // lock; what the patch does to it is inferred below.
+        let probe = words.iter().any(|w| {
+            self.existing.routines.contains(w)
+                || self.existing.by_name.get(w).is_some_and(|oids| {
+                    oids.iter()
+                        .any(|o| !self.held.contains(&(*o, LockMode::AccessExclusive)))
+                })
+        });
+        // Tables that existed, that an earlier patch locked, and that this one names: a
+        // lock on them is already held, so whether this patch takes it is inferred from
+        // what it did to them.
+        let names_existing = words.iter().any(|w| self.existing.by_name.contains_key(w));
+        let reused: Vec<i64> = if names_existing {
+            self.held
+                .iter()
+                .map(|(oid, _)| *oid)
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .filter(|oid| {
+                    self.existing.relations.get(oid).is_some_and(|r| {
+                        matches!(
+                            r.kind.as_str(),
+                            "table" | "partitioned table" | "materialized view"
+                        ) && words.contains(&bare_name(&r.name))
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let statements: Vec<(&str, StatementSpan)> = patch.statement_texts().collect();
+        let client = self.work.client();
         let blockers = RefCell::new(Vec::new());
         let started = Instant::now();
-        let result = {
-            // Statement by statement (the same as one batch inside a transaction block),
-            // so a failure is pinned to its statement even when the server reports no
-            // position in it.
-            let body = async {
-                for (text, span) in patch.statement_texts() {
-                    if let Err(e) = savepoint.client().batch_execute(text).await {
-                        return Err((e, text, span));
-                    }
+        let (savepoint_sql, release_sql) = (
+            format!("SAVEPOINT {SAVEPOINT_NAME}"),
+            format!("RELEASE SAVEPOINT {SAVEPOINT_NAME}"),
+        );
+        let (before, savepoint, body, locks, after, released) = {
+            let (usage_st, reused) = (&self.usage, &reused);
+            let usage = || async move {
+                if reused.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    client.query(usage_st, &[reused]).await
                 }
-                Ok(())
+            };
+            let held_locks = &self.held_locks;
+            // futures' join polls its futures in order, so they are sent in this order,
+            // back to back (tokio-postgres sends a request when it is first polled).
+            let all = async {
+                futures::join!(
+                    usage(),
+                    client.batch_execute(&savepoint_sql),
+                    futures::future::join_all(
+                        statements
+                            .iter()
+                            .map(|(text, _)| client.batch_execute(text))
+                    ),
+                    async {
+                        if probe {
+                            client
+                                .query(held_locks, &[&FIRST_NORMAL_OID])
+                                .await
+                                .map(Some)
+                        } else {
+                            Ok(None)
+                        }
+                    },
+                    usage(),
+                    client.batch_execute(&release_sql),
+                )
             };
             let watch = self.watch_blockers(&blockers);
-            tokio::pin!(body);
+            tokio::pin!(all);
             tokio::pin!(watch);
             let mut watching = true;
             loop {
                 tokio::select! {
-                    r = &mut body => break r,
+                    r = &mut all => break r,
                     () = &mut watch, if watching => watching = false,
                 }
             }
         };
         pr.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         pr.blockers = blockers.into_inner();
-        match result {
-            Ok(()) => {
-                let (locks, rewrites) = self.locks_taken(&before).await?;
+        savepoint?;
+        let failed = body
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)));
+        let Some((at, e)) = failed else {
+            let usage_of = |rows: Rows| -> Result<HashMap<i64, Usage>, PgFailure> {
+                Ok(rows?.iter().map(usage_row).collect())
+            };
+            let (before, after) = (usage_of(before)?, usage_of(after)?);
+            let rows = locks?;
+            if rows.is_some() || !before.is_empty() {
+                let (locks, rewrites) =
+                    self.locks_taken(rows.as_deref().unwrap_or(&[]), &before, &after, &words);
                 pr.locks = locks;
                 pr.rewrites = rewrites;
-                savepoint.release().await?;
             }
-            Err((e, text, span)) => {
-                let what = PgFailure::from_pg(&e);
-                if e.as_db_error().is_none() {
-                    return Err(what);
-                }
-                savepoint.rollback().await?;
-                pr.outcome = Outcome::Failed;
-                let line = match what.position {
-                    Some(p) => span.line + sql::line_at_char_position(text, p as usize) - 1,
-                    None => span.line,
-                };
-                pr.error = Some(self.error(patch, &what, line, &pr.blockers));
-            }
+            released?;
+            return Ok((pr, None));
+        };
+        let what = PgFailure::from_pg(e);
+        if e.as_db_error().is_none() {
+            return Err(what);
         }
-        Ok(pr)
+        client
+            .batch_execute(&format!(
+                "ROLLBACK TO SAVEPOINT {SAVEPOINT_NAME}; RELEASE SAVEPOINT {SAVEPOINT_NAME}"
+            ))
+            .await?;
+        pr.outcome = Outcome::Failed;
+        let (text, span) = statements[at];
+        let line = match what.position {
+            Some(p) => span.line + sql::line_at_char_position(text, p as usize) - 1,
+            None => span.line,
+        };
+        pr.error = Some(self.error(patch, &what, line, &pr.blockers));
+        Ok((pr, Some(at)))
     }
 
     fn error(
@@ -541,6 +791,15 @@ impl Rehearsal<'_> {
     }
 }
 
+/// A relation's name without schema or quotes, in lower case, as [`words`] has it.
+fn bare_name(name: &str) -> String {
+    name.rsplit('.')
+        .next()
+        .unwrap_or(name)
+        .trim_matches('"')
+        .to_lowercase()
+}
+
 /// Who blocks backend `$1`, and what it waits for.
 const BLOCKERS: &str = "
     WITH w AS (SELECT locktype, relation, mode FROM pg_locks WHERE pid = $1 AND NOT granted LIMIT 1)
@@ -557,3 +816,35 @@ const BLOCKERS: &str = "
            (SELECT w.locktype FROM w)
       FROM unnest(pg_blocking_pids($1)) AS b(pid)
       LEFT JOIN pg_stat_activity a ON a.pid = b.pid";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_that_matter_across_patches() {
+        assert!(adds_enum_value("ALTER TYPE mood ADD VALUE 'x' BEFORE 'y'"));
+        assert!(adds_enum_value(
+            "alter type s.mood add value if not exists 'x'"
+        ));
+        assert!(!adds_enum_value("ALTER TYPE mood RENAME VALUE 'x' TO 'y'"));
+        assert!(!adds_enum_value("ALTER TABLE t ADD COLUMN value int"));
+        assert!(changes_rows("INSERT INTO t VALUES (1)"));
+        assert!(changes_rows(
+            "WITH x AS (DELETE FROM t RETURNING *) SELECT 1"
+        ));
+        assert!(!changes_rows("CREATE TABLE t (id int)"));
+    }
+
+    #[test]
+    fn words_include_strings_and_quoted_names() {
+        let w = words(
+            "DO $$ BEGIN UPDATE Orders SET v = 1; END $$; SELECT \"Item\".x FROM s.\"Item\";",
+        );
+        for x in ["orders", "item", "s", "x", "update"] {
+            assert!(w.contains(x), "{x}: {w:?}");
+        }
+        assert_eq!(bare_name("public.\"Item\""), "item");
+        assert_eq!(bare_name("orders"), "orders");
+    }
+}
