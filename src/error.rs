@@ -9,6 +9,7 @@ use std::fmt;
 use std::process::ExitCode;
 
 use crate::config::{ConfigError, NodeName};
+use crate::db::pgerror::LedgerUnreadable;
 use crate::db::pgerror::PgFailure;
 use crate::packages::failure::{AfterFailure, DeployFailure, DeployRefusal, RefusalKind};
 use crate::patches::discover::DiscoverError;
@@ -27,6 +28,9 @@ pub mod exit {
     pub const BAD_INPUT: u8 = 2;
     /// Another coordinator holds the cluster.
     pub const BUSY: u8 = 3;
+    /// Interrupted (SIGINT/Ctrl-C or SIGTERM), after what it started was cancelled and
+    /// rolled back (the shell's 128 + SIGINT).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +104,16 @@ pub enum Error {
     /// A patch body (or its ledger row) failed on a node; the claim was rolled back.
     #[error("{0}")]
     PatchFailed(Box<PatchFailure>),
+    /// Bringing nodes up to date with patches the cluster had finished failed; no new
+    /// patch was started.
+    #[error("catch-up failed: {}; no new patch was started", join(failures))]
+    CatchUpFailed { failures: Vec<PatchFailure> },
+    /// A node answered but its ledger could not be read (e.g. a missing grant).
+    #[error("node `{node}` is {unreadable}")]
+    LedgerUnreadable {
+        node: NodeName,
+        unreadable: Box<LedgerUnreadable>,
+    },
     /// The claim transaction on the master could not be opened, inserted or committed.
     #[error("patch `{patch}`: cannot {action} on master node `{node}`: {failure}")]
     Claim {
@@ -170,6 +184,20 @@ pub enum Error {
     /// Ctrl-C or SIGTERM during an upgrade: what it stopped with.
     #[error("interrupted: {cause}")]
     Interrupted { cause: Box<Error> },
+    /// Ctrl-C or SIGTERM while waiting for another coordinator (`--wait`).
+    #[error(
+        "{signal} while waiting for another coordinator to finish on master node `{node}`; nothing was applied"
+    )]
+    WaitInterrupted {
+        signal: &'static str,
+        node: NodeName,
+    },
+    /// Ctrl-C or SIGTERM, and the run did not unwind in time: its connections were
+    /// closed, so the servers roll back what they had open.
+    #[error(
+        "{signal}: the run did not unwind within {grace}; its connections were closed, so the servers roll back what they had open"
+    )]
+    CutOff { signal: &'static str, grace: String },
     /// Ctrl-C or SIGTERM during a dry run.
     #[error(
         "{signal}: dry run stopped; its statements were cancelled and its transactions roll back; nothing was changed"
@@ -287,11 +315,15 @@ impl Error {
             | Error::DeployRefused { .. } => exit::BAD_INPUT,
             Error::Replication { error, .. } if error.is_bad_input() => exit::BAD_INPUT,
             Error::Busy { .. } | Error::Claimed { .. } => exit::BUSY,
-            // Interruptions exit 1 for now (the contract's 130 is still to come).
-            Error::Interrupted { .. } | Error::DryRunInterrupted { .. } => exit::FAILED,
+            Error::Interrupted { .. }
+            | Error::WaitInterrupted { .. }
+            | Error::CutOff { .. }
+            | Error::DryRunInterrupted { .. } => exit::INTERRUPTED,
             Error::NodeUnreachable { .. }
             | Error::Node { .. }
             | Error::PatchFailed(_)
+            | Error::CatchUpFailed { .. }
+            | Error::LedgerUnreadable { .. }
             | Error::Claim { .. }
             | Error::AtomicRolledBack { .. }
             | Error::CommitPrepared { .. }
@@ -331,6 +363,14 @@ impl Error {
             Error::NodeUnreachable { .. } | Error::Unreachable { .. } => "node-unreachable",
             Error::Node { .. } => "node-failed",
             Error::PatchFailed(_) => "patch-failed",
+            Error::CatchUpFailed { .. } => "catch-up-failed",
+            Error::LedgerUnreadable { unreadable, .. } => {
+                if unreadable.kind == "privilege" {
+                    "ledger-privilege"
+                } else {
+                    "ledger-unreadable"
+                }
+            }
             Error::Claim { .. } => "claim-failed",
             Error::AtomicRolledBack { .. } => "atomic-rolled-back",
             Error::CommitPrepared { .. } => "commit-prepared-failed",
@@ -338,9 +378,11 @@ impl Error {
             Error::Unresolved { .. } => "unresolved-prepared",
             Error::Replication { .. } => "replication",
             Error::DryRunBlocked { .. } => "dry-run-blocked",
-            Error::Stopped { .. } | Error::Interrupted { .. } | Error::DryRunInterrupted { .. } => {
-                "interrupted"
-            }
+            Error::Stopped { .. }
+            | Error::Interrupted { .. }
+            | Error::WaitInterrupted { .. }
+            | Error::CutOff { .. }
+            | Error::DryRunInterrupted { .. } => "interrupted",
             Error::Demo { .. } => "demo",
             Error::Output(_) => "output",
         }
@@ -354,7 +396,10 @@ impl Error {
             | Error::NodeUnreachable { node, .. }
             | Error::Node { node, .. }
             | Error::Claim { node, .. }
+            | Error::WaitInterrupted { node, .. }
+            | Error::LedgerUnreadable { node, .. }
             | Error::PreparedLeftover { node, .. } => Some(node),
+            Error::CatchUpFailed { failures } => failures.first().map(|f| &f.node),
             Error::PatchFailed(f) | Error::AtomicRolledBack { failure: f, .. } => Some(&f.node),
             Error::Drift { drift } => drift.first().map(|d| &d.node),
             Error::Topology { problems } => problems.first().map(|p| &p.node),
@@ -390,6 +435,7 @@ impl Error {
             | Error::CommitPrepared { patch, .. }
             | Error::Stopped { patch } => Some(*patch),
             Error::PatchFailed(f) | Error::AtomicRolledBack { failure: f, .. } => Some(f.patch),
+            Error::CatchUpFailed { failures } => failures.first().map(|f| f.patch),
             Error::Drift { drift } => drift.first().map(|d| d.version),
             Error::Refused(r) => Some(r.version),
             Error::Interrupted { cause } => cause.patch(),
@@ -404,6 +450,7 @@ impl Error {
             | Error::Node { failure, .. }
             | Error::Claim { failure, .. } => Some(failure),
             Error::PatchFailed(f) | Error::AtomicRolledBack { failure: f, .. } => f.pg.as_ref(),
+            Error::CatchUpFailed { failures } => failures.first().and_then(|f| f.pg.as_ref()),
             Error::Replication { error, .. } => error.pg(),
             Error::DeployFailed { failures, .. } => failures.first().and_then(|f| f.pg.as_ref()),
             Error::Interrupted { cause } => cause.pg(),
@@ -417,6 +464,10 @@ impl Error {
             Error::PatchFailed(f) | Error::AtomicRolledBack { failure: f, .. } => {
                 (Some(f.file.clone()), f.line)
             }
+            Error::CatchUpFailed { failures } => match failures.first() {
+                Some(f) => (Some(f.file.clone()), f.line),
+                None => (None, None),
+            },
             Error::Config(ConfigError::Read { path, .. })
             | Error::Config(ConfigError::Syntax { path, .. })
             | Error::Config(ConfigError::Invalid { path, .. }) => {
@@ -510,6 +561,7 @@ mod tests {
                 hint: Some("create it first".into()),
                 position: None,
                 connection_lost: false,
+                copy_line: None,
             }),
         }
     }
@@ -534,7 +586,7 @@ mod tests {
                 patch: PatchVersion::new(1, 0, 0),
             }),
         };
-        assert_eq!(stopped.exit_code(), exit::FAILED);
+        assert_eq!(stopped.exit_code(), exit::INTERRUPTED);
         assert_eq!(stopped.kind(), "interrupted");
         assert_eq!(stopped.patch(), Some(PatchVersion::new(1, 0, 0)));
     }

@@ -9,6 +9,7 @@ use crate::config::{Config, Role};
 use crate::db::cluster::{Cluster, Node};
 use crate::db::ledger::Ledger;
 use crate::db::libpq::params::SslMode;
+use crate::db::pgerror::LedgerUnreadable;
 use crate::db::probe::{probe_keeping_session, NodeProbe};
 use crate::db::tls::TlsInfo;
 use crate::error::{exit, Error};
@@ -35,6 +36,7 @@ pub struct NodeStatus {
     pub name: NodeName,
     pub role: Role,
     pub endpoint: String,
+    /// The node answered (its ledger may still be unreadable: see `ledger_unreadable`).
     pub reachable: bool,
     pub error: Option<String>,
     pub database: String,
@@ -51,6 +53,8 @@ pub struct NodeStatus {
     pub sslmode: SslMode,
     /// `sslmode` below `verify-full` to a host on another machine.
     pub tls_warning: Option<String>,
+    /// The node answered but its ledger could not be read (e.g. a missing grant).
+    pub ledger_unreadable: Option<LedgerUnreadable>,
     pub server_version: Option<String>,
     pub in_recovery: Option<bool>,
     pub ledger_exists: bool,
@@ -60,7 +64,8 @@ pub struct NodeStatus {
     pub pending: Vec<String>,
     /// Rows started and not finished (a failed or killed run).
     pub unfinished: Vec<String>,
-    /// Replicas: direct/concurrent patches the master has applied that this node lacks.
+    /// Replicas: direct/concurrent patches the cluster has applied that this node lacks;
+    /// `upgrade` catches it up on them before anything new.
     pub missing_from_master: Vec<String>,
     /// Applied patches whose file changed or vanished.
     pub drift: Vec<Drift>,
@@ -88,6 +93,12 @@ impl StatusReport {
             .collect();
         if !unreachable.is_empty() {
             return Some(Error::Unreachable { nodes: unreachable });
+        }
+        if let Some(n) = self.nodes.iter().find(|n| n.ledger_unreadable.is_some()) {
+            return Some(Error::LedgerUnreadable {
+                node: n.name.clone(),
+                unreadable: Box::new(n.ledger_unreadable.clone()?),
+            });
         }
         if !self.topology_problems.is_empty() {
             return Some(Error::Topology {
@@ -136,7 +147,14 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
             let role = node.role();
             let l = &p.ledger;
             let reachable = p.reachable();
-            let summary = plan::summarize(patches, role, l, &master_ledger, reachable);
+            let summary = plan::summarize(
+                patches,
+                config.replication,
+                role,
+                l,
+                &master_ledger,
+                reachable,
+            );
             let packages_differ = if role == Role::Replica && reachable {
                 crate::packages::status::differences(&master_packages, &node_packages)
             } else {
@@ -147,7 +165,7 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                 name: node.name().clone(),
                 role,
                 endpoint: node.config.endpoint.clone(),
-                reachable,
+                reachable: p.connected,
                 error: p.error,
                 database: node.config.database().to_string(),
                 hosts: node.config.conn.hosts.iter().map(|h| h.label()).collect(),
@@ -156,12 +174,13 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                 tls: reached.and_then(|r| r.tls),
                 sslmode: node.config.conn.ssl.mode,
                 tls_warning: node.config.conn.weak_tls_warning(),
+                ledger_unreadable: p.ledger_unreadable,
                 server_version: p.server_version,
                 in_recovery: p.in_recovery,
                 ledger_exists: l.exists,
                 applied: summary.applied,
                 pending: if reachable {
-                    plan::node_pending(patches, role, l)
+                    plan::node_pending(patches, config.replication, role, l)
                         .iter()
                         .map(|v| v.to_string())
                         .collect()
@@ -257,6 +276,7 @@ mod tests {
             tls: None,
             sslmode: SslMode::Prefer,
             tls_warning: None,
+            ledger_unreadable: None,
             server_version: None,
             in_recovery: None,
             ledger_exists: false,
@@ -303,5 +323,20 @@ mod tests {
         assert!(matches!(&e, Error::Unreachable { nodes } if nodes[0].as_str() == "n2"));
         assert_eq!(r.exit_code(), exit::FAILED);
         assert!(report(vec![node("n1", true)], Vec::new()).error().is_none());
+        // A node that answered but whose ledger its role cannot read.
+        let mut locked = node("n3", true);
+        locked.ledger_unreadable = Some(LedgerUnreadable {
+            kind: "privilege",
+            sqlstate: Some("42501".into()),
+            message: "permission denied for schema pgconvoy".into(),
+            missing_grants: vec!["GRANT USAGE ON SCHEMA \"pgconvoy\" TO \"r\"".into()],
+        });
+        let e = report(vec![node("n1", true), locked], Vec::new())
+            .error()
+            .unwrap();
+        assert!(matches!(&e, Error::LedgerUnreadable { node, .. } if node.as_str() == "n3"));
+        assert_eq!(e.exit_code(), exit::FAILED);
+        assert_eq!(e.kind(), "ledger-privilege");
+        assert!(e.to_string().contains("GRANT USAGE"), "{e}");
     }
 }

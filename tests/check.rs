@@ -226,3 +226,83 @@ fn duplicates_are_named_even_when_a_file_is_also_broken() {
         .says("not terminated")
         .says("2 error(s)");
 }
+
+#[test]
+fn transaction_control_is_refused_naming_file_and_line() {
+    let commands = [
+        "BEGIN;",
+        "START TRANSACTION;",
+        "COMMIT;",
+        "END;",
+        "ROLLBACK;",
+        "ABORT;",
+        "SAVEPOINT a;",
+        "RELEASE SAVEPOINT a;",
+        "ROLLBACK TO SAVEPOINT a;",
+        "PREPARE TRANSACTION 'x';",
+        "COMMIT PREPARED 'x';",
+        "ROLLBACK PREPARED 'x';",
+    ];
+    for kind in ["std", "direct", "concurrent"] {
+        for command in commands {
+            let s = scratch();
+            let name = format!("patch-1-0-0-{kind}.sql");
+            s.patch(
+                &name,
+                &format!("-- why\nSELECT 1;\n  {command}\nSELECT 2;\n"),
+            );
+            let r = s.run(&["check"]);
+            r.expect(2)
+                .says(&name)
+                .says("line 3")
+                .says("transaction control")
+                .says("1 error(s)");
+        }
+    }
+}
+
+#[test]
+fn transaction_words_inside_bodies_strings_and_comments_are_fine() {
+    let s = scratch();
+    s.patch(
+        "patch-1-0-0-std.sql",
+        "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$;\n\
+         DO $$ BEGIN PERFORM 1; EXCEPTION WHEN others THEN ROLLBACK; END $$;\n\
+         CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;\n\
+         SELECT 'BEGIN; COMMIT;' AS \"ROLLBACK\"; -- COMMIT;\n/* END; */\n",
+    );
+    s.run(&["check"]).expect(0).says("0 error(s)");
+}
+
+#[test]
+fn psql_meta_commands_are_refused_naming_the_line() {
+    let s = scratch();
+    s.patch("patch-1-0-0-std.sql", "\\set ON_ERROR_STOP on\nSELECT 1;\n");
+    s.patch("patch-1-1-0-direct.sql", "SELECT 1;\n\\i other.sql\n");
+    let r = s.run(&["check"]);
+    r.expect(2)
+        .says("patch-1-0-0-std.sql: line 1: `\\set`")
+        .says("patch-1-1-0-direct.sql: line 2: `\\i`")
+        .says("meta-command")
+        .never_says("not terminated")
+        .says("2 error(s)");
+}
+
+#[test]
+fn copy_from_stdin_blocks_are_data() {
+    let s = scratch();
+    s.patch(
+        "patch-1-0-0-std.sql",
+        "CREATE TABLE t (a int, b text);\nCOPY t (a, b) FROM stdin;\n1\tsemi; colon 'quote\n2\t\\N\n\\.\nSELECT 1;\n",
+    );
+    s.patch(
+        "patch-1-1-0-direct.sql",
+        "COPY t FROM stdin;\n3\tno end marker\n",
+    );
+    s.run(&["check"])
+        .expect(2)
+        .never_says("patch-1-0-0-std.sql")
+        .says("patch-1-1-0-direct.sql")
+        .says("line 1")
+        .says("1 error(s)");
+}

@@ -214,7 +214,7 @@ fn signal_mid_patch(f: &Fixture, signal: i32, nodes: &[usize], says: &str) -> Ru
     let run = finish(child, 15);
     let took = sent.elapsed();
     assert_ne!(run.code(), 0, "exit 0 after a signal:\n{}", run.all());
-    run.expect(1).says(says).says("still pending: 1-0-0");
+    run.expect(130).says(says).says("still pending: 1-0-0");
     assert!(
         took < Duration::from_secs(5),
         "took {took:?} to exit after the signal"
@@ -270,6 +270,130 @@ fn sigterm_during_a_long_std_patch_cancels_and_records_nothing() {
     signal_mid_patch(&f, libc::SIGTERM, &[0], "SIGTERM");
     assert!(f.ledger(0).is_empty(), "{:?}", f.ledger(0));
     assert!(!f.has_relation(0, "term_t"));
+}
+
+#[test]
+fn sigint_during_a_long_concurrent_patch_exits_130_with_no_backend_left() {
+    let f = Fixture::new(3);
+    f.patch("patch-1-0-0-direct.sql", "CREATE TABLE conc_t (id int);\n");
+    f.run(&["upgrade"]).expect(0);
+    f.patch(
+        "patch-1-1-0-concurrent.sql",
+        "CREATE INDEX CONCURRENTLY conc_i ON conc_t (id);\nSELECT pg_sleep(60);\n",
+    );
+    let child = spawn(&f, &["upgrade"]);
+    let sleeping = wait_for(15, || (0..3).all(|n| pgconvoy_sleeping(&f, n)));
+    assert!(sleeping, "the patch never ran on every node at once");
+    let sent = Instant::now();
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let run = finish(child, 15);
+    let took = sent.elapsed();
+    run.expect(130)
+        .says("interrupted")
+        .says("still pending: 1-1-0");
+    assert!(took < Duration::from_secs(5), "took {took:?} to exit");
+    eprintln!("SIGINT during a concurrent patch: exited 130 in {took:?}");
+    for n in 0..3 {
+        assert!(
+            wait_for(3, || pgconvoy_backends(&f, n).is_empty()),
+            "pgconvoy backends remain on node{n}: {:?}",
+            pgconvoy_backends(&f, n)
+        );
+        assert!(
+            !f.ledger(n).contains(&"1-1-0:concurrent:done".to_string()),
+            "node{n}: {:?}",
+            f.ledger(n)
+        );
+    }
+    assert!(!f.local_ledger().iter().any(|r| r.ends_with(":done")));
+}
+
+/// The cluster lock's key for the default ledger, as pgconvoy computes it.
+fn cluster_lock_key() -> i64 {
+    use pgconvoy::config::LedgerTable;
+    use pgconvoy::db::ledger::Ledger;
+    Ledger::new(LedgerTable {
+        schema: "pgconvoy".into(),
+        table: "revision".into(),
+    })
+    .advisory_key()
+}
+
+#[test]
+fn sigterm_and_sigint_end_upgrade_wait_with_130_writing_nothing() {
+    let f = Fixture::new(3);
+    f.patch("patch-1-0-0-direct.sql", "CREATE TABLE waited (id int);\n");
+    let holder = Session::connect(&f.dsns[0]);
+    holder.exec(&format!("SELECT pg_advisory_lock({})", cluster_lock_key()));
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let child = spawn(&f, &["upgrade", "--wait"]);
+        // Waiting: its lock session is connected, and it keeps polling.
+        assert!(
+            wait_for(10, || !pgconvoy_backends(&f, 0).is_empty()),
+            "pgconvoy never connected"
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+        let sent = Instant::now();
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+        let run = finish(child, 15);
+        let took = sent.elapsed();
+        run.expect(130)
+            .says("waiting for another coordinator")
+            .says("nothing was applied");
+        assert!(
+            took < Duration::from_secs(5),
+            "signal {signal}: took {took:?}"
+        );
+        eprintln!("signal {signal}: --wait exited 130 in {took:?}");
+    }
+    for n in 0..3 {
+        assert!(!has_pgconvoy_schema(&f, n), "node{n} got a ledger");
+        assert!(!f.has_relation(n, "waited"));
+        assert!(wait_for(3, || pgconvoy_backends(&f, n).is_empty()));
+    }
+}
+
+#[test]
+fn sigterm_during_lock_timeout_retries_exits_130_promptly() {
+    let f = Fixture::new(3);
+    f.psql(0, "CREATE TABLE t (id int)");
+    f.patch("patch-1-0-0-std.sql", "ALTER TABLE t ADD COLUMN c int;\n");
+    let holder = Session::connect(&f.dsns[0]);
+    holder.exec("BEGIN; LOCK TABLE t IN ACCESS SHARE MODE");
+    let child = spawn(
+        &f,
+        &[
+            "upgrade",
+            "--lock-timeout",
+            "200ms",
+            "--lock-retries",
+            "1000",
+        ],
+    );
+    // Several tries in: it is between lock waits and backoffs.
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = Instant::now();
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let run = finish(child, 15);
+    let took = sent.elapsed();
+    run.expect(130).says("SIGTERM").says("still pending: 1-0-0");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    eprintln!("SIGTERM during lock retries: exited 130 in {took:?}");
+    assert!(!has_column(&f, 0, "t", "c"));
+    assert!(f.ledger(0).is_empty(), "{:?}", f.ledger(0));
+    for n in 0..3 {
+        assert!(wait_for(3, || pgconvoy_backends(&f, n).is_empty()));
+    }
+    holder.exec("COMMIT");
 }
 
 // --- 3. resume of a failed concurrent index build ---------------------------------------

@@ -19,6 +19,8 @@ Exit codes:
      packages directory, a role that does not exist, a package version whose schema holds
      other content under --mode safe
   3  another coordinator holds the cluster
+  130  interrupted (SIGINT/Ctrl-C or SIGTERM): waits ended, running statements cancelled,
+       the claim rolled back, the summary printed
 
 Patch files are named patch-MAJOR-MINOR-POINT-TYPE.sql, TYPE one of:
   std         the master only, inside the claim transaction (replication carries it)

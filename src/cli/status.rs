@@ -25,6 +25,10 @@ pub fn render_text(report: &StatusReport, out: &mut dyn Write) -> io::Result<()>
         .iter()
         .map(|n| {
             let state = match (&n.error, n.in_recovery) {
+                (Some(_), _) if n.reachable => format!(
+                    "up {}, LEDGER UNREADABLE",
+                    n.server_version.as_deref().unwrap_or("?")
+                ),
                 (Some(_), _) => "UNREACHABLE".to_string(),
                 (None, Some(true)) => format!(
                     "up {} (in recovery)",
@@ -68,7 +72,7 @@ pub fn render_text(report: &StatusReport, out: &mut dyn Write) -> io::Result<()>
         if !n.missing_from_master.is_empty() {
             writeln!(
                 out,
-                "node `{}`: diverges from the master, missing {}",
+                "node `{}`: behind the cluster, missing {} (applied to the cluster before it joined or was restored); `upgrade` catches it up",
                 n.name,
                 n.missing_from_master.join(", ")
             )?;

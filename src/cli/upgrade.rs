@@ -78,12 +78,31 @@ pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) -> i
     } else {
         r.pending.join(", ")
     };
+    let caught_up: Vec<String> = r
+        .caught_up
+        .iter()
+        .map(|c| {
+            let mut line = format!("caught up node `{}`: ", c.node);
+            line.push_str(&if c.applied.is_empty() {
+                "nothing".to_string()
+            } else {
+                c.applied.join(", ")
+            });
+            if !c.missing.is_empty() {
+                line.push_str(&format!(" (still missing {})", c.missing.join(", ")));
+            }
+            line
+        })
+        .collect();
     match format {
         ReportFormat::Json => output::json(out, r),
         ReportFormat::Text if !r.planned => Ok(()),
         ReportFormat::Text => {
             if !rows.is_empty() {
                 text_table(&header, &rows, out)?;
+            }
+            for line in &caught_up {
+                writeln!(out, "{line}")?;
             }
             writeln!(
                 out,
@@ -98,6 +117,12 @@ pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) -> i
                 "Applied {} patch(es); still pending: {pending}.\n",
                 r.applied.len()
             )?;
+            for line in &caught_up {
+                writeln!(out, "- {line}")?;
+            }
+            if !caught_up.is_empty() {
+                writeln!(out)?;
+            }
             if let Some(e) = &r.error {
                 writeln!(out, "**Failed:** {e}\n")?;
             }

@@ -10,11 +10,12 @@
 
 use std::collections::BTreeMap;
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
 use crate::config::LedgerTable;
-use crate::db::pgerror::PgFailure;
+use crate::db::pgerror::{LedgerUnreadable, PgFailure};
 use crate::db::quote::quote_ident;
 use crate::patches::patch::{Patch, PatchVersion};
 
@@ -129,6 +130,66 @@ impl Ledger {
         )
     }
 
+    /// After reading the ledger failed for lack of privilege (SQLSTATE 42501): the grants
+    /// this session's role lacks to read it, as `GRANT` statements. Reads only the
+    /// catalogs, which need no grant.
+    pub async fn missing_read_grants(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<Vec<String>, PgFailure> {
+        let schema = &self.table.schema;
+        let main = &self.table.table;
+        let local = format!("{main}_local");
+        let row = client
+            .query_one(
+                "SELECT current_user::text,
+                        (SELECT has_schema_privilege(n.oid, 'USAGE')
+                           FROM pg_namespace n WHERE n.nspname = $1),
+                        (SELECT has_table_privilege(c.oid, 'SELECT')
+                           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE n.nspname = $1 AND c.relname = $2),
+                        (SELECT has_table_privilege(c.oid, 'SELECT')
+                           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE n.nspname = $1 AND c.relname = $3)",
+                &[schema, main, &local],
+            )
+            .await?;
+        let role = quote_ident(&row.get::<_, String>(0));
+        let mut grants = Vec::new();
+        if row.get::<_, Option<bool>>(1) == Some(false) {
+            grants.push(format!(
+                "GRANT USAGE ON SCHEMA {} TO {role}",
+                quote_ident(schema)
+            ));
+        }
+        for (book, column) in [(Book::Main, 2), (Book::Local, 3)] {
+            if row.get::<_, Option<bool>>(column) == Some(false) {
+                grants.push(format!(
+                    "GRANT SELECT ON {} TO {role}",
+                    self.qualified(book)
+                ));
+            }
+        }
+        Ok(grants)
+    }
+
+    /// Why reading the ledger failed with `e`, with the missing grants when it was a
+    /// privilege (SQLSTATE 42501; read from the catalogs over `client`).
+    pub async fn unreadable(&self, e: &PgFailure, client: &impl GenericClient) -> LedgerUnreadable {
+        let privilege = e.is(&SqlState::INSUFFICIENT_PRIVILEGE);
+        let missing_grants = if privilege {
+            self.missing_read_grants(client).await.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        LedgerUnreadable {
+            kind: if privilege { "privilege" } else { "error" },
+            sqlstate: e.sqlstate().map(str::to_string),
+            message: e.to_string(),
+            missing_grants,
+        }
+    }
+
     /// Reads a node's ledger without writing anything (safe for read-only roles).
     pub async fn read(&self, client: &impl GenericClient) -> Result<NodeLedger, PgFailure> {
         let mut out = NodeLedger::default();
@@ -216,6 +277,32 @@ impl Ledger {
         )
     }
 
+    /// Stamps `end_time` in the transaction that wrote the row (the claim, or a node's
+    /// row written before its body), and only then: the row's `xmin` must be this
+    /// transaction's id. If the body ended pgconvoy's transaction (a `COMMIT` slipped in),
+    /// the statements after it run in other transactions, this changes no row, and the
+    /// caller fails the patch instead of recording it ([`TRANSACTION_LOST`]).
+    /// Parameters: [`RowParams::key`].
+    pub fn stamp_own_sql(&self, book: Book) -> String {
+        format!(
+            "UPDATE {} SET end_time = clock_timestamp()
+              WHERE major = $1 AND minor = $2 AND patch = $3 AND end_time IS NULL
+                AND xmin::text::bigint = txid_current_if_assigned() % 4294967296",
+            self.qualified(book)
+        )
+    }
+
+    /// Removes this coordinator's unfinished claim: after the transaction guard tripped,
+    /// a claim row may have been committed by the patch itself, and would otherwise block
+    /// every later run as "claimed by another coordinator".
+    /// Parameters: [`RowParams::key`] and `applied_by`.
+    pub fn unclaim_sql(&self) -> String {
+        format!(
+            "DELETE FROM {} WHERE major = $1 AND minor = $2 AND patch = $3 AND end_time IS NULL AND applied_by = $4",
+            self.qualified(Book::Main)
+        )
+    }
+
     pub async fn claim(
         &self,
         client: &impl GenericClient,
@@ -241,6 +328,24 @@ impl Ledger {
         Ok(())
     }
 
+    /// [`Ledger::stamp_own_sql`]: stamps the row this transaction wrote, or fails with
+    /// [`TRANSACTION_LOST`].
+    pub async fn stamp_own(
+        &self,
+        client: &impl GenericClient,
+        book: Book,
+        version: PatchVersion,
+    ) -> Result<(), PgFailure> {
+        let (a, b, c) = key(version);
+        let n = client
+            .execute(&self.stamp_own_sql(book), &[&a, &b, &c])
+            .await?;
+        if n != 1 {
+            return Err(PgFailure::other(TRANSACTION_LOST));
+        }
+        Ok(())
+    }
+
     pub async fn stamp(
         &self,
         client: &impl GenericClient,
@@ -257,6 +362,9 @@ impl Ledger {
         Ok(())
     }
 }
+
+/// Why a stamp inside the patch's transaction changed no row.
+pub const TRANSACTION_LOST: &str = "the patch ended the transaction pgconvoy ran it in (a COMMIT, ROLLBACK or similar took effect inside it), so what ran before that may be committed while the rest ran outside it; not recorded as applied";
 
 /// The parameter values of a patch's ledger row.
 pub struct RowParams {

@@ -57,7 +57,12 @@ pub async fn acquire_lock(
     // lock holds a snapshot, and CREATE INDEX CONCURRENTLY on the master would
     // wait for it.
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        crate::signal::sleep(Duration::from_millis(500))
+            .await
+            .map_err(|i| Error::WaitInterrupted {
+                signal: i.0,
+                node: master.name().clone(),
+            })?;
         let got: bool = lock
             .client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&key])

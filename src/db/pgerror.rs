@@ -19,6 +19,9 @@ pub struct PgFailure {
     pub position: Option<u32>,
     /// The statement failed because the connection was gone.
     pub connection_lost: bool,
+    /// For a failed `COPY ... FROM STDIN`: the 1-based line of its data the server
+    /// names in its context (`COPY t, line 3, column a: …`).
+    pub copy_line: Option<u32>,
 }
 
 impl PgFailure {
@@ -34,6 +37,7 @@ impl PgFailure {
                     _ => None,
                 },
                 connection_lost: false,
+                copy_line: db.where_().and_then(copy_line),
             },
             None => PgFailure {
                 connection_lost: e.is_closed(),
@@ -51,6 +55,7 @@ impl PgFailure {
             hint: None,
             position: None,
             connection_lost: false,
+            copy_line: None,
         }
     }
 
@@ -111,5 +116,61 @@ impl From<deadpool::managed::PoolError<crate::db::connect::ConnectError>> for Pg
             }
             other => PgFailure::other(other.to_string()),
         }
+    }
+}
+
+/// Why a node that answered could not have its ledger read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerUnreadable {
+    /// `privilege` when the role lacks a grant (SQLSTATE 42501), `error` otherwise.
+    pub kind: &'static str,
+    pub sqlstate: Option<String>,
+    pub message: String,
+    /// For `privilege`: the grants the role lacks to read the ledger.
+    pub missing_grants: Vec<String>,
+}
+
+impl std::fmt::Display for LedgerUnreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.kind == "privilege" {
+            write!(
+                f,
+                "reachable, but its ledger is unreadable for lack of privilege: {}",
+                self.message
+            )?;
+            if !self.missing_grants.is_empty() {
+                write!(f, "; missing: {}", self.missing_grants.join("; "))?;
+            }
+            Ok(())
+        } else {
+            write!(
+                f,
+                "reachable, but its ledger is unreadable: {}",
+                self.message
+            )
+        }
+    }
+}
+
+/// The data line a `COPY ... FROM STDIN` failed on, from the server's context.
+fn copy_line(context: &str) -> Option<u32> {
+    let rest = context.strip_prefix("COPY ")?;
+    let at = rest.find(", line ")? + ", line ".len();
+    let digits: &str = &rest[at..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_line_from_context() {
+        assert_eq!(copy_line("COPY t, line 3, column a: \"x\""), Some(3));
+        assert_eq!(copy_line("COPY public.big, line 12"), Some(12));
+        assert_eq!(copy_line("SQL statement \"select 1\""), None);
     }
 }

@@ -4,14 +4,19 @@
 use crate::db::cluster::{Node, Session};
 use crate::db::connect::Reached;
 use crate::db::ledger::{Ledger, NodeLedger};
-use crate::db::pgerror::PgFailure;
+use crate::db::pgerror::{LedgerUnreadable, PgFailure};
 
 /// What a first look at a node found.
 #[derive(Debug, Default)]
 pub struct NodeProbe {
+    /// Why the node cannot be used: unreachable, or its ledger unreadable.
     pub error: Option<String>,
     /// The host the session went to, and its TLS.
     pub reached: Option<Reached>,
+    /// The node answered (even if its ledger could not be read).
+    pub connected: bool,
+    /// The node answered but its ledger could not be read.
+    pub ledger_unreadable: Option<LedgerUnreadable>,
     /// The short version, e.g. `15.18` of "15.18 (Debian 15.18-0+deb12u1)".
     pub server_version: Option<String>,
     pub in_recovery: Option<bool>,
@@ -19,6 +24,7 @@ pub struct NodeProbe {
 }
 
 impl NodeProbe {
+    /// Answered and its ledger was read: usable for planning.
     pub fn reachable(&self) -> bool {
         self.error.is_none()
     }
@@ -48,6 +54,7 @@ pub async fn probe_keeping_session(node: &Node, ledger: &Ledger) -> (NodeProbe, 
         .await
     {
         Ok(row) => {
+            p.connected = true;
             let full: String = row.get(0);
             p.server_version = full.split_whitespace().next().map(str::to_string);
             p.in_recovery = Some(row.get(1));
@@ -60,7 +67,9 @@ pub async fn probe_keeping_session(node: &Node, ledger: &Ledger) -> (NodeProbe, 
     match ledger.read(session.client()).await {
         Ok(l) => p.ledger = l,
         Err(e) => {
-            p.error = Some(format!("cannot read the ledger: {e}"));
+            let why = ledger.unreadable(&e, session.client()).await;
+            p.error = Some(why.to_string());
+            p.ledger_unreadable = Some(why);
             return (p, None);
         }
     }

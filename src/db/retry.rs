@@ -13,7 +13,9 @@ use tokio_postgres::Client;
 
 use crate::db::cluster::Node;
 use crate::db::pgerror::PgFailure;
+use crate::db::pipeline::{self, Step};
 use crate::db::transaction::Transaction;
+use crate::signal::{self, Interrupt};
 
 /// How lock waits are bounded and retried.
 #[derive(Debug, Clone, Copy)]
@@ -104,13 +106,14 @@ impl Target<'_> {
     }
 }
 
-/// Runs `sql` on `target`, retrying lock timeouts. `on_retry(try, pause)` is told
+/// Runs `step` (one statement, or a COPY with its data) on `target`, retrying lock
+/// timeouts; the interrupt ends a backoff. `on_retry(try, pause)` is told
 /// before each pause. `failed_tries`: tries the caller already made that hit the lock
 /// timeout.
 pub async fn execute(
     target: Target<'_>,
     node: &Node,
-    sql: &str,
+    step: Step<'_>,
     policy: &RetryPolicy,
     on_retry: &(dyn Fn(u32, Duration) + Sync),
     failed_tries: u32,
@@ -124,7 +127,9 @@ pub async fn execute(
         pid = backend_pid(client).await;
         let pause = policy.backoff(tries);
         on_retry(tries, pause);
-        tokio::time::sleep(pause).await;
+        signal::sleep(pause)
+            .await
+            .map_err(|i| interrupted(i, tries))?;
     }
     loop {
         tries += 1;
@@ -136,7 +141,7 @@ pub async fn execute(
             ),
             Target::Session(_) => None,
         };
-        let attempt = client.batch_execute(sql);
+        let attempt = pipeline::send_one(client, step);
         // The first try runs unwatched: watching costs a connection, and most
         // statements never wait for a lock.
         let result = match pid {
@@ -162,7 +167,6 @@ pub async fn execute(
                 return Ok(());
             }
             Err(e) => {
-                let e = PgFailure::from(e);
                 if let Some(savepoint) = savepoint {
                     // Roll back the try; the transaction (and the claim) live on.
                     let _ = savepoint.rollback().await;
@@ -176,18 +180,26 @@ pub async fn execute(
                 }
                 let pause = policy.backoff(tries);
                 on_retry(tries, pause);
-                tokio::time::sleep(pause).await;
+                signal::sleep(pause)
+                    .await
+                    .map_err(|i| interrupted(i, tries))?;
             }
         }
     }
 }
 
-async fn backend_pid(client: &Client) -> Option<i32> {
+/// The server process of `client`'s session (for [`watch_lock`]).
+pub async fn backend_pid(client: &Client) -> Option<i32> {
     client
         .query_one("SELECT pg_backend_pid()", &[])
         .await
         .ok()
         .map(|r| r.get(0))
+}
+
+/// A retry given up because the run was interrupted during its backoff.
+fn interrupted(i: Interrupt, tries: u32) -> Exhausted {
+    exhausted(PgFailure::other(format!("{i}: not retried")), None, tries)
 }
 
 fn exhausted(failure: PgFailure, waiting_for: Option<String>, tries: u32) -> Exhausted {
@@ -200,7 +212,12 @@ fn exhausted(failure: PgFailure, waiting_for: Option<String>, tries: u32) -> Exh
 
 /// Polls, from a connection of its own, which lock backend `pid` waits for and
 /// who blocks it; never returns (it is raced against the statement).
-async fn watch_lock(node: &Node, pid: i32, lock_timeout: Duration, seen: &Mutex<Option<String>>) {
+pub async fn watch_lock(
+    node: &Node,
+    pid: i32,
+    lock_timeout: Duration,
+    seen: &Mutex<Option<String>>,
+) {
     let period = (lock_timeout / 3).clamp(Duration::from_millis(20), Duration::from_millis(500));
     if let Ok(watcher) = node.dedicated().await {
         let client = &watcher.client;

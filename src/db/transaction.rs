@@ -134,6 +134,32 @@ impl Transaction<Commit> {
         results
     }
 
+    /// Sends `steps` through a bounded window ([`pipeline::send_all`]: a body of any size
+    /// in bounded memory; nothing more is sent after the first failure, though what was in
+    /// flight behind it runs). Follows [`Step::Begin`] and [`Step::Commit`] like
+    /// [`Transaction::pipeline`]. `Err((index, failure))`: the first step that failed.
+    pub async fn stream<'a>(
+        &self,
+        steps: impl IntoIterator<Item = Step<'a>>,
+    ) -> Result<(), (usize, PgFailure)> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            let refused = PgFailure::other(
+                "transaction not continued: a savepoint in it was left neither released nor rolled back",
+            );
+            if self.client().batch_execute("ROLLBACK").await.is_ok() {
+                self.ended();
+            }
+            return Err((0, refused));
+        }
+        pipeline::send_all(self.client(), steps, |step, r| match (step, r) {
+            (Step::Begin, Ok(())) => self.open.store(true, Ordering::SeqCst),
+            (Step::Commit, Ok(())) => self.ended(),
+            (Step::Commit, Err(e)) => self.ended_unless_lost(e),
+            _ => {}
+        })
+        .await
+    }
+
     /// `COMMIT`; the session goes back to the pool.
     pub async fn commit(self) -> Result<(), PgFailure> {
         let results = self.pipeline(&[Step::Commit]).await;

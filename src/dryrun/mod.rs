@@ -42,6 +42,7 @@ pub async fn dry_run(
     tokio::select! {
         report = &mut work => Ok(report),
         signal = crate::signal::interrupted() => {
+            crate::signal::trip(signal);
             cluster.inflight.cancel_all().await;
             Err(Error::DryRunInterrupted { signal })
         }
@@ -102,7 +103,7 @@ fn first_look(
         .nodes
         .iter()
         .zip(probes)
-        .map(|(n, p)| node_report(n, p, patches, &probes[0]))
+        .map(|(n, p)| node_report(n, p, patches, &probes[0], config.replication))
         .collect();
     node_findings(report);
     let recovery = cluster
@@ -192,18 +193,29 @@ async fn plan_run<'p>(
         .iter()
         .flat_map(|g| g.patches.iter().copied())
         .collect();
-    let targets: Vec<Vec<&Patch>> = cluster
-        .nodes
-        .iter()
-        .zip(probes)
-        .map(|(n, p)| {
-            scheduled
-                .iter()
-                .copied()
-                .filter(|patch| plan::needs_body(patch, n.role(), config.replication, &p.ledger))
-                .collect()
-        })
-        .collect();
+    // A node behind the cluster first catches up (as `upgrade` does), then takes what is
+    // scheduled.
+    let targets: Vec<Vec<&Patch>> =
+        cluster
+            .nodes
+            .iter()
+            .zip(probes)
+            .map(|(n, p)| {
+                let view = plan::NodeView {
+                    role: n.role(),
+                    ledger: &p.ledger,
+                };
+                let mut t = if probes[0].reachable() && p.reachable() {
+                    plan::catch_up(patches, config.replication, &probes[0].ledger, view)
+                } else {
+                    Vec::new()
+                };
+                t.extend(scheduled.iter().copied().filter(|patch| {
+                    plan::needs_body(patch, n.role(), config.replication, &p.ledger)
+                }));
+                t
+            })
+            .collect();
     report.groups = schedule
         .groups
         .iter()
@@ -235,14 +247,21 @@ async fn rehearse_and_inspect(
     targets: &[Vec<&Patch>],
     reporter: &dyn Reporter,
 ) {
-    if report.summary_patches() == 0 {
+    // Catch-up included: the distinct patches some node rehearses.
+    let rehearsing = targets
+        .iter()
+        .flatten()
+        .map(|p| p.version)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if rehearsing == 0 {
         reporter.event(&Event::Note(
             "dry run: nothing to do, the cluster is up to date; checking the nodes",
         ));
     } else {
         reporter.event(&Event::Note(&format!(
             "dry run: rehearsing {} patch(es) on {} node(s) in transactions that are always rolled back; nothing is changed",
-            report.summary_patches(),
+            rehearsing,
             cluster.nodes.len()
         )));
     }
@@ -268,9 +287,11 @@ fn node_report(
     probe: &NodeProbe,
     patches: &PatchSet,
     master: &NodeProbe,
+    replication: Replication,
 ) -> NodeReport {
     let summary = plan::summarize(
         patches,
+        replication,
         node.role(),
         &probe.ledger,
         &master.ledger,
@@ -337,7 +358,7 @@ fn node_findings(report: &mut DryRunReport) {
                 node,
                 None,
                 format!(
-                    "node `{}` diverges from the master: it lacks {}, which the master has applied; a run does not repair that",
+                    "node `{}` is behind the cluster: it lacks {}, which the cluster has applied; a run catches it up first (rehearsed below)",
                     n.name,
                     n.ledger.missing_from_master.join(", ")
                 ),

@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::patch::{
-    checksum, parse_file_name, parse_header, Patch, PatchType, PatchVersion, StatementSpan,
+    checksum, parse_file_name, parse_header, CopyBlock, Patch, PatchType, PatchVersion,
+    StatementSpan,
 };
 use super::sql;
 
@@ -144,7 +146,7 @@ pub fn discover(dir: &Path, strict: bool) -> Result<PatchSet, DiscoverError> {
         match load(version, kind, path) {
             Ok(patch) if first => patches.push(patch),
             Ok(_) => {}
-            Err(message) => findings.push(error(message)),
+            Err(messages) => findings.extend(messages.into_iter().map(error)),
         }
     }
 
@@ -169,30 +171,65 @@ pub fn discover(dir: &Path, strict: bool) -> Result<PatchSet, DiscoverError> {
     })
 }
 
-/// Reads and checks one well-named patch file; the error names the file.
-fn load(version: PatchVersion, kind: PatchType, path: PathBuf) -> Result<Patch, String> {
+/// Reads and checks one well-named patch file; each error names the file (and line).
+fn load(version: PatchVersion, kind: PatchType, path: PathBuf) -> Result<Patch, Vec<String>> {
     let bytes =
-        std::fs::read(&path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        std::fs::read(&path).map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
     let checksum = checksum(&bytes);
-    let body =
-        String::from_utf8(bytes).map_err(|_| format!("{}: not valid UTF-8", path.display()))?;
-    let statements = sql::split(&body)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .iter()
-        .map(|s| StatementSpan {
+    let body = String::from_utf8(bytes)
+        .map_err(|_| vec![format!("{}: not valid UTF-8", path.display())])?;
+    let mut statements = Vec::new();
+    let mut copies = Vec::new();
+    let mut refused = Vec::new();
+    // One pass, keeping only compact spans: a large patch is never held as a second list.
+    for s in sql::statements(&body) {
+        let s = s.map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        if let Some(what) = sql::transaction_control(s.text) {
+            refused.push(format!(
+                "{}: line {}: `{what}` is transaction control, and pgconvoy owns the transactions: {}; remove it",
+                path.display(),
+                s.line,
+                match kind {
+                    PatchType::Std => "a `std` patch runs inside the master's claim transaction",
+                    PatchType::Direct => "a `direct` patch runs inside a transaction pgconvoy opens on each node (on the master, the claim)",
+                    PatchType::Concurrent => "a `concurrent` patch runs outside any transaction, one statement at a time",
+                }
+            ));
+        }
+        if let Some(d) = s.copy_data {
+            copies.push(CopyBlock {
+                statement: statements.len(),
+                offset: d.offset,
+                len: d.text.len(),
+                line: d.line,
+            });
+        }
+        statements.push(StatementSpan {
             offset: s.offset,
             len: s.text.len(),
             line: s.line,
-        })
-        .collect();
-    let order = parse_header(&body).map_err(|e| format!("{}: {e}", path.display()))?;
+        });
+    }
+    if statements.is_empty() {
+        return Err(vec![format!(
+            "{}: {}",
+            path.display(),
+            sql::SplitError::Empty
+        )]);
+    }
+    if !refused.is_empty() {
+        return Err(refused);
+    }
+    statements.shrink_to_fit();
+    let order = parse_header(&body).map_err(|e| vec![format!("{}: {e}", path.display())])?;
     Ok(Patch {
         version,
         kind,
         path,
-        body,
+        body: Arc::new(body),
         checksum,
         statements,
+        copies,
         order,
     })
 }
@@ -248,6 +285,31 @@ pub fn numbering_gaps(sorted: &[PatchVersion]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_blocks_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = "CREATE TABLE t (a int);\nCOPY t FROM stdin;\n1\n2\n\\.\nSELECT 1;\nCOPY t (a) FROM stdin;\n\\.\n";
+        let path = dir.path().join("patch-1-0-0-std.sql");
+        std::fs::write(&path, body).unwrap();
+        let p = load(PatchVersion::new(1, 0, 0), PatchType::Std, path.clone()).unwrap();
+        assert_eq!(p.statements.len(), 4);
+        let first = p.copy_block(1).expect("statement 1 is a COPY");
+        assert_eq!((p.copy_text(first), first.line), ("1\n2\n", 3));
+        assert_eq!(p.copy_text(p.copy_block(3).unwrap()), "");
+        assert!(p.copy_block(0).is_none() && p.copy_block(2).is_none());
+        assert_eq!(p.statements[2].line, 6);
+
+        std::fs::write(&path, "SELECT 1;\nBEGIN;\nSELECT 2;\nCOMMIT;\n").unwrap();
+        let errors = load(PatchVersion::new(1, 0, 0), PatchType::Direct, path.clone()).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("line 2: `BEGIN`"), "{errors:?}");
+        assert!(errors[1].contains("line 4: `COMMIT`"), "{errors:?}");
+
+        std::fs::write(&path, "-- nothing\n").unwrap();
+        let errors = load(PatchVersion::new(1, 0, 0), PatchType::Std, path).unwrap_err();
+        assert!(errors[0].contains("no statements"), "{errors:?}");
+    }
 
     #[test]
     fn gaps() {

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -161,16 +162,36 @@ pub struct StatementSpan {
     pub line: usize,
 }
 
+/// The inline data block of a `COPY ... FROM stdin` statement (the `\.` line excluded).
+/// Kept apart from [`StatementSpan`] because few statements have one, and a patch of
+/// half a million INSERTs should not pay for the field in every span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyBlock {
+    /// Index of its `COPY` statement in [`Patch::statements`].
+    pub statement: usize,
+    pub offset: usize,
+    pub len: usize,
+    /// 1-based line in the patch file of the first data line.
+    pub line: usize,
+}
+
 /// A validated patch file.
+///
+/// The body is read once and shared: clones, nodes, statements and retries all refer to
+/// the same text (statements are spans into it), so memory is bounded by the file's size
+/// whatever the number of nodes.
 #[derive(Debug, Clone)]
 pub struct Patch {
     pub version: PatchVersion,
     pub kind: PatchType,
     pub path: PathBuf,
-    pub body: String,
+    /// `Arc<String>` rather than `Arc<str>`: made from the file's bytes without a copy.
+    pub body: Arc<String>,
     /// Hex SHA-256 of the file's bytes.
     pub checksum: String,
     pub statements: Vec<StatementSpan>,
+    /// `COPY ... FROM stdin` data blocks, in statement order.
+    pub copies: Vec<CopyBlock>,
     pub order: PatchOrder,
 }
 
@@ -186,6 +207,20 @@ impl Patch {
         self.statements
             .iter()
             .map(|s| (&self.body[s.offset..s.offset + s.len], *s))
+    }
+
+    /// The data block of statement `index` (an index into [`Patch::statements`]), if it
+    /// is a `COPY ... FROM stdin`.
+    pub fn copy_block(&self, index: usize) -> Option<&CopyBlock> {
+        self.copies
+            .binary_search_by_key(&index, |c| c.statement)
+            .ok()
+            .map(|k| &self.copies[k])
+    }
+
+    /// The text of a data block of this patch.
+    pub fn copy_text(&self, block: &CopyBlock) -> &str {
+        &self.body[block.offset..block.offset + block.len]
     }
 }
 

@@ -54,6 +54,13 @@ pub enum ReplicationError {
         target: String,
         timeout: Duration,
     },
+    /// The interrupt (SIGINT/SIGTERM) ended a wait for replication.
+    #[error("{signal} while waiting for {what} to reach {target}")]
+    Interrupted {
+        signal: &'static str,
+        what: &'static str,
+        target: String,
+    },
     /// `publication:` names a publication the master does not have (bad input).
     #[error("publication `{name}` (key `publication`) does not exist on the master")]
     NoPublication { name: String },
@@ -94,9 +101,9 @@ impl ReplicationError {
             | ReplicationError::Failing { node, .. }
             | ReplicationError::Statement { node, .. } => Some(node),
             ReplicationError::SubscribersBehind { lagging, .. } => lagging.first().map(|(_, n)| n),
-            ReplicationError::StandbysBehind { .. } | ReplicationError::NoPublication { .. } => {
-                None
-            }
+            ReplicationError::StandbysBehind { .. }
+            | ReplicationError::NoPublication { .. }
+            | ReplicationError::Interrupted { .. } => None,
         }
     }
 

@@ -87,7 +87,13 @@ pub async fn wait_for_subscribers(
                 cause: cause.to_string(),
             });
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        crate::signal::sleep(Duration::from_millis(100))
+            .await
+            .map_err(|i| ReplicationError::Interrupted {
+                signal: i.0,
+                what: "subscribers",
+                target: target.to_string(),
+            })?;
     }
 }
 
@@ -131,6 +137,12 @@ pub async fn wait_for_standbys(
                 timeout,
             });
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        crate::signal::sleep(Duration::from_millis(50))
+            .await
+            .map_err(|i| ReplicationError::Interrupted {
+                signal: i.0,
+                what: "standbys",
+                target: target.to_string(),
+            })?;
     }
 }

@@ -13,7 +13,7 @@ use super::watch::master_lsn;
 use super::RunReport;
 use crate::config::Replication;
 use crate::db::cluster::Node;
-use crate::db::ledger::{Book, RowParams};
+use crate::db::ledger::{Book, RowParams, TRANSACTION_LOST};
 use crate::db::pipeline::{first_failure, Step};
 use crate::db::transaction::Transaction;
 use crate::error::Error;
@@ -51,7 +51,7 @@ impl Coordinator<'_> {
             Ok::<_, tokio_postgres::Error>((
                 session.prepare_cached(&self.ledger.claim_sql()).await?,
                 session
-                    .prepare_cached(&self.ledger.stamp_sql(Book::Main))
+                    .prepare_cached(&self.ledger.stamp_own_sql(Book::Main))
                     .await?,
             ))
         }
@@ -68,10 +68,19 @@ impl Coordinator<'_> {
             Err(Refused::Claim(_)) => {}
             Err(Refused::Failed(_)) => self.patch_done(patch, started, false),
         }
-        if r.is_err() {
-            claim.rollback().await;
+        let Err(refused) = r else {
+            return Ok(());
+        };
+        claim.rollback().await;
+        let mut e = refused.into_error();
+        // Only the patch itself can have committed this run's claim row (a
+        // transaction-control statement that slipped past `check`); never leave it behind.
+        if let Some(more) = self.unclaim(patch).await {
+            if let Error::PatchFailed(f) = &mut e {
+                f.what = format!("{}; {more}", f.what);
+            }
         }
-        r.map_err(Refused::into_error)
+        Err(e)
     }
 
     /// A `std` patch: BEGIN, claim, body, stamp, COMMIT in one round trip on the master.
@@ -95,7 +104,7 @@ impl Coordinator<'_> {
                 0,
                 patch,
                 &[Step::Begin, Step::Exec(claim_st, &params.row())],
-                &[Step::Exec(stamp_st, &params.key())],
+                &[Step::ExecOne(stamp_st, &params.key(), TRANSACTION_LOST)],
             )
             .await
         {
@@ -140,7 +149,10 @@ impl Coordinator<'_> {
             return Err(Refused::Failed(Error::PatchFailed(Box::new(failure))));
         }
         let stamped = claim
-            .pipeline(&[Step::Exec(stamp_st, &params.key()), Step::Commit])
+            .pipeline(&[
+                Step::ExecOne(stamp_st, &params.key(), TRANSACTION_LOST),
+                Step::Commit,
+            ])
             .await;
         match first_failure(&stamped) {
             None => Ok(()),
@@ -245,7 +257,9 @@ impl Coordinator<'_> {
                 session
                     .prepare_cached(&self.ledger.record_start_sql(book))
                     .await?,
-                session.prepare_cached(&self.ledger.stamp_sql(book)).await?,
+                session
+                    .prepare_cached(&self.ledger.stamp_own_sql(book))
+                    .await?,
             ))
         }
         .await
@@ -260,7 +274,7 @@ impl Coordinator<'_> {
                 i,
                 patch,
                 &[Step::Begin, Step::Exec(&start_st, &params.row())],
-                &[Step::Exec(&stamp_st, &params.key())],
+                &[Step::ExecOne(&stamp_st, &params.key(), TRANSACTION_LOST)],
             )
             .await;
         if r.is_err() {

@@ -88,7 +88,7 @@ impl Coordinator<'_> {
         let master_part = async {
             self.body_in(&claim, 0, patch).await?;
             self.ledger
-                .stamp(claim.client(), Book::Main, patch.version)
+                .stamp_own(claim.client(), Book::Main, patch.version)
                 .await
                 .map_err(self.fail(0))
         };
@@ -116,7 +116,10 @@ impl Coordinator<'_> {
                 })
             }
         };
-        if let Some(failure) = failure {
+        if let Some(mut failure) = failure {
+            if let Some(more) = self.unclaim(patch).await {
+                failure.what = format!("{}; {more}", failure.what);
+            }
             let unresolved = self.resolve_all(patch, prepared, false).await;
             self.patch_done(patch, started, false);
             return Err(Error::AtomicRolledBack {
@@ -166,7 +169,7 @@ impl Coordinator<'_> {
                 .map_err(self.fail(i))?;
             self.body_in(&tx, i, patch).await?;
             self.ledger
-                .stamp(tx.client(), Book::Main, patch.version)
+                .stamp_own(tx.client(), Book::Main, patch.version)
                 .await
                 .map_err(self.fail(i))
         };

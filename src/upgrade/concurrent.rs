@@ -3,6 +3,7 @@
 
 use super::coordinator::{Coordinator, NodeFailure};
 use crate::db::ledger::Book;
+use crate::db::pipeline::Step;
 use crate::db::quote::quote_ident;
 use crate::db::retry::{self, RetryPolicy, Target};
 use crate::output::human;
@@ -29,16 +30,13 @@ impl Coordinator<'_> {
             .record_start(client, book, patch, &self.applied_by)
             .await
             .map_err(self.fail(i))?;
-        for (text, span) in patch.statement_texts() {
+        for (k, (text, span)) in patch.statement_texts().enumerate() {
             match sql::create_index_concurrently_name(text) {
                 Some(name) => {
-                    self.build_index(client, i, patch, (text, span.line), &name, resuming)
+                    self.build_index(client, i, patch, (k, text, span.line), &name, resuming)
                         .await?
                 }
-                None => {
-                    self.execute(Target::Session(client), i, patch, (text, span.line), 0)
-                        .await?
-                }
+                None => self.execute(Target::Session(client), i, patch, k).await?,
             }
         }
         self.ledger
@@ -57,7 +55,7 @@ impl Coordinator<'_> {
         client: &tokio_postgres::Client,
         i: usize,
         patch: &Patch,
-        (text, line): (&str, usize),
+        (k, text, line): (usize, &str, usize),
         name: &str,
         resuming: bool,
     ) -> Result<(), NodeFailure> {
@@ -91,12 +89,12 @@ impl Coordinator<'_> {
                         patch.version
                     ));
                     let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}");
-                    if let Err(x) = retry::execute(Target::Session(client), node_ref, &drop, &once, &|_, _| {}, 0).await {
+                    if let Err(x) = retry::execute(Target::Session(client), node_ref, Step::Sql(&drop), &once, &|_, _| {}, 0).await {
                         return Ok(Err(x));
                     }
                 }
                 Ok::<_, NodeFailure>(
-                    retry::execute(Target::Session(client), node_ref, text, &once, &|_, _| {}, 0).await,
+                    retry::execute(Target::Session(client), node_ref, Step::Sql(text), &once, &|_, _| {}, 0).await,
                 )
             }
             .await?;
@@ -111,10 +109,14 @@ impl Coordinator<'_> {
                         self.policy.retries,
                         human::duration(pause)
                     )));
-                    tokio::time::sleep(pause).await;
+                    if let Err(interrupt) = crate::signal::sleep(pause).await {
+                        let mut f = self.statement_failure(i, patch, k, x.failure.clone());
+                        f.what = format!("{interrupt}: index `{name}` not rebuilt");
+                        return Err(f);
+                    }
                 }
                 Err(x) => {
-                    let mut f = self.body_failure(i, (text, line), x.failure.clone());
+                    let mut f = self.statement_failure(i, patch, k, x.failure.clone());
                     if x.is_lock_timeout() {
                         f.what = format!(
                             "could not build index `{name}` within the lock timeout of {} after {} tries: {}",

@@ -15,7 +15,7 @@ use super::plan;
 use super::{NodeResult, RunReport};
 use crate::config::{NodeName, Replication, Role};
 use crate::db::cluster::{Cluster, Node};
-use crate::db::ledger::{Book, Ledger, NodeLedger};
+use crate::db::ledger::{Book, Ledger, NodeLedger, RowParams};
 use crate::db::pgerror::PgFailure;
 use crate::db::retry::RetryPolicy;
 use crate::error::{Error, PatchFailure};
@@ -114,6 +114,40 @@ impl Coordinator<'_> {
                 failure: Box::new(e),
             }
         }
+    }
+
+    /// Removes this run's unfinished claim row of `patch` after its transaction rolled
+    /// back. Only the patch itself can have committed one (a transaction-control
+    /// statement that slipped past `check` ended the claim's transaction), and it would
+    /// block every later run as another coordinator's claim. Says so when it did.
+    pub(super) async fn unclaim(&self, patch: &Patch) -> Option<String> {
+        let master = self.cluster.master();
+        let params = RowParams::new(patch, &self.applied_by);
+        let key = params.key();
+        let removed = async {
+            let session = master.session().await?;
+            let n = session
+                .execute(
+                    &self.ledger.unclaim_sql(),
+                    &[key[0], key[1], key[2], &self.applied_by],
+                )
+                .await?;
+            Ok::<_, PgFailure>(n)
+        }
+        .await;
+        let more = match removed {
+            Ok(0) => return None,
+            Ok(_) => format!(
+                "the patch ended the claim's transaction on master node `{}`, so its statements up to there are committed; this run's unfinished claim row was removed, nothing is recorded as applied",
+                master.name()
+            ),
+            Err(e) => format!(
+                "cannot check for an unfinished claim row of this run on master node `{}` ({e}); if `status` shows one, delete it before the next run",
+                master.name()
+            ),
+        };
+        self.note(format!("{}: {more}", patch.version));
+        Some(more)
     }
 
     /// Whether the master must still run the patch's body.

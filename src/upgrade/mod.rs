@@ -1,14 +1,16 @@
-//! Owns an `upgrade` run: take the cluster lock, read every ledger, [`plan`], then
+//! Owns an `upgrade` run: take the cluster lock, read every ledger, [`plan`], bring
+//! nodes that lack patches the cluster finished up to date ([`catch_up`]), then
 //! for each patch claim → fan out → stamp → commit ([`apply`]; `concurrent` patches
 //! statement by statement, [`concurrent`]; `--atomic` by two-phase commit, [`atomic`]),
 //! watch replication after each group ([`watch`]), and decide on failure. The run's
 //! shared state and bookkeeping are in [`coordinator`], running a body with retries in
-//! [`body`]. Ctrl-C / SIGTERM cancel what runs on the servers and roll the claim back.
+//! [`body`]. Ctrl-C / SIGTERM end every wait, cancel what runs on the servers and roll
+//! the claim back; the run exits 130.
 //! [`recover`] resolves what a dead `--atomic` run left.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 
@@ -19,6 +21,7 @@ use crate::db::lock::{acquire_lock, release_lock};
 use crate::db::pgerror::PgFailure;
 use crate::db::retry::RetryPolicy;
 use crate::error::Error;
+use crate::output::human;
 use crate::patches::discover::PatchSet;
 use crate::patches::patch::{Patch, PatchType};
 use crate::progress::{Event, Reporter};
@@ -31,6 +34,7 @@ use watch::ReplicationWatch;
 mod apply;
 mod atomic;
 mod body;
+mod catch_up;
 mod concurrent;
 mod coordinator;
 pub mod plan;
@@ -56,11 +60,24 @@ pub struct NodeResult {
     pub error: Option<String>,
 }
 
+/// What a run brought one node up to date with: patches the cluster had finished
+/// before the node joined (or was restored).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaughtUp {
+    pub node: String,
+    /// Versions applied there, in order.
+    pub applied: Vec<String>,
+    /// Versions the node still lacks (the catch-up stopped at a failure).
+    pub missing: Vec<String>,
+}
+
 /// Everything a run did, for the summary.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RunReport {
     /// Patches stamped done on the master, in order.
     pub applied: Vec<String>,
+    /// Nodes brought up to date with patches the cluster had finished, before new ones.
+    pub caught_up: Vec<CaughtUp>,
     pub results: Vec<NodeResult>,
     /// Patches still pending on the cluster after the run.
     pub pending: Vec<String>,
@@ -73,9 +90,15 @@ pub struct RunReport {
     pub failure: Option<Error>,
 }
 
-/// Runs `upgrade` against the cluster of `config`. A first Ctrl-C or SIGTERM
-/// cancels the statements running on every server and lets the run unwind
-/// (claim rolled back, summary printed); a second one exits at once.
+/// How long a run may take to unwind after the first signal (its statements were
+/// cancelled, its claim rolls back) before it is cut off: dropping it closes its
+/// connections, and the servers roll back whatever they still had open.
+const UNWIND_GRACE: Duration = Duration::from_secs(3);
+
+/// Runs `upgrade` against the cluster of `config`. A first Ctrl-C or SIGTERM ends every
+/// wait (`--wait`, lock-timeout backoffs, replication), cancels the statements running on
+/// every server and lets the run unwind (claim rolled back, summary printed, exit 130); a
+/// second one exits at once.
 pub async fn upgrade(
     config: &Config,
     patches: &PatchSet,
@@ -83,29 +106,32 @@ pub async fn upgrade(
     reporter: &dyn Reporter,
 ) -> RunReport {
     let cluster = Cluster::new(config);
-    let interrupted = AtomicBool::new(false);
     let mut report = RunReport::default();
+    let mut signalled: Option<&'static str> = None;
     let result = {
-        let run = upgrade_inner(
-            config,
-            &cluster,
-            patches,
-            opts,
-            reporter,
-            &interrupted,
-            &mut report,
-        );
+        let run = upgrade_inner(config, &cluster, patches, opts, reporter, &mut report);
         futures::pin_mut!(run);
+        // Armed by the first signal.
+        let cut_off = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+        futures::pin_mut!(cut_off);
         loop {
             tokio::select! {
                 r = &mut run => break r,
+                () = &mut cut_off, if signalled.is_some() => {
+                    break Err(Error::CutOff {
+                        signal: signalled.unwrap_or("interrupted"),
+                        grace: human::duration(UNWIND_GRACE),
+                    });
+                }
                 signal = crate::signal::interrupted() => {
-                    if interrupted.swap(true, Ordering::SeqCst) {
+                    if crate::signal::trip(signal) {
                         eprintln!("pgconvoy: {signal} again: exiting at once (servers roll back what the lost connections had open)");
-                        std::process::exit(i32::from(crate::error::exit::FAILED));
+                        std::process::exit(i32::from(crate::error::exit::INTERRUPTED));
                     }
+                    signalled = Some(signal);
+                    cut_off.as_mut().reset(tokio::time::Instant::now() + UNWIND_GRACE);
                     reporter.event(&Event::Note(&format!(
-                        "{signal}: cancelling running statements on every node; the claim will be rolled back (again to exit at once)"
+                        "{signal}: stopping; cancelling running statements on every node, the claim will be rolled back (again to exit at once)"
                     )));
                     let asked = cluster.inflight.cancel_all().await;
                     if !asked.is_empty() {
@@ -117,10 +143,15 @@ pub async fn upgrade(
         }
     };
     if let Err(e) = result {
-        let e = if interrupted.load(Ordering::SeqCst) {
-            Error::Interrupted { cause: Box::new(e) }
-        } else {
-            e
+        let e = match (signalled, e) {
+            (
+                _,
+                e @ (Error::Interrupted { .. }
+                | Error::WaitInterrupted { .. }
+                | Error::CutOff { .. }),
+            ) => e,
+            (Some(_), e) => Error::Interrupted { cause: Box::new(e) },
+            (None, e) => e,
         };
         report.error = Some(e.chain());
         report.failure = Some(e);
@@ -136,7 +167,6 @@ async fn upgrade_inner(
     patches: &PatchSet,
     opts: &UpgradeOptions,
     reporter: &dyn Reporter,
-    interrupted: &AtomicBool,
     report: &mut RunReport,
 ) -> Result<(), Error> {
     let ledger = Ledger::new(config.ledger.clone());
@@ -146,10 +176,22 @@ async fn upgrade_inner(
     let pending = plan::pending(patches, &ledgers[0]);
     let schedule =
         plan::schedule(plan::groups(&pending), &opts.selection).map_err(Error::Refused)?;
+    let catch_up: Vec<(usize, Vec<&Patch>)> = cluster
+        .nodes
+        .iter()
+        .zip(&ledgers)
+        .map(|(n, l)| plan::NodeView {
+            role: n.role(),
+            ledger: l,
+        })
+        .map(|view| plan::catch_up(patches, config.replication, &ledgers[0], view))
+        .enumerate()
+        .filter(|(_, c)| !c.is_empty())
+        .collect();
     report.planned = true;
     report.pending = pending.iter().map(|p| p.version.to_string()).collect();
     let scheduled: usize = schedule.groups.iter().map(|g| g.patches.len()).sum();
-    if scheduled == 0 {
+    if scheduled == 0 && catch_up.is_empty() {
         note(
             reporter,
             report,
@@ -165,15 +207,17 @@ async fn upgrade_inner(
     if atomic {
         check_two_phase(cluster).await?;
     }
-    note(
-        reporter,
-        report,
-        format!(
-            "{} patch(es) pending; applying {scheduled} in {} group(s)",
-            pending.len(),
-            schedule.groups.len()
-        ),
-    );
+    if scheduled > 0 {
+        note(
+            reporter,
+            report,
+            format!(
+                "{} patch(es) pending; applying {scheduled} in {} group(s)",
+                pending.len(),
+                schedule.groups.len()
+            ),
+        );
+    }
     ensure_master_ledger(cluster, &ledger).await?;
 
     let coordinator = Coordinator {
@@ -192,8 +236,17 @@ async fn upgrade_inner(
         ensured: Mutex::new(HashSet::new()),
         notes: Mutex::new(Vec::new()),
     };
+    // Below everything pending: no node may run a patch before the ones under it.
+    let caught = coordinator.catch_up(&catch_up, report).await;
+    report
+        .notes
+        .append(&mut coordinator.notes.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Err(e) = caught {
+        release_lock(lock, &ledger).await;
+        return Err(e);
+    }
     let watch = ReplicationWatch::start(config, cluster, &ledger).await?;
-    let outcome = apply_groups(&coordinator, &watch, &schedule, interrupted, report).await;
+    let outcome = apply_groups(&coordinator, &watch, &schedule, report).await;
     report.pending = still_pending(&pending, report);
     if outcome.is_ok() {
         if let Some(p) = schedule.stopped_before {
@@ -264,7 +317,6 @@ async fn apply_groups(
     coordinator: &Coordinator<'_>,
     watch: &ReplicationWatch<'_>,
     schedule: &Schedule<'_>,
-    interrupted: &AtomicBool,
     report: &mut RunReport,
 ) -> Result<(), Error> {
     for group in &schedule.groups {
@@ -274,7 +326,7 @@ async fn apply_groups(
             versions: &group.versions(),
         });
         for patch in &group.patches {
-            if interrupted.load(Ordering::SeqCst) {
+            if crate::signal::tripped().is_some() {
                 return Err(Error::Stopped {
                     patch: patch.version,
                 });
@@ -338,7 +390,16 @@ pub async fn read_nodes(
                 .await
                 .map_err(|e| failed(e.into()))?
                 .get(0);
-            let l = ledger.read(session.client()).await.map_err(failed)?;
+            let l = match ledger.read(session.client()).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let why = ledger.unreadable(&e, session.client()).await;
+                    return Err(Error::LedgerUnreadable {
+                        node: node.name().clone(),
+                        unreadable: Box::new(why),
+                    });
+                }
+            };
             Ok((l, in_recovery))
         })
         .buffered(cluster.jobs)

@@ -1,6 +1,6 @@
 //! Pure planning: patches × per-node ledgers → drift, pending sets, groups,
-//! the selection a run applies, and which nodes need each patch's body.
-//! No database here: everything is table-tested.
+//! the selection a run applies, which nodes need each patch's body, and what
+//! each node must catch up on. No database here: everything is table-tested.
 
 use std::fmt;
 
@@ -95,9 +95,18 @@ pub fn pending<'a>(patches: &'a PatchSet, master: &NodeLedger) -> Vec<&'a Patch>
 }
 
 /// What a node's role still needs, as shown by `status`: on the master every
-/// patch not applied to the cluster; on a replica every `direct`/`concurrent`
-/// patch not finished there.
-pub fn node_pending(patches: &PatchSet, role: Role, ledger: &NodeLedger) -> Vec<PatchVersion> {
+/// patch not applied to the cluster; on a replica that takes DDL every
+/// `direct`/`concurrent` patch not finished there (what it must catch up on and
+/// what is pending on the cluster); a physical standby takes none.
+pub fn node_pending(
+    patches: &PatchSet,
+    replication: Replication,
+    role: Role,
+    ledger: &NodeLedger,
+) -> Vec<PatchVersion> {
+    if !takes_ddl(replication, role) {
+        return Vec::new();
+    }
     patches
         .patches
         .iter()
@@ -109,6 +118,43 @@ pub fn node_pending(patches: &PatchSet, role: Role, ledger: &NodeLedger) -> Vec<
         .collect()
 }
 
+/// Whether a node runs patch bodies itself: the master always, replicas unless they are
+/// physical standbys (they replay the master's WAL and cannot take DDL).
+pub fn takes_ddl(replication: Replication, role: Role) -> bool {
+    role == Role::Master || replication != Replication::Physical
+}
+
+/// One node as the planner sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeView<'a> {
+    pub role: Role,
+    pub ledger: &'a NodeLedger,
+}
+
+/// The patches the cluster has finished (a done claim row on the master) that `node`
+/// must still run itself, in version order: a new or restored replica lacks the
+/// `direct` and `concurrent` patches applied before it joined. `std` patches never run
+/// on a replica (replication carries their effects), a physical standby runs nothing,
+/// and the master's own done claim means it ran the body. A run applies these before any
+/// patch still pending on the cluster, so no node runs a patch before the ones below it;
+/// they need no claim on the master, only a row in the node's own ledger.
+pub fn catch_up<'a>(
+    patches: &'a PatchSet,
+    replication: Replication,
+    master: &NodeLedger,
+    node: NodeView<'_>,
+) -> Vec<&'a Patch> {
+    if node.role == Role::Master || !takes_ddl(replication, node.role) {
+        return Vec::new();
+    }
+    patches
+        .patches
+        .iter()
+        .filter(|p| p.kind.runs_on_replicas())
+        .filter(|p| done(&master.main, p.version) && !done(&node.ledger.main, p.version))
+        .collect()
+}
+
 /// Whether a node must still run the body of `patch`, the patch being pending on the
 /// cluster. Standbys of physical replication never do: they replay the master's WAL.
 pub fn needs_body(
@@ -117,7 +163,7 @@ pub fn needs_body(
     replication: Replication,
     ledger: &NodeLedger,
 ) -> bool {
-    if role == Role::Replica && replication == Replication::Physical {
+    if !takes_ddl(replication, role) {
         return false;
     }
     match (role, patch.kind) {
@@ -144,28 +190,26 @@ pub struct LedgerSummary {
     pub applied: Vec<String>,
     /// Rows started and not finished (a failed or killed run), in either book.
     pub unfinished: Vec<String>,
-    /// Replicas: `direct`/`concurrent` patches the master has applied and this node lacks.
+    /// Replicas: `direct`/`concurrent` patches the cluster has applied and this node lacks;
+    /// `upgrade` catches it up on them before anything new.
     pub missing_from_master: Vec<String>,
 }
 
-/// Summarizes a node's ledger; `compare` says whether to look for what the master has
-/// and the node lacks (a reachable replica of a reachable master).
+/// Summarizes a node's ledger; `compare` says whether to look for what the cluster has
+/// finished and the node lacks (a reachable node of a reachable master): what a run
+/// catches it up on ([`catch_up`]).
 pub fn summarize(
     patches: &PatchSet,
+    replication: Replication,
     role: Role,
     ledger: &NodeLedger,
     master: &NodeLedger,
     compare: bool,
 ) -> LedgerSummary {
-    let missing_from_master = if role == Role::Replica && compare {
-        master
-            .main
+    let missing_from_master = if compare {
+        catch_up(patches, replication, master, NodeView { role, ledger })
             .iter()
-            .filter(|(v, r)| {
-                r.is_done() && patches.get(**v).is_some_and(|p| p.kind.runs_on_replicas())
-            })
-            .filter(|(v, _)| !done(&ledger.main, **v))
-            .map(|(v, _)| v.to_string())
+            .map(|p| p.version.to_string())
             .collect()
     } else {
         Vec::new()
@@ -325,7 +369,8 @@ mod tests {
             version: PatchVersion::new(v.0, v.1, v.2),
             kind,
             path: PathBuf::from(format!("p/{}-{}-{}", v.0, v.1, v.2)),
-            body: "SELECT 1;".into(),
+            body: std::sync::Arc::new("SELECT 1;".into()),
+            copies: Vec::new(),
             checksum: format!("sum{}{}{}", v.0, v.1, v.2),
             statements: Vec::new(),
             order: Default::default(),
@@ -519,16 +564,30 @@ mod tests {
         replica
             .main
             .insert(ps.patches[3].version, row(&ps.patches[3], false));
-        let s = summarize(&ps, Role::Replica, &replica, &master, true);
+        let s = summarize(
+            &ps,
+            Replication::None,
+            Role::Replica,
+            &replica,
+            &master,
+            true,
+        );
         assert_eq!(s.applied, ["1-2-0"]);
         assert_eq!(s.unfinished, ["1-3-0"]);
         // 1-0-0 and 1-1-0 are std (the master only); 1-3-0 is direct-or-concurrent and unfinished.
         assert_eq!(s.missing_from_master, ["1-3-0"]);
-        assert!(summarize(&ps, Role::Replica, &replica, &master, false)
-            .missing_from_master
-            .is_empty());
+        assert!(summarize(
+            &ps,
+            Replication::None,
+            Role::Replica,
+            &replica,
+            &master,
+            false
+        )
+        .missing_from_master
+        .is_empty());
         assert_eq!(
-            summarize(&ps, Role::Master, &master, &master, true)
+            summarize(&ps, Replication::None, Role::Master, &master, &master, true)
                 .applied
                 .len(),
             4
@@ -541,11 +600,206 @@ mod tests {
         let mut l = NodeLedger::default();
         l.main
             .insert(ps.patches[2].version, row(&ps.patches[2], true));
-        let r: Vec<String> = node_pending(&ps, Role::Replica, &l)
+        let r: Vec<String> = node_pending(&ps, Replication::None, Role::Replica, &l)
             .iter()
             .map(|v| v.to_string())
             .collect();
         assert_eq!(r, ["1-3-0", "1-4-0"]);
-        assert_eq!(node_pending(&ps, Role::Master, &l).len(), 5);
+        assert_eq!(
+            node_pending(&ps, Replication::Logical, Role::Replica, &l).len(),
+            2
+        );
+        assert!(node_pending(&ps, Replication::Physical, Role::Replica, &l).is_empty());
+        assert_eq!(
+            node_pending(&ps, Replication::None, Role::Master, &l).len(),
+            5
+        );
+        assert_eq!(
+            node_pending(&ps, Replication::Physical, Role::Master, &l).len(),
+            5
+        );
+    }
+
+    /// A ledger with these versions of `ps` done (`true`) or started only (`false`).
+    fn ledger(ps: &PatchSet, rows: &[((u32, u32, u32), bool)]) -> NodeLedger {
+        let mut l = NodeLedger {
+            exists: !rows.is_empty(),
+            ..Default::default()
+        };
+        for &(v, finished) in rows {
+            let p = ps
+                .get(PatchVersion::new(v.0, v.1, v.2))
+                .expect("a sample patch");
+            l.main.insert(p.version, row(p, finished));
+        }
+        l
+    }
+
+    fn versions(ps: &[&Patch]) -> Vec<String> {
+        ps.iter().map(|p| p.version.to_string()).collect()
+    }
+
+    #[test]
+    fn catch_up_table() {
+        // 1-0-0 S, 1-1-0 S, 1-2-0 D, 1-3-0 C, 1-4-0 C, 1-5-0 S
+        let ps = sample();
+        let all_done = ledger(
+            &ps,
+            &[
+                ((1, 0, 0), true),
+                ((1, 1, 0), true),
+                ((1, 2, 0), true),
+                ((1, 3, 0), true),
+                ((1, 4, 0), true),
+                ((1, 5, 0), true),
+            ],
+        );
+        let up_to_1_3 = ledger(
+            &ps,
+            &[
+                ((1, 0, 0), true),
+                ((1, 1, 0), true),
+                ((1, 2, 0), true),
+                ((1, 3, 0), true),
+                ((1, 4, 0), false),
+            ],
+        );
+        let empty = NodeLedger::default();
+        let has_direct = ledger(&ps, &[((1, 2, 0), true)]);
+        let started_direct = ledger(&ps, &[((1, 2, 0), false), ((1, 3, 0), true)]);
+        let none = Replication::None;
+        let logical = Replication::Logical;
+        let physical = Replication::Physical;
+        type Case<'a> = (
+            &'a str,
+            Replication,
+            &'a NodeLedger,
+            Role,
+            &'a NodeLedger,
+            Vec<&'a str>,
+        );
+        let table: Vec<Case<'_>> = vec![
+            (
+                "new replica, fleet",
+                none,
+                &all_done,
+                Role::Replica,
+                &empty,
+                vec!["1-2-0", "1-3-0", "1-4-0"],
+            ),
+            (
+                "new subscriber",
+                logical,
+                &all_done,
+                Role::Replica,
+                &empty,
+                vec!["1-2-0", "1-3-0", "1-4-0"],
+            ),
+            (
+                "standbys replay WAL",
+                physical,
+                &all_done,
+                Role::Replica,
+                &empty,
+                vec![],
+            ),
+            (
+                "the master never catches up",
+                none,
+                &all_done,
+                Role::Master,
+                &empty,
+                vec![],
+            ),
+            (
+                "up to date",
+                none,
+                &all_done,
+                Role::Replica,
+                &all_done,
+                vec![],
+            ),
+            (
+                "partly there",
+                none,
+                &all_done,
+                Role::Replica,
+                &has_direct,
+                vec!["1-3-0", "1-4-0"],
+            ),
+            (
+                "unfinished row counts as missing",
+                none,
+                &all_done,
+                Role::Replica,
+                &started_direct,
+                vec!["1-2-0", "1-4-0"],
+            ),
+            // Only what the cluster finished: 1-4-0 is pending there (its claim not done).
+            (
+                "cluster still pending",
+                none,
+                &up_to_1_3,
+                Role::Replica,
+                &empty,
+                vec!["1-2-0", "1-3-0"],
+            ),
+            (
+                "nothing applied yet",
+                none,
+                &empty,
+                Role::Replica,
+                &empty,
+                vec![],
+            ),
+        ];
+        for (what, replication, master, role, node, want) in table {
+            let got = catch_up(&ps, replication, master, NodeView { role, ledger: node });
+            assert_eq!(versions(&got), want, "{what}");
+            // What status shows as pending covers the catch-up, in the same order.
+            let shown: Vec<String> = node_pending(&ps, replication, role, node)
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            if role == Role::Replica {
+                let mut it = shown.iter();
+                for v in &want {
+                    assert!(it.any(|s| s == v), "{what}: status lacks {v}: {shown:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn catch_up_and_pending_partition_what_a_replica_needs() {
+        let ps = sample();
+        let master = ledger(
+            &ps,
+            &[((1, 0, 0), true), ((1, 1, 0), true), ((1, 2, 0), true)],
+        );
+        let node = NodeLedger::default();
+        let view = NodeView {
+            role: Role::Replica,
+            ledger: &node,
+        };
+        let caught: Vec<&Patch> = catch_up(&ps, Replication::None, &master, view);
+        let pend = pending(&ps, &master);
+        let bodies: Vec<&Patch> = pend
+            .iter()
+            .copied()
+            .filter(|p| needs_body(p, Role::Replica, Replication::None, &node))
+            .collect();
+        // Catch-up is below everything pending, and together they are what status lists.
+        assert!(caught
+            .iter()
+            .all(|c| bodies.iter().all(|b| c.version < b.version)));
+        let mut together = versions(&caught);
+        together.extend(versions(&bodies));
+        let shown: Vec<String> = node_pending(&ps, Replication::None, Role::Replica, &node)
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        assert_eq!(together, shown);
+        assert_eq!(together, ["1-2-0", "1-3-0", "1-4-0"]);
     }
 }

@@ -22,7 +22,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::db::cluster::Node;
 use crate::db::pgerror::PgFailure;
-use crate::db::pipeline::SAVEPOINT as SAVEPOINT_NAME;
+use crate::db::pipeline::{self, Step, SAVEPOINT as SAVEPOINT_NAME};
 use crate::db::transaction::{RollbackOnly, Transaction};
 use crate::output::human::{self, one_line, seconds};
 use crate::patches::lockmode::LockMode;
@@ -622,30 +622,51 @@ impl Rehearsal<'_> {
                 }
             };
             let held_locks = &self.held_locks;
-            // futures' join polls its futures in order, so they are sent in this order,
-            // back to back (tokio-postgres sends a request when it is first polled).
+            let probes = || async move {
+                if probe {
+                    client
+                        .query(held_locks, &[&FIRST_NORMAL_OID])
+                        .await
+                        .map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
             let all = async {
-                futures::join!(
-                    usage(),
-                    client.batch_execute(&savepoint_sql),
-                    futures::future::join_all(
-                        statements
-                            .iter()
-                            .map(|(text, _)| client.batch_execute(text))
-                    ),
-                    async {
-                        if probe {
-                            client
-                                .query(held_locks, &[&FIRST_NORMAL_OID])
-                                .await
-                                .map(Some)
-                        } else {
-                            Ok(None)
+                if patch.copies.is_empty() {
+                    // futures' join polls its futures in order, so they are sent in this
+                    // order, back to back (tokio-postgres sends a request when it is first
+                    // polled).
+                    let body = statements.iter().map(|(text, _)| async move {
+                        client.batch_execute(text).await.map_err(PgFailure::from)
+                    });
+                    futures::join!(
+                        usage(),
+                        client.batch_execute(&savepoint_sql),
+                        futures::future::join_all(body),
+                        probes(),
+                        usage(),
+                        client.batch_execute(&release_sql),
+                    )
+                } else {
+                    // A COPY prepares its statement before its data goes out, so requests
+                    // queued behind it would overtake it: such a patch's statements go one
+                    // at a time, the probes and the release after them.
+                    let before = usage().await;
+                    let savepoint = client.batch_execute(&savepoint_sql).await;
+                    let mut body = Vec::with_capacity(statements.len());
+                    for k in 0..statements.len() {
+                        let r = pipeline::send_one(client, Step::statement(patch, k)).await;
+                        let failed = r.is_err();
+                        body.push(r);
+                        if failed {
+                            break;
                         }
-                    },
-                    usage(),
-                    client.batch_execute(&release_sql),
-                )
+                    }
+                    let (locks, after, released) =
+                        futures::join!(probes(), usage(), client.batch_execute(&release_sql));
+                    (before, savepoint, body, locks, after, released)
+                }
             };
             let watch = self.watch_blockers(&blockers);
             tokio::pin!(all);
@@ -680,8 +701,8 @@ impl Rehearsal<'_> {
             released?;
             return Ok((pr, None));
         };
-        let what = PgFailure::from_pg(e);
-        if e.as_db_error().is_none() {
+        let what = e.clone();
+        if what.code.is_none() {
             return Err(what);
         }
         client
@@ -691,9 +712,10 @@ impl Rehearsal<'_> {
             .await?;
         pr.outcome = Outcome::Failed;
         let (text, span) = statements[at];
-        let line = match what.position {
-            Some(p) => span.line + sql::line_at_char_position(text, p as usize) - 1,
-            None => span.line,
+        let line = match (what.position, patch.copy_block(at), what.copy_line) {
+            (Some(p), _, _) => span.line + sql::line_at_char_position(text, p as usize) - 1,
+            (None, Some(block), Some(n)) => block.line + n as usize - 1,
+            _ => span.line,
         };
         pr.error = Some(self.error(patch, &what, line, &pr.blockers));
         Ok((pr, Some(at)))

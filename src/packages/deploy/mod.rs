@@ -73,9 +73,11 @@ pub async fn deploy(
             tokio::select! {
                 r = &mut run => break r,
                 signal = crate::signal::interrupted() => {
+                    // Ends the waits of the primitives too (lock-timeout backoffs).
+                    crate::signal::trip(signal);
                     if interrupted.swap(true, Ordering::SeqCst) {
                         eprintln!("pgconvoy: {signal} again: exiting at once (servers roll back what the lost connections had open)");
-                        std::process::exit(i32::from(exit::FAILED));
+                        std::process::exit(i32::from(exit::INTERRUPTED));
                     }
                     reporter.event(&Event::Note(&format!(
                         "{signal}: cancelling running statements on every node; their transactions roll back (again to exit at once)"

@@ -199,15 +199,22 @@ impl Run<'_> {
                 ..self.policy
             },
         };
-        retry::execute(tx.target(), node, sql, &policy, &on_retry, 0)
-            .await
-            .map_err(|e| DeployFailure {
-                node: node.name().clone(),
-                package: None,
-                file: None,
-                line: None,
-                what: e.describe(&policy),
-                pg: Some(e.failure),
-            })
+        retry::execute(
+            tx.target(),
+            node,
+            crate::db::pipeline::Step::Sql(sql),
+            &policy,
+            &on_retry,
+            0,
+        )
+        .await
+        .map_err(|e| DeployFailure {
+            node: node.name().clone(),
+            package: None,
+            file: None,
+            line: None,
+            what: e.describe(&policy),
+            pg: Some(e.failure),
+        })
     }
 }

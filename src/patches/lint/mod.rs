@@ -375,19 +375,7 @@ impl Linter {
 
 /// The transaction-control command a statement is, if any.
 fn transaction_control(s: &Stmt<'_>) -> Option<String> {
-    let first = s.toks.first()?;
-    let is = |k: &str| first.is_keyword(k);
-    // ROLLBACK [TRANSACTION | WORK] TO [SAVEPOINT] x ends nothing.
-    let to_savepoint =
-        s.kw(1, "to") || ((s.kw(1, "transaction") || s.kw(1, "work")) && s.kw(2, "to"));
-    let hit = is("begin")
-        || is("commit")
-        || is("end")
-        || is("abort")
-        || (is("start") && s.kw(1, "transaction"))
-        || (is("rollback") && !to_savepoint)
-        || (is("prepare") && s.kw(1, "transaction"));
-    hit.then(|| s.head(2))
+    sql::transaction_control(s.text).map(str::to_string)
 }
 
 /// The `CONCURRENTLY` command a statement is, if any (it cannot run in a transaction block).

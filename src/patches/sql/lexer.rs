@@ -106,6 +106,12 @@ enum Unclosed {
 }
 
 impl Tokens<'_> {
+    /// Goes on at byte `pos`: the splitter skips a `COPY ... FROM stdin` data block, which
+    /// is data, not SQL.
+    pub(super) fn resume_at(&mut self, pos: usize) {
+        self.pos = pos;
+    }
+
     /// Why the input ended inside a string, quoted identifier, dollar quote or block
     /// comment, once iteration has reached that point; `None` otherwise.
     pub fn error(&self) -> Option<SplitError> {
@@ -278,7 +284,7 @@ impl<'a> Iterator for Tokens<'a> {
 }
 
 /// The byte at `i`, or NUL past the end; callers only compare against non-NUL bytes.
-fn at(bytes: &[u8], i: usize) -> u8 {
+pub(super) fn at(bytes: &[u8], i: usize) -> u8 {
     bytes.get(i).copied().unwrap_or(0)
 }
 
@@ -369,12 +375,12 @@ fn number_end(bytes: &[u8], start: usize) -> usize {
 }
 
 /// End of a `--` comment whose text starts at `i`: the newline itself is whitespace.
-fn line_comment_end(bytes: &[u8], i: usize) -> usize {
+pub(super) fn line_comment_end(bytes: &[u8], i: usize) -> usize {
     scan_while(bytes, i, |b| b != b'\n' && b != b'\r')
 }
 
 /// End of the (nesting) block comment opening at `start`, or `None` if it never closes.
-fn block_comment_end(bytes: &[u8], start: usize) -> Option<usize> {
+pub(super) fn block_comment_end(bytes: &[u8], start: usize) -> Option<usize> {
     let mut depth = 1usize;
     let mut i = start + 2;
     while i < bytes.len() {

@@ -7,9 +7,13 @@
 //! across newlines, and `$tag$` quotes whose closing tag must match exactly. SQL-standard
 //! routine bodies (`BEGIN ATOMIC ... END`) are kept whole with the same heuristic psql uses.
 //!
-//! Deliberately not handled: psql meta-commands and `:variables` (patches are sent to the
-//! server, never through psql), and a `;` inside parentheses, which psql would keep inside
-//! the statement; only a multi-action `CREATE RULE ... DO (a; b)` needs that.
+//! Two things psql does are kept because patch files are written for psql: a
+//! `COPY ... FROM stdin;` statement is followed by its inline data block, which runs
+//! through the line `\.` and is data, not SQL (pg_dump's form); and a backslash outside
+//! any string or comment starts a psql meta-command (`\i`, `\set`, ...), which the server
+//! cannot run, so it is an error naming its line rather than a syntax error at run time.
+//! Deliberately not handled: `:variables`, and a `;` inside parentheses, which psql would
+//! keep inside the statement; only a multi-action `CREATE RULE ... DO (a; b)` needs that.
 //!
 //! Everything runs in one pass over the bytes without allocating per token. Token
 //! boundaries always sit next to an ASCII byte (every byte >= 0x80 belongs to an identifier,
@@ -21,6 +25,7 @@ mod lexer;
 #[cfg(test)]
 mod tests;
 
+use lexer::{at, block_comment_end, line_comment_end};
 pub use lexer::{tokens, Token, TokenKind, Tokens};
 
 /// One statement of a script, as it appears in the source.
@@ -32,6 +37,21 @@ pub struct Statement<'a> {
     /// Byte offset of `text` within the script.
     pub offset: usize,
     /// 1-based line number where `text` starts.
+    pub line: usize,
+    /// For `COPY ... FROM stdin`, the inline data block that follows it.
+    pub copy_data: Option<CopyData<'a>>,
+}
+
+/// The inline data of a `COPY ... FROM stdin` statement: the lines after the statement's
+/// own line, up to the line `\.` (which is not part of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyData<'a> {
+    /// The data exactly as written, every line with its line ending; empty when `\.`
+    /// directly follows the statement.
+    pub text: &'a str,
+    /// Byte offset of `text` within the script.
+    pub offset: usize,
+    /// 1-based script line of the first data line.
     pub line: usize,
 }
 
@@ -72,6 +92,15 @@ pub enum SplitError {
     /// `Unterminated` because the tag is part of the message and is not `'static`;
     /// `tag` is empty for `$$`.
     UnterminatedDollarQuote { tag: String, line: usize },
+    /// A backslash outside any string or comment: psql would run it as a meta-command
+    /// (`command` is the backslash and the word after it, e.g. `\set`).
+    MetaCommand { command: String, line: usize },
+    /// The data block of `COPY ... FROM stdin` (opened by the statement on `line`) never
+    /// reaches a line `\.`.
+    UnterminatedCopyData { line: usize },
+    /// Something other than a comment follows `COPY ... FROM stdin;` on its line, where
+    /// psql would take the next line as the first data line and run the rest later.
+    AfterCopy { line: usize },
 }
 
 impl SplitError {
@@ -81,7 +110,10 @@ impl SplitError {
             SplitError::Empty => None,
             SplitError::MissingTerminator { line }
             | SplitError::Unterminated { line, .. }
-            | SplitError::UnterminatedDollarQuote { line, .. } => Some(*line),
+            | SplitError::UnterminatedDollarQuote { line, .. }
+            | SplitError::MetaCommand { line, .. }
+            | SplitError::UnterminatedCopyData { line }
+            | SplitError::AfterCopy { line } => Some(*line),
         }
     }
 }
@@ -107,6 +139,18 @@ impl fmt::Display for SplitError {
                     "unterminated dollar-quoted string ${tag}$ opened on line {line}"
                 )
             }
+            SplitError::MetaCommand { command, line } => write!(
+                f,
+                "line {line}: `{command}` is a psql meta-command; pgconvoy sends patches to the server, which cannot run it"
+            ),
+            SplitError::UnterminatedCopyData { line } => write!(
+                f,
+                "the data block of `COPY ... FROM stdin` on line {line} is not ended by a line `\\.`"
+            ),
+            SplitError::AfterCopy { line } => write!(
+                f,
+                "line {line}: nothing but a comment may follow `COPY ... FROM stdin;` on its line: the data block starts on the next line"
+            ),
         }
     }
 }
@@ -119,40 +163,218 @@ impl std::error::Error for SplitError {}
 /// comments after the last `;` are fine; anything else there is a
 /// [`SplitError::MissingTerminator`].
 pub fn split(script: &str) -> Result<Vec<Statement<'_>>, SplitError> {
-    let mut lexer = tokens(script);
-    let mut lines = LineCounter::new();
-    let mut statements = Vec::new();
-    let mut current: Option<Pending> = None;
-    for token in lexer.by_ref() {
-        if current.is_none() && token.kind == TokenKind::Semicolon {
-            continue;
-        }
-        let pending = current.get_or_insert_with(|| Pending::new(token.offset));
-        pending.observe(&token);
-        if token.kind == TokenKind::Semicolon && pending.atomic_depth == 0 {
-            let offset = pending.start;
-            statements.push(Statement {
-                text: &script[offset..token.end()],
-                offset,
-                line: lines.line_at(script, offset),
-            });
-            current = None;
-        }
-    }
-    // An unclosed construct swallows the rest of the script, so it explains a missing
-    // terminator better than the terminator check would.
-    if let Some(err) = lexer.error() {
-        return Err(err);
-    }
-    if let Some(pending) = current {
-        return Err(SplitError::MissingTerminator {
-            line: lines.line_at(script, pending.start),
-        });
-    }
+    let statements = statements(script).collect::<Result<Vec<_>, _>>()?;
     if statements.is_empty() {
         return Err(SplitError::Empty);
     }
     Ok(statements)
+}
+
+/// The statements of a script one at a time, as [`split`] finds them, so that a caller
+/// keeping its own compact form never holds two lists of a large script. After the first
+/// error the iterator ends; an empty script yields nothing (no [`SplitError::Empty`]).
+pub fn statements(script: &str) -> Statements<'_> {
+    Statements {
+        script,
+        lexer: tokens(script),
+        lines: LineCounter::new(),
+        done: false,
+    }
+}
+
+/// Iterator returned by [`statements`].
+pub struct Statements<'a> {
+    script: &'a str,
+    lexer: Tokens<'a>,
+    lines: LineCounter,
+    done: bool,
+}
+
+impl<'a> Iterator for Statements<'a> {
+    type Item = Result<Statement<'a>, SplitError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let r = self.next_statement();
+        if !matches!(r, Some(Ok(_))) {
+            self.done = true;
+        }
+        r
+    }
+}
+
+impl<'a> Statements<'a> {
+    fn next_statement(&mut self) -> Option<Result<Statement<'a>, SplitError>> {
+        let script = self.script;
+        let lines = &mut self.lines;
+        let mut current: Option<Pending> = None;
+        while let Some(token) = self.lexer.next() {
+            if token.kind == TokenKind::Punct && token.text == "\\" {
+                return Some(Err(SplitError::MetaCommand {
+                    command: meta_command(&script[token.offset..]).to_string(),
+                    line: lines.line_at(script, token.offset),
+                }));
+            }
+            if current.is_none() && token.kind == TokenKind::Semicolon {
+                continue;
+            }
+            let pending = current.get_or_insert_with(|| Pending::new(token.offset));
+            pending.observe(&token);
+            if token.kind != TokenKind::Semicolon || pending.atomic_depth > 0 {
+                continue;
+            }
+            let offset = pending.start;
+            let text = &script[offset..token.end()];
+            let line = lines.line_at(script, offset);
+            let copy_data = if pending.copy && is_copy_from_stdin(text) {
+                let data = match copy_data(script, token.end()) {
+                    Ok(data) => data,
+                    Err(CopyProblem::Unterminated) => {
+                        return Some(Err(SplitError::UnterminatedCopyData { line }))
+                    }
+                    Err(CopyProblem::AfterCopy) => {
+                        return Some(Err(SplitError::AfterCopy {
+                            line: lines.line_at(script, token.offset),
+                        }))
+                    }
+                };
+                self.lexer.resume_at(data.resume);
+                Some(CopyData {
+                    text: &script[data.start..data.end],
+                    offset: data.start,
+                    line: lines.line_at(script, data.start),
+                })
+            } else {
+                None
+            };
+            return Some(Ok(Statement {
+                text,
+                offset,
+                line,
+                copy_data,
+            }));
+        }
+        // An unclosed construct swallows the rest of the script, so it explains a missing
+        // terminator better than the terminator check would.
+        if let Some(err) = self.lexer.error() {
+            return Some(Err(err));
+        }
+        current.map(|pending| {
+            Err(SplitError::MissingTerminator {
+                line: lines.line_at(script, pending.start),
+            })
+        })
+    }
+}
+
+/// `\` and the word after it, as psql would read the meta-command's name.
+fn meta_command(from_backslash: &str) -> &str {
+    let end = from_backslash[1..]
+        .find(|c: char| c.is_whitespace())
+        .map_or(from_backslash.len(), |i| i + 1);
+    &from_backslash[..end]
+}
+
+/// Whether a statement is `COPY ... FROM STDIN`: `FROM STDIN` outside parentheses, so a
+/// `COPY (SELECT ... FROM t) TO STDOUT` query is not one.
+pub fn is_copy_from_stdin(statement: &str) -> bool {
+    let mut toks = tokens(statement);
+    if !toks.next().is_some_and(|t| t.is_keyword("copy")) {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut after_from = false;
+    for t in toks {
+        match t.kind {
+            TokenKind::Punct if t.text == "(" => depth += 1,
+            TokenKind::Punct if t.text == ")" => depth = depth.saturating_sub(1),
+            _ if depth == 0 && after_from && t.is_keyword("stdin") => return true,
+            _ => {}
+        }
+        after_from = depth == 0 && t.is_keyword("from");
+    }
+    false
+}
+
+/// Where a COPY data block lies: its bytes, and where SQL resumes after the `\.` line.
+struct DataBlock {
+    start: usize,
+    end: usize,
+    resume: usize,
+}
+
+/// Why a data block could not be found, before the caller knows the line.
+enum CopyProblem {
+    Unterminated,
+    AfterCopy,
+}
+
+/// The data block that follows a `COPY ... FROM stdin;` ending at `after`: like psql, it
+/// starts on the next line and ends before the first line that is exactly `\.`
+/// (a `\r` before the newline allowed, as is the end of the file right after it).
+fn copy_data(script: &str, after: usize) -> Result<DataBlock, CopyProblem> {
+    let bytes = script.as_bytes();
+    let mut i = after;
+    loop {
+        match at(bytes, i) {
+            b' ' | b'\t' | b'\r' | 0x0b | 0x0c => i += 1,
+            b'-' if at(bytes, i + 1) == b'-' => i = line_comment_end(bytes, i + 2),
+            b'/' if at(bytes, i + 1) == b'*' => match block_comment_end(bytes, i) {
+                Some(end) if !bytes[i..end].contains(&b'\n') => i = end,
+                _ => return Err(CopyProblem::AfterCopy),
+            },
+            b'\n' => break,
+            0 if i >= bytes.len() => return Err(CopyProblem::Unterminated),
+            _ => return Err(CopyProblem::AfterCopy),
+        }
+    }
+    let start = i + 1;
+    let mut line_start = start;
+    while line_start < bytes.len() {
+        let line_end = bytes[line_start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |k| line_start + k);
+        let line = &bytes[line_start..line_end];
+        if line == b"\\." || line == b"\\.\r" {
+            return Ok(DataBlock {
+                start,
+                end: line_start,
+                resume: line_end,
+            });
+        }
+        line_start = line_end + 1;
+    }
+    Err(CopyProblem::Unterminated)
+}
+
+/// The transaction-control command a statement is, if any, named as written in the
+/// PostgreSQL documentation. Only the statement's own leading words count, so the same
+/// words inside a function body, a `DO` block or a string are never a hit; the statements
+/// this sees are whole top-level statements from [`split`], `BEGIN ATOMIC` bodies included.
+pub fn transaction_control(statement: &str) -> Option<&'static str> {
+    let words = leading_keywords(statement, 3);
+    let word = |i: usize| words.get(i).map_or("", String::as_str);
+    // `TRANSACTION` and `WORK` are noise words after most of these commands.
+    let noise = |i: usize| matches!(word(i), "TRANSACTION" | "WORK");
+    let after_noise = if noise(1) { word(2) } else { word(1) };
+    Some(match word(0) {
+        "BEGIN" => "BEGIN",
+        "START" if word(1) == "TRANSACTION" => "START TRANSACTION",
+        "COMMIT" if word(1) == "PREPARED" => "COMMIT PREPARED",
+        "COMMIT" => "COMMIT",
+        "END" => "END",
+        "ABORT" => "ABORT",
+        "ROLLBACK" if word(1) == "PREPARED" => "ROLLBACK PREPARED",
+        "ROLLBACK" if after_noise == "TO" => "ROLLBACK TO SAVEPOINT",
+        "ROLLBACK" => "ROLLBACK",
+        "SAVEPOINT" => "SAVEPOINT",
+        "RELEASE" => "RELEASE SAVEPOINT",
+        "PREPARE" if word(1) == "TRANSACTION" => "PREPARE TRANSACTION",
+        _ => return None,
+    })
 }
 
 /// 1-based line of a 1-based *character* position into `text` (PostgreSQL error positions
@@ -249,6 +471,8 @@ pub fn create_index_concurrently_name(statement: &str) -> Option<String> {
 /// `BEGIN ATOMIC ... END` routine body ends.
 struct Pending {
     start: usize,
+    /// The statement starts with the word `COPY`.
+    copy: bool,
     head: Head,
     parens: usize,
     atomic_depth: usize,
@@ -270,6 +494,7 @@ impl Pending {
     fn new(start: usize) -> Self {
         Pending {
             start,
+            copy: false,
             head: Head::Start,
             parens: 0,
             atomic_depth: 0,
@@ -281,6 +506,9 @@ impl Pending {
     /// `begin`, `case` or `end` in the signature or in a subexpression changes nothing, and
     /// CASE ... END inside the body is counted so its END does not close the body.
     fn observe(&mut self, token: &Token<'_>) {
+        if self.head == Head::Start && token.is_keyword("copy") {
+            self.copy = true;
+        }
         self.head = match self.head {
             Head::Start if token.is_keyword("create") => Head::Create,
             Head::Create if token.is_keyword("or") => Head::CreateOr,
