@@ -17,12 +17,14 @@ use crate::patches::patch::{Patch, PatchOrder, PatchType};
 use crate::progress::{Event, Reporter};
 use crate::replication::topology::topology_problems;
 use crate::upgrade::plan::{self, Selection};
-use findings::{finding, rehearsal_findings, Finding, FindingKind, Level};
+use findings::{finding, Finding, FindingKind, Level};
+use outcomes::rehearsal_findings;
 use preflight::{Inspection, Thresholds};
 use rehearsal::PatchRehearsal;
 use report::{DryRunReport, GroupPlan, LedgerView, NodeReport};
 
 pub mod findings;
+mod outcomes;
 pub mod preflight;
 pub mod rehearsal;
 pub mod render;
