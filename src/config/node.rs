@@ -85,6 +85,23 @@ impl NodeConfig {
         }
     }
 
+    /// A node at `host=h dbname=app`, for unit tests.
+    #[cfg(test)]
+    pub fn for_tests(name: &str, role: Role) -> NodeConfig {
+        let conn = crate::db::libpq::params::resolve(
+            "host=h dbname=app",
+            &crate::db::libpq::params::FixedEnvironment::new(),
+            None,
+            std::time::Duration::from_secs(1),
+        )
+        .expect("a plain DSN resolves");
+        NodeConfig::new(
+            NodeName::parse(name).expect("a valid node name"),
+            role,
+            conn,
+        )
+    }
+
     /// The database the DSN names (libpq's default: the user name).
     pub fn database(&self) -> &str {
         &self.conn.dbname

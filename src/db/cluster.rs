@@ -215,6 +215,17 @@ impl Node {
         Error::unreachable(&self.config, self.explain(failure))
     }
 
+    /// The error for a read or a bookkeeping statement (not a patch body) that failed on
+    /// this node: "cannot {action} on [master ]node `name`: …".
+    pub fn failed(&self, action: &'static str, failure: PgFailure) -> Error {
+        Error::Node {
+            node: self.name().clone(),
+            master: self.role() == Role::Master,
+            action,
+            failure: Box::new(failure),
+        }
+    }
+
     /// A statement that failed because its connection was gone says why the connection
     /// ended (e.g. "Connection timed out": keepalives gave up on a node that dropped off
     /// the network), when one of the node's connections recorded it.

@@ -24,19 +24,16 @@ pub async fn acquire_lock(
         .await
         .map_err(|e| master.unreachable(e))?;
     let key = ledger.advisory_key();
-    let failed = |e: tokio_postgres::Error| Error::Node {
-        node: master.name().clone(),
-        master: true,
-        action: "take the coordinator lock",
-        failure: e.into(),
+    let failed = |e: tokio_postgres::Error| master.failed("take the coordinator lock", e.into());
+    let try_lock = || async {
+        let row = lock
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(failed)?;
+        Ok::<bool, Error>(row.get(0))
     };
-    let got: bool = lock
-        .client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-        .await
-        .map_err(failed)?
-        .get(0);
-    if got {
+    if try_lock().await? {
         return Ok(lock);
     }
     let holder = holder(&lock.client, key)
@@ -63,13 +60,7 @@ pub async fn acquire_lock(
                 signal: i.0,
                 node: master.name().clone(),
             })?;
-        let got: bool = lock
-            .client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-            .await
-            .map_err(failed)?
-            .get(0);
-        if got {
+        if try_lock().await? {
             break;
         }
     }

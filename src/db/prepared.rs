@@ -134,18 +134,7 @@ mod tests {
     #[test]
     fn gids_round_trip() {
         let l = Ledger::new(LedgerTable::parse("pgconvoy.revision").unwrap());
-        let conn = crate::db::libpq::params::resolve(
-            "host=h dbname=app",
-            &crate::db::libpq::params::FixedEnvironment::new(),
-            None,
-            std::time::Duration::from_secs(1),
-        )
-        .unwrap();
-        let node = NodeConfig::new(
-            crate::config::NodeName::parse("node-1").unwrap(),
-            crate::config::Role::Replica,
-            conn,
-        );
+        let node = NodeConfig::for_tests("node-1", crate::config::Role::Replica);
         let g = gid(&l, PatchVersion::new(1, 10, 2), &node);
         assert_eq!(g, "pgconvoy:pgconvoy.revision:1-10-2:node-1:app");
         assert_eq!(gid_version(&l, &g), Some(PatchVersion::new(1, 10, 2)));

@@ -62,14 +62,7 @@ mod tests {
     use super::*;
 
     fn n(name: &str, role: Role) -> NodeConfig {
-        let conn = crate::db::libpq::params::resolve(
-            "host=h dbname=app",
-            &crate::db::libpq::params::FixedEnvironment::new(),
-            None,
-            std::time::Duration::from_secs(1),
-        )
-        .unwrap();
-        NodeConfig::new(NodeName::parse(name).unwrap(), role, conn)
+        NodeConfig::for_tests(name, role)
     }
 
     #[test]

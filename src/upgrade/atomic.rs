@@ -22,12 +22,7 @@ pub(super) async fn refuse_leftover_prepared(
         let session = node.session().await.map_err(|e| node.unreachable(e))?;
         let left = prepared::list(session.client(), ledger)
             .await
-            .map_err(|failure| Error::Node {
-                node: node.name().clone(),
-                master: false,
-                action: "list prepared transactions",
-                failure: Box::new(failure),
-            })?;
+            .map_err(|failure| node.failed("list prepared transactions", failure))?;
         if let Some(p) = left.first() {
             return Err(Error::PreparedLeftover {
                 node: node.name().clone(),

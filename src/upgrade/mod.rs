@@ -18,7 +18,6 @@ use crate::config::Config;
 use crate::db::cluster::Cluster;
 use crate::db::ledger::{Book, Ledger, NodeLedger};
 use crate::db::lock::{acquire_lock, release_lock};
-use crate::db::pgerror::PgFailure;
 use crate::db::retry::RetryPolicy;
 use crate::error::Error;
 use crate::output::human;
@@ -302,12 +301,7 @@ async fn ensure_master_ledger(cluster: &Cluster, ledger: &Ledger) -> Result<(), 
         ledger
             .ensure(session.client(), book)
             .await
-            .map_err(|failure| Error::Node {
-                node: master.name().clone(),
-                master: true,
-                action: "create the ledger",
-                failure: Box::new(failure),
-            })?;
+            .map_err(|failure| master.failed("create the ledger", failure))?;
     }
     Ok(())
 }
@@ -379,12 +373,7 @@ pub async fn read_nodes(
     let results: Vec<Result<(NodeLedger, bool), Error>> = stream::iter(cluster.nodes.iter())
         .map(|node| async move {
             let session = node.session().await.map_err(|e| node.unreachable(e))?;
-            let failed = |failure: PgFailure| Error::Node {
-                node: node.name().clone(),
-                master: false,
-                action: "read the ledger",
-                failure: Box::new(failure),
-            };
+            let failed = |failure| node.failed("read the ledger", failure);
             let in_recovery: bool = session
                 .query_one("SELECT pg_is_in_recovery()", &[])
                 .await

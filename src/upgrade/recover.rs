@@ -16,7 +16,6 @@ use crate::config::{Config, NodeName};
 use crate::db::cluster::{Cluster, Node};
 use crate::db::ledger::{Ledger, NodeLedger};
 use crate::db::lock::acquire_lock;
-use crate::db::pgerror::PgFailure;
 use crate::db::prepared::{gid_owner, list, resolve, verb, GidOwner, Prepared};
 use crate::error::Error;
 use crate::packages::record::PackageBook;
@@ -138,12 +137,7 @@ async fn deploy_committed(cluster: &Cluster, book: &PackageBook, id: &str) -> Re
         let committed = book
             .committed(session.client(), id)
             .await
-            .map_err(|failure| Error::Node {
-                node: node.name().clone(),
-                master: false,
-                action: "read the package records",
-                failure: Box::new(failure),
-            })?;
+            .map_err(|failure| node.failed("read the package records", failure))?;
         if committed {
             return Ok(true);
         }
@@ -154,12 +148,7 @@ async fn deploy_committed(cluster: &Cluster, book: &PackageBook, id: &str) -> Re
 /// A node's ledger and its prepared transactions of pgconvoy's.
 async fn read_node(node: &Node, ledger: &Ledger) -> Result<(NodeLedger, Vec<Prepared>), Error> {
     let session = node.session().await.map_err(|e| node.unreachable(e))?;
-    let failed = |failure: PgFailure| Error::Node {
-        node: node.name().clone(),
-        master: false,
-        action: "read the ledger and prepared transactions",
-        failure: Box::new(failure),
-    };
+    let failed = |failure| node.failed("read the ledger and prepared transactions", failure);
     let l = ledger.read(session.client()).await.map_err(failed)?;
     let p = list(session.client(), ledger).await.map_err(failed)?;
     Ok((l, p))

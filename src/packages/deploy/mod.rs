@@ -395,12 +395,7 @@ impl Run<'_> {
 
     /// A read (not a package's statement) failed on a node.
     fn read_failed(&self, node: &Node, action: &'static str, failure: PgFailure) -> Error {
-        Error::Node {
-            node: node.name().clone(),
-            master: std::ptr::eq(node, &**self.cluster.master()),
-            action,
-            failure: Box::new(failure),
-        }
+        node.failed(action, failure)
     }
 
     fn step_view(
