@@ -4,7 +4,7 @@
 //! table to `bench/out/results.md`.
 //!
 //! `bench/run [--quick]` is the one command (it builds, then runs this). Directly:
-//! `cargo bench --bench cluster -- [--quick] [--only 1,2,3,4,5]`.
+//! `cargo bench --bench cluster -- [--quick] [--only 1,2,3,4,5,6]`.
 //!
 //! 1. fan-out: one `concurrent` patch (`CREATE INDEX CONCURRENTLY`) on 3 nodes vs `psql`
 //!    on one node, on the 3 in parallel (the physical limit) and one after the other;
@@ -14,7 +14,9 @@
 //!    servers): time per node, peak coordinator RSS, most connections held;
 //! 4. planning: `check` on 10,000 patch files;
 //! 5. where the time of figure 2 goes: statements and round trips per patch, counted in
-//!    the server log (`log_min_duration_statement = 0` on that run's databases only).
+//!    the server log (`log_min_duration_statement = 0` on that run's databases only);
+//! 6. memory: one 50 MB patch (10 MB with `--quick`) as `std` on 1 node and `direct` on 3
+//!    nodes, peak coordinator RSS against `psql -1 -f`, goal ≤ 64 MB + 2 × the patch.
 //!
 //! Coordinator memory is `ru_maxrss` from `wait4` on the coordinator's own pid;
 //! connections are sampled from `pg_stat_activity` (`application_name = 'pgconvoy'`) on
@@ -36,6 +38,7 @@ mod bench;
 mod breakdown;
 mod check;
 mod fanout;
+mod memory;
 mod monitor;
 mod per_patch;
 mod results;
@@ -63,6 +66,8 @@ pub(crate) struct Settings {
     pub(crate) check_files: usize,
     /// Patches of the figure-5 breakdown run.
     pub(crate) breakdown_patches: usize,
+    /// Size of the figure-6 patch, in MiB.
+    pub(crate) memory_patch_mib: usize,
     /// Figures to run (all when empty).
     pub(crate) only: Vec<u32>,
 }
@@ -94,6 +99,7 @@ impl Settings {
             scale_nodes: vec![4, 16, 64],
             check_files: 10_000,
             breakdown_patches: if quick { 100 } else { 200 },
+            memory_patch_mib: if quick { 10 } else { 50 },
             only,
         }
     }
@@ -126,6 +132,9 @@ fn main() {
     }
     if s.runs(5) {
         bench.breakdown(&mut out);
+    }
+    if s.runs(6) {
+        bench.memory(&mut out);
     }
     let md = out.markdown(&bench, started.elapsed());
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/out/results.md");
