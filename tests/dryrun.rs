@@ -840,7 +840,7 @@ const ORDERS: &str = "CREATE TABLE orders (id int PRIMARY KEY, v int, note text)
 
 #[test]
 fn lint_index_without_concurrently() {
-    let rule = "index-without-concurrently";
+    let rule = "require-concurrent-index-creation";
     assert_eq!(
         lint_hits(
             ORDERS,
@@ -903,7 +903,7 @@ fn lint_not_concurrent_safe() {
 
 #[test]
 fn lint_volatile_default() {
-    let rule = "volatile-default";
+    let rule = "adding-field-with-default";
     assert_eq!(
         lint_hits(
             ORDERS,
@@ -924,7 +924,7 @@ fn lint_volatile_default() {
 
 #[test]
 fn lint_column_type_change() {
-    let rule = "column-type-change";
+    let rule = "changing-column-type";
     assert_eq!(
         lint_hits(
             ORDERS,
@@ -945,7 +945,7 @@ fn lint_column_type_change() {
 
 #[test]
 fn lint_set_not_null() {
-    let rule = "set-not-null";
+    let rule = "adding-not-nullable-field";
     assert_eq!(
         lint_hits(
             ORDERS,
@@ -967,7 +967,7 @@ fn lint_set_not_null() {
 
 #[test]
 fn lint_drop_table() {
-    let rule = "drop-table";
+    let rule = "ban-drop-table";
     assert_eq!(
         lint_hits(ORDERS, "direct", "DROP TABLE orders;\n", rule),
         ["patch-1-0-0-direct.sql:1"]
@@ -977,7 +977,7 @@ fn lint_drop_table() {
 
 #[test]
 fn lint_drop_column() {
-    let rule = "drop-column";
+    let rule = "ban-drop-column";
     assert_eq!(
         lint_hits(
             ORDERS,
@@ -1169,4 +1169,53 @@ fn the_dry_run_costs_at_most_three_times_the_real_run() {
         ratio <= 3.0,
         "the dry run took {ratio:.2}× the real run ({dry:?} against {real:?})"
     );
+}
+
+#[test]
+fn lint_follows_tables_created_and_renamed_by_pending_patches() {
+    let rule = "require-concurrent-index-creation";
+    // On an empty cluster: created, renamed, then indexed by pending patches.
+    let f = Fixture::new(1);
+    f.patch(
+        "patch-1-0-0-direct.sql",
+        "CREATE TABLE user_ (id int, v int);\n",
+    );
+    f.patch(
+        "patch-1-1-0-direct.sql",
+        "ALTER TABLE user_ RENAME TO person;\n",
+    );
+    f.patch(
+        "patch-1-2-0-direct.sql",
+        "CREATE INDEX person_v ON person (v);\n",
+    );
+    let (run, r) = dry_json(&f, &["--all"]);
+    run.expect(0);
+    assert_eq!(r["lint"], serde_json::json!([]), "{}", r["lint"]);
+
+    // The same index on a table that existed before the run (under its old name).
+    let f = Fixture::new(1);
+    f.psql(0, "CREATE TABLE user_ (id int, v int);");
+    f.patch(
+        "patch-1-0-0-direct.sql",
+        "ALTER TABLE user_ RENAME TO person;\n",
+    );
+    f.patch(
+        "patch-1-1-0-direct.sql",
+        "CREATE INDEX person_v ON person (v);\n",
+    );
+    let (run, r) = dry_json(&f, &["--all"]);
+    run.expect(0);
+    let hits: Vec<String> = r["lint"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            format!(
+                "{}:{}",
+                l["rule"].as_str().unwrap(),
+                l["patch"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(hits, [format!("{rule}:1-1-0")]);
 }

@@ -10,13 +10,16 @@
 //!    on one node, on the 3 in parallel (the physical limit) and one after the other;
 //! 2. per-patch overhead: tiny `std` patches on one node vs `psql -1 -f` of the same SQL,
 //!    tiny `direct` patches on 3 nodes vs 3 parallel `psql -1 -f`;
-//! 3. scale: `status` and one `direct` patch on 4, 16, 64 nodes (databases over 4
-//!    servers): time per node, peak coordinator RSS, most connections held;
+//! 3. scale: `status` and one `direct` patch on 4, 16, 64 and 1,000 nodes (databases over
+//!    4 servers; `--quick`: up to 64): time per node, peak coordinator RSS, most
+//!    connections held;
 //! 4. planning: `check` on 10,000 patch files;
 //! 5. where the time of figure 2 goes: statements and round trips per patch, counted in
 //!    the server log (`log_min_duration_statement = 0` on that run's databases only);
 //! 6. memory: one 50 MB patch (10 MB with `--quick`) as `std` on 1 node and `direct` on 3
 //!    nodes, peak coordinator RSS against `psql -1 -f`, goal ≤ 64 MB + 2 × the patch.
+//! 7. rehearsal: the dry run against the real run of a generated history of mixed DDL on
+//!    3 nodes, empty and on top of applied patches.
 //!
 //! Coordinator memory is `ru_maxrss` from `wait4` on the coordinator's own pid;
 //! connections are sampled from `pg_stat_activity` (`application_name = 'pgconvoy'`) on
@@ -37,10 +40,14 @@ use pgconvoy::localpg::{cluster_yaml, scrub_pg_env, LocalServer, PgBinaries, Ser
 mod bench;
 mod breakdown;
 mod check;
+/// The generated patch history the tests use too.
+#[path = "../../tests/common/corpus.rs"]
+mod corpus;
 mod fanout;
 mod memory;
 mod monitor;
 mod per_patch;
+mod rehearsal;
 mod results;
 mod run;
 mod scale;
@@ -68,6 +75,9 @@ pub(crate) struct Settings {
     pub(crate) breakdown_patches: usize,
     /// Size of the figure-6 patch, in MiB.
     pub(crate) memory_patch_mib: usize,
+    /// Figure 7: generated patches applied first, and rehearsed (then applied).
+    pub(crate) corpus_applied: usize,
+    pub(crate) corpus_pending: usize,
     /// Figures to run (all when empty).
     pub(crate) only: Vec<u32>,
 }
@@ -96,10 +106,16 @@ impl Settings {
             reps: if quick { 3 } else { 7 },
             fanout_rows: if quick { 200_000 } else { 2_000_000 },
             tiny_patches: 1000,
-            scale_nodes: vec![4, 16, 64],
+            scale_nodes: if quick {
+                vec![4, 16, 64]
+            } else {
+                vec![4, 16, 64, 1000]
+            },
             check_files: 10_000,
             breakdown_patches: if quick { 100 } else { 200 },
             memory_patch_mib: if quick { 10 } else { 50 },
+            corpus_applied: 100,
+            corpus_pending: if quick { 100 } else { 300 },
             only,
         }
     }
@@ -135,6 +151,9 @@ fn main() {
     }
     if s.runs(6) {
         bench.memory(&mut out);
+    }
+    if s.runs(7) {
+        bench.rehearsal(&mut out);
     }
     let md = out.markdown(&bench, started.elapsed());
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/out/results.md");

@@ -515,10 +515,10 @@ async fn two_phase(cluster: &Cluster, probes: &[NodeProbe], report: &mut DryRunR
     }
 }
 
-/// Drops `set-not-null` findings the master's catalog makes moot: the column is already
+/// Drops `adding-not-nullable-field` findings the master's catalog makes moot: the column is already
 /// NOT NULL, or a validated `CHECK (col IS NOT NULL)` exists (PostgreSQL then skips the scan).
 async fn refine_lint(lint: &mut Vec<LintFinding>, master: &Node) {
-    if !lint.iter().any(|f| f.rule == Rule::SetNotNull) {
+    if !lint.iter().any(|f| f.rule == Rule::AddingNotNullableField) {
         return;
     }
     let Ok(session) = master.session().await else {
@@ -526,7 +526,11 @@ async fn refine_lint(lint: &mut Vec<LintFinding>, master: &Node) {
     };
     let mut keep = Vec::with_capacity(lint.len());
     for f in lint.drain(..) {
-        let Some(col) = f.column.as_ref().filter(|_| f.rule == Rule::SetNotNull) else {
+        let Some(col) = f
+            .column
+            .as_ref()
+            .filter(|_| f.rule == Rule::AddingNotNullableField)
+        else {
             keep.push(f);
             continue;
         };

@@ -349,7 +349,7 @@ pub async fn rehearse(
         }
         if let Some((line, what)) = crate::patches::lint::ends_transaction(patch) {
             let why = format!(
-                "not rehearsed: `{what}` at line {line} would end the transaction the patch runs in (see lint rule transaction-control)"
+                "not rehearsed: `{what}` at line {line} would end the transaction the patch runs in (see lint rule transaction-nesting)"
             );
             let mut pr = not_rehearsed(&[patch], &why).remove(0);
             if let Some(e) = pr.error.as_mut() {

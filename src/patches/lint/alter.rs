@@ -14,6 +14,23 @@ impl Linter {
         c.eat(&["only"]);
         let Some(table) = c.name() else { return };
         let new = self.is_new(&table);
+        // The schema model follows renames: a new table stays new under its new name, an
+        // existing one stays existing.
+        if new {
+            let mut r = c.clone();
+            if r.eat(&["rename", "to"]) {
+                if let Some(to) = r.ident() {
+                    self.rename(&table, |t| t.name = to);
+                }
+                return;
+            }
+            if r.eat(&["set", "schema"]) {
+                if let Some(to) = r.ident() {
+                    self.rename(&table, |t| t.schema = Some(to));
+                }
+                return;
+            }
+        }
         for (start, end) in top_level_actions(&s.toks, c.pos) {
             let a = Cursor::new(&s.toks[..end], start);
             self.alter_action(patch, s, &table, new, a);
@@ -75,7 +92,7 @@ impl Linter {
         if let Some(why) = volatile_default(&a) {
             self.push(
                 patch,
-                Rule::VolatileDefault,
+                Rule::AddingFieldWithDefault,
                 line,
                 format!(
                     "ADD COLUMN `{column}` with {why} rewrites all of `{table}` under an ACCESS EXCLUSIVE lock (reads and writes wait); add the column without it (or with a constant default), then backfill in batches"
@@ -125,7 +142,7 @@ impl Linter {
         let Some(column) = a.ident() else { return };
         self.push(
             patch,
-            Rule::DropColumn,
+            Rule::BanDropColumn,
             line,
             format!(
                 "DROP COLUMN `{table}.{column}` destroys that column's data and cannot be undone; make sure no deployed code still reads or writes it (ship the code change first)"
@@ -153,7 +170,7 @@ impl Linter {
         if a.eat(&["type"]) || a.eat(&["set", "data", "type"]) {
             self.push(
                 patch,
-                Rule::ColumnTypeChange,
+                Rule::ChangingColumnType,
                 line,
                 format!(
                     "ALTER COLUMN `{column}` TYPE rewrites `{table}` and rebuilds its indexes under an ACCESS EXCLUSIVE lock (reads and writes wait), unless the new type is binary-compatible (e.g. varchar(n) to text)"
@@ -169,7 +186,7 @@ impl Linter {
             }
             self.push(
                 patch,
-                Rule::SetNotNull,
+                Rule::AddingNotNullableField,
                 line,
                 format!(
                     "SET NOT NULL on `{table}.{column}` scans all of `{table}` under an ACCESS EXCLUSIVE lock; first add CHECK ({column} IS NOT NULL) NOT VALID and VALIDATE CONSTRAINT it (PostgreSQL 12+ then skips the scan)"

@@ -2,8 +2,13 @@
 //! can never work where their patch type runs them. Pure (tokens from [`crate::patches::sql`]); each
 //! finding names the patch file and the line.
 //!
-//! "Existing table" means one that no earlier statement of the linted patches creates: a
-//! table created by a pending patch is new and empty, so locking or rewriting it costs nothing.
+//! Lint follows a model of the schema through the pending patches: tables created by an
+//! earlier statement of the linted patches are new (and empty, so locking or rewriting them
+//! costs nothing) under whatever name a later `RENAME TO` or `SET SCHEMA` gives them, until
+//! a `DROP TABLE`; "existing table" means one that existed before the run. Rule names are
+//! squawk's where the rule is the same (`require-concurrent-index-creation`,
+//! `adding-field-with-default`, `changing-column-type`, `adding-not-nullable-field`,
+//! `ban-drop-table`, `ban-drop-column`, `transaction-nesting`).
 
 use std::fmt;
 
@@ -22,38 +27,38 @@ mod tests;
 #[serde(rename_all = "kebab-case")]
 pub enum Rule {
     /// `CREATE INDEX` without `CONCURRENTLY` on an existing table in a `std`/`direct` patch.
-    IndexWithoutConcurrently,
+    RequireConcurrentIndexCreation,
     /// A `CONCURRENTLY` statement in a `std`/`direct` patch: it cannot run in a transaction.
     ConcurrentlyInTransaction,
     /// A statement other than a concurrent build, validation or maintenance command in a
     /// `concurrent` patch, which runs it outside any transaction.
     NotConcurrentSafe,
     /// `ADD COLUMN` with a volatile default (also `serial`, identity): a table rewrite.
-    VolatileDefault,
+    AddingFieldWithDefault,
     /// `ALTER COLUMN ... TYPE`: a table rewrite unless the types are binary-compatible.
-    ColumnTypeChange,
+    ChangingColumnType,
     /// `SET NOT NULL` without a validated `CHECK (col IS NOT NULL)`: a full-table scan.
-    SetNotNull,
+    AddingNotNullableField,
     /// `DROP TABLE` of an existing table.
-    DropTable,
+    BanDropTable,
     /// `ALTER TABLE ... DROP COLUMN` on an existing table.
-    DropColumn,
+    BanDropColumn,
     /// `BEGIN`/`COMMIT`/`ROLLBACK`… in a `std`/`direct` patch: it would end pgconvoy's transaction.
-    TransactionControl,
+    TransactionNesting,
 }
 
 impl Rule {
     pub fn as_str(self) -> &'static str {
         match self {
-            Rule::IndexWithoutConcurrently => "index-without-concurrently",
+            Rule::RequireConcurrentIndexCreation => "require-concurrent-index-creation",
             Rule::ConcurrentlyInTransaction => "concurrently-in-transaction",
             Rule::NotConcurrentSafe => "not-concurrent-safe",
-            Rule::VolatileDefault => "volatile-default",
-            Rule::ColumnTypeChange => "column-type-change",
-            Rule::SetNotNull => "set-not-null",
-            Rule::DropTable => "drop-table",
-            Rule::DropColumn => "drop-column",
-            Rule::TransactionControl => "transaction-control",
+            Rule::AddingFieldWithDefault => "adding-field-with-default",
+            Rule::ChangingColumnType => "changing-column-type",
+            Rule::AddingNotNullableField => "adding-not-nullable-field",
+            Rule::BanDropTable => "ban-drop-table",
+            Rule::BanDropColumn => "ban-drop-column",
+            Rule::TransactionNesting => "transaction-nesting",
         }
     }
 }
@@ -75,7 +80,7 @@ pub struct LintFinding {
     /// 1-based line in the patch file.
     pub line: usize,
     pub message: String,
-    /// For `set-not-null`: the column, so the caller can drop the finding when the
+    /// For `adding-not-nullable-field`: the column, so the caller can drop the finding when the
     /// database already has a validated check constraint for it.
     #[serde(skip)]
     pub column: Option<ColumnRef>,
@@ -245,9 +250,16 @@ impl Linter {
         self.created.iter().any(|c| c.same(table))
     }
 
+    /// A new table renamed or moved by a later pending patch.
+    fn rename(&mut self, table: &QualName, change: impl FnOnce(&mut QualName)) {
+        if let Some(t) = self.created.iter_mut().find(|c| c.same(table)) {
+            change(t);
+        }
+    }
+
     fn push(&mut self, patch: &Patch, rule: Rule, line: usize, message: String) {
         let severity = match rule {
-            Rule::ConcurrentlyInTransaction | Rule::TransactionControl => Severity::Error,
+            Rule::ConcurrentlyInTransaction | Rule::TransactionNesting => Severity::Error,
             _ => Severity::Warning,
         };
         self.findings.push(LintFinding {
@@ -267,7 +279,7 @@ impl Linter {
             if let Some(what) = transaction_control(s) {
                 self.push(
                     patch,
-                    Rule::TransactionControl,
+                    Rule::TransactionNesting,
                     s.line,
                     format!(
                         "`{what}` would end the transaction pgconvoy runs this `{}` patch in (on the master, the claim); pgconvoy manages transactions itself: remove it",
@@ -343,7 +355,7 @@ impl Linter {
         }
         self.push(
             patch,
-            Rule::IndexWithoutConcurrently,
+            Rule::RequireConcurrentIndexCreation,
             s.line,
             format!(
                 "CREATE INDEX without CONCURRENTLY on existing table `{table}` holds a SHARE lock that blocks all writes to it for the whole build; build it with CREATE INDEX CONCURRENTLY in a `concurrent` patch"
@@ -356,10 +368,13 @@ impl Linter {
         c.eat(&["if", "exists"]);
         loop {
             let Some(table) = c.name() else { return };
-            if !self.is_new(&table) {
+            if self.is_new(&table) {
+                // Gone: a table of that name in a later patch is another one.
+                self.created.retain(|t| !t.same(&table));
+            } else {
                 self.push(
                     patch,
-                    Rule::DropTable,
+                    Rule::BanDropTable,
                     s.line,
                     format!(
                         "DROP TABLE `{table}` destroys its data, cannot be undone, and waits for every session using it; make sure no deployed code still uses it"
@@ -373,7 +388,7 @@ impl Linter {
     }
 }
 
-/// The transaction-control command a statement is, if any.
+/// The transaction-nesting command a statement is, if any.
 fn transaction_control(s: &Stmt<'_>) -> Option<String> {
     sql::transaction_control(s.text).map(str::to_string)
 }

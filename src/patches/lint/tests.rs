@@ -45,11 +45,11 @@ use PatchType::{Concurrent as C, Direct as D, Std as S};
 fn index_without_concurrently() {
     assert_eq!(
         one(D, "SELECT 1;\nCREATE INDEX orders_v ON orders (v);\n"),
-        ["index-without-concurrently@2"]
+        ["require-concurrent-index-creation@2"]
     );
     assert_eq!(
         one(S, "CREATE UNIQUE INDEX ON public.orders USING btree (v);"),
-        ["index-without-concurrently@1"]
+        ["require-concurrent-index-creation@1"]
     );
     // A table the pending patches create is new and empty.
     assert!(run(&[
@@ -112,18 +112,18 @@ fn volatile_default() {
             D,
             "ALTER TABLE orders\n  ADD COLUMN token uuid DEFAULT gen_random_uuid();"
         ),
-        ["volatile-default@2"]
+        ["adding-field-with-default@2"]
     );
     assert_eq!(
         one(D, "ALTER TABLE orders ADD id2 bigserial;"),
-        ["volatile-default@1"]
+        ["adding-field-with-default@1"]
     );
     assert_eq!(
         one(
             D,
             "ALTER TABLE orders ADD COLUMN n int GENERATED ALWAYS AS IDENTITY;"
         ),
-        ["volatile-default@1"]
+        ["adding-field-with-default@1"]
     );
     // Constant and stable defaults are stored in the catalog: no rewrite.
     assert!(one(
@@ -146,11 +146,11 @@ fn volatile_default() {
 fn column_type_change() {
     assert_eq!(
         one(D, "ALTER TABLE orders ALTER COLUMN v TYPE bigint;"),
-        ["column-type-change@1"]
+        ["changing-column-type@1"]
     );
     assert_eq!(
         one(D, "ALTER TABLE orders ALTER v SET DATA TYPE text;"),
-        ["column-type-change@1"]
+        ["changing-column-type@1"]
     );
     assert!(one(D, "ALTER TABLE orders ALTER COLUMN v SET DEFAULT 1;").is_empty());
 }
@@ -162,7 +162,7 @@ fn set_not_null() {
         lint(&[&p])
     };
     assert_eq!(found.len(), 1);
-    assert_eq!(found[0].rule, Rule::SetNotNull);
+    assert_eq!(found[0].rule, Rule::AddingNotNullableField);
     let col = found[0].column.as_ref().unwrap();
     assert_eq!(
         (col.table.quoted(), col.column.as_str()),
@@ -194,7 +194,7 @@ fn set_not_null() {
             ),
             patch(1, D, "ALTER TABLE orders ALTER COLUMN v SET NOT NULL;"),
         ]),
-        ["set-not-null@1"]
+        ["adding-not-nullable-field@1"]
     );
 }
 
@@ -202,18 +202,18 @@ fn set_not_null() {
 fn drops() {
     assert_eq!(
         one(D, "DROP TABLE IF EXISTS a, b;"),
-        ["drop-table@1", "drop-table@1"]
+        ["ban-drop-table@1", "ban-drop-table@1"]
     );
     assert_eq!(
         one(
             S,
             "ALTER TABLE orders\n  DROP COLUMN note,\n  DROP CONSTRAINT c;"
         ),
-        ["drop-column@2"]
+        ["ban-drop-column@2"]
     );
     assert_eq!(
         one(S, "ALTER TABLE orders DROP IF EXISTS note;"),
-        ["drop-column@1"]
+        ["ban-drop-column@1"]
     );
     assert!(one(
         D,
@@ -235,7 +235,7 @@ fn drops() {
 fn transaction_control() {
     assert_eq!(
         one(D, "BEGIN;\nCREATE TABLE t ();\nCOMMIT;\n"),
-        ["transaction-control@1", "transaction-control@3"]
+        ["transaction-nesting@1", "transaction-nesting@3"]
     );
     // Savepoints end nothing, but they are pgconvoy's too (its lock-timeout retries use one).
     assert_eq!(
@@ -254,4 +254,44 @@ fn transaction_control() {
     assert_eq!(f[0].severity, Severity::Error);
     assert_eq!(f[0].file, "patch-1-0-0-std.sql");
     assert_eq!(f[0].patch, "1-0-0");
+}
+
+#[test]
+fn the_schema_model_follows_renames_and_drops() {
+    // Created, renamed, then indexed: new all along.
+    assert!(run(&[
+        patch(0, D, "CREATE TABLE user_ (id int);"),
+        patch(1, D, "ALTER TABLE user_ RENAME TO person;"),
+        patch(2, D, "CREATE INDEX person_id ON person (id);\nALTER TABLE person ADD COLUMN t uuid DEFAULT gen_random_uuid();"),
+        patch(3, D, "ALTER TABLE IF EXISTS person SET SCHEMA app;"),
+        patch(4, D, "CREATE INDEX ON app.person (t);"),
+    ])
+    .is_empty());
+    // A table that existed before the run stays existing under its new name.
+    assert_eq!(
+        run(&[
+            patch(0, D, "ALTER TABLE orders RENAME TO purchase;"),
+            patch(1, D, "CREATE INDEX purchase_v ON purchase (v);"),
+        ]),
+        ["require-concurrent-index-creation@1"]
+    );
+    // Dropped, then created again: new again; dropped only: a later index is on another table.
+    assert!(run(&[
+        patch(0, D, "CREATE TABLE scratch (v int);"),
+        patch(1, D, "DROP TABLE scratch;"),
+        patch(
+            2,
+            D,
+            "CREATE TABLE scratch (v int);\nCREATE INDEX ON scratch (v);"
+        ),
+    ])
+    .is_empty());
+    assert_eq!(
+        run(&[
+            patch(0, D, "CREATE TABLE scratch (v int);"),
+            patch(1, D, "DROP TABLE scratch;"),
+            patch(2, D, "CREATE INDEX ON scratch (v);"),
+        ]),
+        ["require-concurrent-index-creation@1"]
+    );
 }
