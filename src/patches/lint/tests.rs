@@ -243,7 +243,7 @@ fn transaction_control() {
             D,
             "SAVEPOINT a;\nCREATE TABLE t ();\nROLLBACK TO SAVEPOINT a;\nCREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;\n"
         ),
-        ["transaction-control@1", "transaction-control@3"]
+        ["transaction-nesting@1", "transaction-nesting@3"]
     );
     assert!(one(
         D,
