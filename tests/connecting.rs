@@ -545,7 +545,7 @@ fn ctrl_c_cancels_a_patch_running_over_verify_full_tls() {
     );
     // The cancel request travels like the session: over TLS, verified.
     common::finish(child, 15)
-        .expect(1)
+        .expect(130)
         .says("cancel sent to `node0`");
     assert!(!has_table(&dbs[0], "tls_t"));
 }
