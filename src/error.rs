@@ -61,6 +61,23 @@ pub enum Error {
     /// The dry run found what a real run would refuse (drift, `--patch-type`, `--atomic`).
     #[error("{reason}")]
     DryRunRefused { reason: String },
+    /// A version named on the command line has no patch file.
+    #[error("no patch of version `{version}` in patch directory `{dir}`; nothing was written")]
+    UnknownVersion { version: PatchVersion, dir: String },
+    /// `--node` names a node the config does not have.
+    #[error(
+        "no node `{node}` in the config (nodes: {}); nothing was written",
+        names(known)
+    )]
+    UnknownNode { node: String, known: Vec<NodeName> },
+    /// `stamp --from-lazr`: a node lacks lazr.postgresql's table (or a column of it).
+    #[error("node `{node}` has no lazr.postgresql ledger `{table}`{}; nothing was written on any node", missing.as_deref().map(|c| format!(" with a column `{c}`")).unwrap_or_default())]
+    LazrTable {
+        node: NodeName,
+        table: String,
+        /// The column it lacks, when the table exists.
+        missing: Option<String>,
+    },
     /// The packages directory could not be read.
     #[error(transparent)]
     PackagesUnreadable(#[from] crate::packages::discover::DiscoverError),
@@ -203,6 +220,13 @@ pub enum Error {
         "{signal}: dry run stopped; its statements were cancelled and its transactions roll back; nothing was changed"
     )]
     DryRunInterrupted { signal: &'static str },
+    /// The run's cluster lock session ended under it (`unlock --force`, or a lost
+    /// connection): it stopped writing; `cause` is where it noticed.
+    #[error("cluster lock on master node `{node}` lost: {cause}")]
+    LockLost { node: NodeName, cause: Box<Error> },
+    /// `unlock --force` could not end every session of the holder, or the lock stayed held.
+    #[error("unlock: {what}")]
+    Unlock { node: NodeName, what: String },
     /// `demo` could not set up its local cluster.
     #[error("demo: {what}: {detail}")]
     Demo { what: &'static str, detail: String },
@@ -312,7 +336,10 @@ impl Error {
             | Error::PackagesUnreadable(_)
             | Error::PackageDir { .. }
             | Error::UnknownPackage { .. }
-            | Error::DeployRefused { .. } => exit::BAD_INPUT,
+            | Error::DeployRefused { .. }
+            | Error::UnknownVersion { .. }
+            | Error::UnknownNode { .. }
+            | Error::LazrTable { .. } => exit::BAD_INPUT,
             Error::Replication { error, .. } if error.is_bad_input() => exit::BAD_INPUT,
             Error::Busy { .. } | Error::Claimed { .. } => exit::BUSY,
             Error::Interrupted { .. }
@@ -336,6 +363,8 @@ impl Error {
             | Error::DryRunBlocked { .. }
             | Error::Stopped { .. }
             | Error::Demo { .. }
+            | Error::LockLost { .. }
+            | Error::Unlock { .. }
             | Error::Output(_) => exit::FAILED,
         }
     }
@@ -383,6 +412,11 @@ impl Error {
             | Error::WaitInterrupted { .. }
             | Error::CutOff { .. }
             | Error::DryRunInterrupted { .. } => "interrupted",
+            Error::UnknownVersion { .. } => "unknown-version",
+            Error::UnknownNode { .. } => "unknown-node",
+            Error::LazrTable { .. } => "lazr-table",
+            Error::LockLost { .. } => "lock-lost",
+            Error::Unlock { .. } => "unlock-failed",
             Error::Demo { .. } => "demo",
             Error::Output(_) => "output",
         }
@@ -398,7 +432,10 @@ impl Error {
             | Error::Claim { node, .. }
             | Error::WaitInterrupted { node, .. }
             | Error::LedgerUnreadable { node, .. }
-            | Error::PreparedLeftover { node, .. } => Some(node),
+            | Error::PreparedLeftover { node, .. }
+            | Error::LazrTable { node, .. }
+            | Error::LockLost { node, .. }
+            | Error::Unlock { node, .. } => Some(node),
             Error::CatchUpFailed { failures } => failures.first().map(|f| &f.node),
             Error::PatchFailed(f) | Error::AtomicRolledBack { failure: f, .. } => Some(&f.node),
             Error::Drift { drift } => drift.first().map(|d| &d.node),
@@ -433,12 +470,13 @@ impl Error {
             Error::Claimed { patch, .. }
             | Error::Claim { patch, .. }
             | Error::CommitPrepared { patch, .. }
-            | Error::Stopped { patch } => Some(*patch),
+            | Error::Stopped { patch }
+            | Error::UnknownVersion { version: patch, .. } => Some(*patch),
             Error::PatchFailed(f) | Error::AtomicRolledBack { failure: f, .. } => Some(f.patch),
             Error::CatchUpFailed { failures } => failures.first().map(|f| f.patch),
             Error::Drift { drift } => drift.first().map(|d| d.version),
             Error::Refused(r) => Some(r.version),
-            Error::Interrupted { cause } => cause.patch(),
+            Error::Interrupted { cause } | Error::LockLost { cause, .. } => cause.patch(),
             _ => None,
         }
     }
@@ -453,7 +491,7 @@ impl Error {
             Error::CatchUpFailed { failures } => failures.first().and_then(|f| f.pg.as_ref()),
             Error::Replication { error, .. } => error.pg(),
             Error::DeployFailed { failures, .. } => failures.first().and_then(|f| f.pg.as_ref()),
-            Error::Interrupted { cause } => cause.pg(),
+            Error::Interrupted { cause } | Error::LockLost { cause, .. } => cause.pg(),
             _ => None,
         }
     }
@@ -474,9 +512,9 @@ impl Error {
                 (Some(path.display().to_string()), None)
             }
             Error::Discover(d) => (Some(d.dir.display().to_string()), None),
-            Error::PatchDir { dir, .. } | Error::PackageDir { dir, .. } => {
-                (Some(dir.clone()), None)
-            }
+            Error::PatchDir { dir, .. }
+            | Error::PackageDir { dir, .. }
+            | Error::UnknownVersion { dir, .. } => (Some(dir.clone()), None),
             Error::PackagesUnreadable(d) => (Some(d.dir.display().to_string()), None),
             Error::DeployFailed { failures, .. } => failures
                 .first()

@@ -5,8 +5,8 @@
 //! packages (functions, types, views) are deployed beside the patches.
 //!
 //! The arrows run one way: commands ([`cli`]) → services ([`upgrade`], [`dryrun`],
-//! [`packages`], [`status`], [`replication`], [`demo`]) → primitives ([`db`], [`patches`], [`config`],
-//! [`progress`], [`output`], [`signal`], [`error`]). `docs/ARCHITECTURE.md` has the map.
+//! [`packages`], [`status`], [`replication`], [`lifecycle`], [`demo`]) → primitives ([`db`], [`patches`], [`config`],
+//! [`progress`], [`output`], [`signal`], [`error`], [`identity`]). `docs/ARCHITECTURE.md` has the map.
 
 pub mod cli;
 pub mod config;
@@ -14,6 +14,8 @@ pub mod db;
 pub mod demo;
 pub mod dryrun;
 pub mod error;
+pub mod identity;
+pub mod lifecycle;
 pub mod localpg;
 pub mod output;
 pub mod packages;

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Overrides;
 use crate::output::{ReportFormat, StatusFormat};
-use crate::patches::patch::PatchType;
+use crate::patches::patch::{PatchType, PatchVersion};
 use crate::upgrade::plan::Selection;
 
 const AFTER_HELP: &str = "\
@@ -89,6 +89,31 @@ pub enum Command {
     /// PREPARE and COMMIT: commit them where the patch committed anywhere, roll back otherwise.
     Recover,
 
+    /// Record patches up to VERSION as applied on every node (or the --node ones),
+    /// running nothing: for a database that already has the schema.
+    ///
+    /// Writes the rows a real run would have left (on the master every patch, on
+    /// replicas the direct and concurrent ones), with the current checksums and
+    /// `applied_by` saying stamp. With --from-lazr, adopts lazr.postgresql's ledger
+    /// instead: every patch its table lists as finished, with its start and end times.
+    Stamp(StampArgs),
+
+    /// Accept the current file of VERSION (a patch fixed after it ran somewhere): record
+    /// its checksum on every node that has the patch, and nothing else. Ends its drift.
+    Repair(RepairArgs),
+
+    /// Every ledger row of every node, oldest first: node, version, type, start, end,
+    /// duration, attempts and who applied it (OS user, host, pid, database user).
+    History(HistoryArgs),
+
+    /// Show who holds the cluster (the coordinator holding the lock on the master, and
+    /// what each of its sessions does on every node); with --force, end those sessions:
+    /// its claim and open transactions roll back and the lock is freed.
+    ///
+    /// For a coordinator that hangs (SIGSTOP, a frozen VM) while every other run exits 3.
+    /// If it resumes later, it finds its sessions gone, writes nothing and exits non-zero.
+    Unlock(UnlockArgs),
+
     /// Start a throwaway local 3-node cluster from the installed PostgreSQL binaries,
     /// upgrade it with the example patches (--all), show its status, and clean up.
     Demo(DemoArgs),
@@ -104,10 +129,10 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct UpgradeArgs {
     /// Loop group after group until nothing is pending.
-    #[arg(long, conflicts_with = "one")]
+    #[arg(long)]
     pub all: bool,
 
-    /// Apply one patch only.
+    /// Apply one patch only (wins over --all, as in lazr.postgresql).
     #[arg(short = '1', long = "one")]
     pub one: bool,
 
@@ -228,6 +253,67 @@ pub fn parse_mode(s: &str) -> Result<crate::packages::plan::Mode, String> {
 }
 
 #[derive(Debug, Args)]
+pub struct StampArgs {
+    /// Record every patch up to this version (written M-m-p).
+    #[arg(
+        value_name = "VERSION",
+        value_parser = parse_version,
+        required_unless_present = "from_lazr",
+        conflicts_with = "from_lazr"
+    )]
+    pub version: Option<PatchVersion>,
+
+    /// Only these nodes (repeatable; default: every node).
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
+
+    /// Adopt lazr.postgresql's ledger from every node instead, keeping its times.
+    #[arg(long)]
+    pub from_lazr: bool,
+
+    /// lazr.postgresql's table (`schema.table`; default public.lazrdatabaserevision).
+    #[arg(long, value_name = "NAME", requires = "from_lazr")]
+    pub lazr_table: Option<String>,
+
+    /// Show the rows it would write; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    pub format: StatusFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// The patch whose current file is accepted (written M-m-p).
+    #[arg(value_name = "VERSION", value_parser = parse_version)]
+    pub version: PatchVersion,
+
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    pub format: StatusFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only these nodes (repeatable; default: every node).
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
+
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    pub format: StatusFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// End the holding coordinator's sessions on every node.
+    #[arg(long)]
+    pub force: bool,
+
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    pub format: StatusFormat,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Leave the cluster running and print how to use and stop it.
     #[arg(long)]
@@ -239,6 +325,11 @@ pub struct CheckArgs {
     /// Treat gaps in patch numbering as errors.
     #[arg(long)]
     pub strict: bool,
+}
+
+/// Accepts a version written `M-m-p`.
+pub fn parse_version(s: &str) -> Result<PatchVersion, String> {
+    s.parse()
 }
 
 /// Accepts `std`, `direct` or `concurrent` on the command line.

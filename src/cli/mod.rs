@@ -9,6 +9,7 @@ pub mod args;
 pub mod check;
 pub mod demo;
 pub mod deploy;
+pub mod lifecycle;
 pub mod recover;
 pub mod status;
 pub mod upgrade;
@@ -48,6 +49,24 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Recover => {
             let config = load_config(&cli.config, &Overrides::default())?;
             recover::recover(&config)
+        }
+        Command::Stamp(args) => {
+            let config = load_config(&cli.config, &Overrides::default())?;
+            let patches = load_patches(&config)?;
+            lifecycle::stamp(&config, &patches, &args)
+        }
+        Command::Repair(args) => {
+            let config = load_config(&cli.config, &Overrides::default())?;
+            let patches = load_patches(&config)?;
+            lifecycle::repair(&config, &patches, args.version, args.format)
+        }
+        Command::History(args) => {
+            let config = load_config(&cli.config, &Overrides::default())?;
+            lifecycle::history(&config, &args)
+        }
+        Command::Unlock(args) => {
+            let config = load_config(&cli.config, &Overrides::default())?;
+            lifecycle::unlock(&config, &args)
         }
         Command::Demo(args) => demo::demo(args.keep),
     }

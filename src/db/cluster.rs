@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use deadpool::managed::{Hook, HookError, Object, Pool};
@@ -18,15 +18,31 @@ use crate::db::connect::{
 use crate::db::pgerror::PgFailure;
 use crate::db::tls::TlsConnector;
 use crate::error::Error;
+use crate::identity::{Identity, RUN_LOCK_CLASS};
 
 /// Every session says who it is, so DBAs can find it in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "pgconvoy";
 
 /// Run on every new connection. The check interval makes a server notice a
 /// dead coordinator while a statement runs (PostgreSQL ≥ 14 only; older servers
-/// notice when they next write to the socket).
-const SESSION_SETUP: &str = "SELECT set_config('client_connection_check_interval', '1000', false) \
-     WHERE current_setting('server_version_num')::int >= 140000";
+/// notice when they next write to the socket). The shared advisory lock on the run key
+/// marks the session as this coordinator's, so `pgconvoy unlock` can find every session
+/// of a stuck coordinator on every node (it conflicts with nothing).
+fn session_setup() -> &'static str {
+    static SETUP: OnceLock<String> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        format!(
+            "SELECT set_config('client_connection_check_interval', '1000', false) \
+               WHERE current_setting('server_version_num')::int >= 140000; \
+             SELECT pg_advisory_lock_shared({}, {})",
+            RUN_LOCK_CLASS,
+            Identity::current().run_key
+        )
+    })
+}
+
+/// Why a coordinator stops once its cluster lock session is gone.
+pub const LOCK_LOST: &str = "this coordinator's cluster lock session on the master has ended (`pgconvoy unlock --force`, or the connection dropped); it writes nothing more";
 
 /// One node: its config and its pool.
 pub struct Node {
@@ -83,6 +99,10 @@ pub struct Inflight {
     /// Each session's cancel token, with the TLS connector that made the session: a
     /// cancel request is encrypted and verified like the session it cancels.
     tokens: Mutex<HashMap<u64, (NodeName, CancelToken, TlsConnector)>>,
+    /// The cluster lock's session ended while the run held it: no new session may start.
+    lock_lost: AtomicBool,
+    /// The run let go of its cluster lock session (dropped it): its end is no loss.
+    lock_released: AtomicBool,
 }
 
 impl Inflight {
@@ -101,6 +121,11 @@ impl Inflight {
             id,
             inflight: Arc::clone(self),
         }
+    }
+
+    /// Whether the cluster lock's session ended under the run (see [`Node::lock_session`]).
+    pub fn lock_lost(&self) -> bool {
+        self.lock_lost.load(Ordering::SeqCst)
     }
 
     /// Asks every server to cancel what pgconvoy's sessions are running;
@@ -199,6 +224,16 @@ pub struct Dedicated {
     pub client: tokio_postgres::Client,
     pub reached: Reached,
     _tracked: Tracked,
+    /// Set for the cluster lock's session ([`Node::lock_session`]).
+    lock_of: Option<Arc<Inflight>>,
+}
+
+impl Drop for Dedicated {
+    fn drop(&mut self) {
+        if let Some(inflight) = &self.lock_of {
+            inflight.lock_released.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Node {
@@ -246,9 +281,15 @@ impl Node {
         }
     }
 
-    /// A pooled session with pgconvoy's settings.
+    /// A pooled session with pgconvoy's settings. Refused once the run's cluster lock
+    /// session has ended: a coordinator that was stopped (SIGSTOP, a frozen VM) and whose
+    /// sessions `unlock --force` ended must not start anything when it resumes. Opening a
+    /// connection takes round trips, so the lock session's end is seen by then.
     pub async fn session(&self) -> Result<Session, PgFailure> {
         let object = self.pool.get().await.map_err(PgFailure::from)?;
+        if self.inflight.lock_lost() {
+            return Err(PgFailure::other(LOCK_LOST));
+        }
         let tracked = self.inflight.track(self.name(), &object, &object.tls);
         let reached = object.reached.clone();
         Ok(Session {
@@ -259,18 +300,45 @@ impl Node {
         })
     }
 
-    /// A connection outside the pool: the coordinator's lock session, which
-    /// lives for the whole run, and lock watchers.
+    /// A connection outside the pool: lock watchers (the cluster lock's session is
+    /// [`Node::lock_session`]).
     pub async fn dedicated(&self) -> Result<Dedicated, PgFailure> {
         let c = connect::connect(&self.endpoint, Some(self.watch("lock session")))
             .await
             .map_err(PgFailure::from)?;
-        c.client.batch_execute(SESSION_SETUP).await?;
+        c.client.batch_execute(session_setup()).await?;
         let tracked = self.inflight.track(self.name(), &c.client, &c.tls);
         Ok(Dedicated {
             client: c.client,
             reached: c.reached,
             _tracked: tracked,
+            lock_of: None,
+        })
+    }
+
+    /// The dedicated session that will hold the cluster lock: when it ends while the
+    /// run still holds it (before it is dropped), every later [`Node::session`] of the
+    /// run is refused.
+    pub async fn lock_session(&self) -> Result<Dedicated, PgFailure> {
+        let c = connect::connect(&self.endpoint, Some(self.watch("lock session")))
+            .await
+            .map_err(PgFailure::from)?;
+        c.client.batch_execute(session_setup()).await?;
+        let tracked = self.inflight.track(self.name(), &c.client, &c.tls);
+        self.inflight.lock_released.store(false, Ordering::SeqCst);
+        let inflight = Arc::clone(&self.inflight);
+        let driver = c.task;
+        tokio::spawn(async move {
+            let _ = driver.await;
+            if !inflight.lock_released.load(Ordering::SeqCst) {
+                inflight.lock_lost.store(true, Ordering::SeqCst);
+            }
+        });
+        Ok(Dedicated {
+            client: c.client,
+            reached: c.reached,
+            _tracked: tracked,
+            lock_of: Some(Arc::clone(&self.inflight)),
         })
     }
 }
@@ -332,9 +400,12 @@ fn pool(endpoint: Arc<Endpoint>, watch: Watch, size: usize) -> Pool<NodeManager>
         .runtime(deadpool::Runtime::Tokio1)
         .post_create(Hook::async_fn(|conn: &mut connect::PooledConn, _| {
             Box::pin(async move {
-                conn.client.batch_execute(SESSION_SETUP).await.map_err(|e| {
-                    HookError::Backend(ConnectError::setup(conn.reached.host.clone(), e))
-                })
+                conn.client
+                    .batch_execute(session_setup())
+                    .await
+                    .map_err(|e| {
+                        HookError::Backend(ConnectError::setup(conn.reached.host.clone(), e))
+                    })
             })
         }))
         .build()

@@ -20,7 +20,8 @@ use crate::db::quote::quote_ident;
 use crate::patches::patch::{Patch, PatchVersion};
 
 /// Which of a node's two ledger tables a statement is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Book {
     /// `schema.table`: the claim rows on the master, the node's own rows on replicas.
     Main,
@@ -49,6 +50,37 @@ impl LedgerRow {
     pub fn is_done(&self) -> bool {
         self.end_time.is_some()
     }
+}
+
+/// One ledger row as `history` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryRow {
+    #[serde(serialize_with = "crate::db::ledger::as_string")]
+    pub version: PatchVersion,
+    pub book: Book,
+    pub patch_type: String,
+    pub checksum: String,
+    /// RFC 3339 UTC, milliseconds: the start of the last attempt.
+    pub start_time: String,
+    /// `None`: started and not finished.
+    pub end_time: Option<String>,
+    /// The first attempt's start, when a retry took the row over.
+    pub first_start_time: Option<String>,
+    /// Attempts on this node (1 for rows older than the count).
+    pub attempts: i32,
+    pub duration_ms: Option<i64>,
+    /// Microseconds since the epoch of `start_time`, for ordering rows of several nodes.
+    #[serde(skip)]
+    pub start_us: i64,
+    pub applied_by: String,
+}
+
+/// Serializes with `Display` (versions are written `M-m-p` everywhere).
+pub fn as_string<T: std::fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// What one node's ledger holds; empty when the ledger does not exist yet.
@@ -91,18 +123,37 @@ impl Ledger {
     /// Creates the schema and tables unless they exist. Only ever called by a
     /// coordinator holding the advisory lock, so `IF NOT EXISTS` cannot race.
     pub async fn ensure(&self, client: &impl GenericClient, book: Book) -> Result<(), PgFailure> {
-        let exists: bool = client
+        let row = client
             .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
+                "SELECT to_regclass($1) IS NOT NULL,
+                        EXISTS (SELECT 1 FROM pg_attribute
+                                 WHERE attrelid = to_regclass($1) AND attname = 'attempts' AND NOT attisdropped)",
                 &[&self.qualified(book)],
             )
-            .await?
-            .get(0);
+            .await?;
+        let (exists, current): (bool, bool) = (row.get(0), row.get(1));
         if exists {
+            if !current {
+                client.batch_execute(&self.migration_sql(book)).await?;
+            }
             return Ok(());
         }
         client.batch_execute(&self.ddl(book)).await?;
         Ok(())
+    }
+    /// Brings a ledger written by pgconvoy before retries were counted up to date: the
+    /// first attempt's start (unknown for old rows: NULL) and the number of attempts.
+    pub fn migration_sql(&self, book: Book) -> String {
+        format!(
+            "ALTER TABLE {table}
+                 ADD COLUMN IF NOT EXISTS first_start timestamptz,
+                 ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 1;
+             COMMENT ON COLUMN {table}.first_start IS {first_start};
+             COMMENT ON COLUMN {table}.attempts IS {attempts};",
+            table = self.qualified(book),
+            first_start = FIRST_START_COMMENT,
+            attempts = ATTEMPTS_COMMENT,
+        )
     }
 
     /// The DDL that creates the ledger's schema and `book`'s table (`IF NOT EXISTS`).
@@ -118,15 +169,21 @@ impl Ledger {
                  start_time timestamptz NOT NULL,
                  end_time   timestamptz,
                  applied_by text NOT NULL,
+                 first_start timestamptz,
+                 attempts   integer NOT NULL DEFAULT 1,
                  PRIMARY KEY (major, minor, patch)
              );
-             COMMENT ON TABLE {table} IS {comment};",
+             COMMENT ON TABLE {table} IS {comment};
+             COMMENT ON COLUMN {table}.first_start IS {first_start};
+             COMMENT ON COLUMN {table}.attempts IS {attempts};",
             schema = quote_ident(&self.table.schema),
             table = self.qualified(book),
             comment = match book {
                 Book::Main => "'pgconvoy ledger: patches applied (master: to the cluster; replica: on this node). end_time NULL = started, not finished.'",
                 Book::Local => "'pgconvoy ledger: the master''s own part of concurrent patches, recorded apart from the claim.'",
             },
+            first_start = FIRST_START_COMMENT,
+            attempts = ATTEMPTS_COMMENT,
         )
     }
 
@@ -222,12 +279,7 @@ impl Ledger {
                 Book::Local => &mut out.local,
             };
             for row in rows {
-                let (major, minor, point): (i32, i32, i32) = (row.get(0), row.get(1), row.get(2));
-                let version = PatchVersion::new(
-                    u32::try_from(major).unwrap_or(0),
-                    u32::try_from(minor).unwrap_or(0),
-                    u32::try_from(point).unwrap_or(0),
-                );
+                let version = version_of(row.get(0), row.get(1), row.get(2));
                 target.insert(
                     version,
                     LedgerRow {
@@ -244,28 +296,123 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Every row of both books, with times to the millisecond, for `history`. Reads
+    /// ledgers of either shape (before and after retries were counted); writes nothing.
+    pub async fn history(&self, client: &impl GenericClient) -> Result<Vec<HistoryRow>, PgFailure> {
+        let mut out = Vec::new();
+        for book in [Book::Main, Book::Local] {
+            let name = self.qualified(book);
+            let shape = client
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL,
+                            EXISTS (SELECT 1 FROM pg_attribute
+                                     WHERE attrelid = to_regclass($1) AND attname = 'attempts' AND NOT attisdropped)",
+                    &[&name],
+                )
+                .await?;
+            let (exists, current): (bool, bool) = (shape.get(0), shape.get(1));
+            if !exists {
+                continue;
+            }
+            const MS: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'";
+            let (first, attempts) = if current {
+                (
+                    format!("to_char(first_start AT TIME ZONE 'UTC', {MS})"),
+                    "attempts",
+                )
+            } else {
+                ("NULL::text".to_string(), "1")
+            };
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT major, minor, patch, patch_type, checksum,
+                                to_char(start_time AT TIME ZONE 'UTC', {MS}),
+                                to_char(end_time AT TIME ZONE 'UTC', {MS}),
+                                {first}, {attempts},
+                                (extract(epoch FROM end_time - start_time) * 1000)::bigint,
+                                (extract(epoch FROM start_time) * 1000000)::bigint,
+                                applied_by
+                           FROM {name} ORDER BY start_time, 1, 2, 3"
+                    ),
+                    &[],
+                )
+                .await?;
+            for row in rows {
+                let version = version_of(row.get(0), row.get(1), row.get(2));
+                out.push(HistoryRow {
+                    version,
+                    book,
+                    patch_type: row.get(3),
+                    checksum: row.get(4),
+                    start_time: row.get(5),
+                    end_time: row.get(6),
+                    first_start_time: row.get(7),
+                    attempts: row.get(8),
+                    duration_ms: row.get(9),
+                    start_us: row.get(10),
+                    applied_by: row.get(11),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// The claim: inserts the master's row with `end_time` NULL. A second
     /// coordinator inserting the same row blocks on it, then fails.
     /// Parameters: [`RowParams::row`].
     pub fn claim_sql(&self) -> String {
         format!(
             "INSERT INTO {} (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by)
-             VALUES ($1, $2, $3, $4, $5, clock_timestamp(), NULL, $6)",
+             VALUES ($1, $2, $3, $4, $5, clock_timestamp(), NULL, $6 || ' as ' || session_user)",
             self.qualified(Book::Main)
         )
     }
 
     /// Records that a node started the body (replicas; the master's local book):
-    /// a row with `end_time` NULL, replacing an earlier unfinished one.
+    /// a row with `end_time` NULL. A retry takes over an earlier unfinished row, keeping
+    /// the first attempt's start in `first_start` and counting `attempts`.
     /// Parameters: [`RowParams::row`].
     pub fn record_start_sql(&self, book: Book) -> String {
         format!(
             "INSERT INTO {} AS r (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by)
-             VALUES ($1, $2, $3, $4, $5, clock_timestamp(), NULL, $6)
+             VALUES ($1, $2, $3, $4, $5, clock_timestamp(), NULL, $6 || ' as ' || session_user)
              ON CONFLICT (major, minor, patch) DO UPDATE
                 SET patch_type = EXCLUDED.patch_type, checksum = EXCLUDED.checksum,
-                    start_time = EXCLUDED.start_time, end_time = NULL, applied_by = EXCLUDED.applied_by",
+                    start_time = EXCLUDED.start_time, end_time = NULL, applied_by = EXCLUDED.applied_by,
+                    first_start = coalesce(r.first_start, r.start_time), attempts = r.attempts + 1",
             self.qualified(book)
+        )
+    }
+
+    /// Records a patch as done without running it (`stamp`, `stamp --from-lazr`, a
+    /// baseline): start and end are `$7`/`$8` (NULL: the transaction's time). An
+    /// unfinished row is taken over as a retry would; a finished one is left alone.
+    /// Parameters: [`RowParams::row`], then the start and end times.
+    pub fn record_done_sql(&self, book: Book) -> String {
+        format!(
+            "INSERT INTO {} AS r (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by)
+             VALUES ($1, $2, $3, $4, $5, coalesce($7, now()), coalesce($8, now()), $6 || ' as ' || session_user)
+             ON CONFLICT (major, minor, patch) DO UPDATE
+                SET patch_type = EXCLUDED.patch_type, checksum = EXCLUDED.checksum,
+                    start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
+                    applied_by = EXCLUDED.applied_by,
+                    first_start = coalesce(r.first_start, r.start_time), attempts = r.attempts + 1
+              WHERE r.end_time IS NULL",
+            self.qualified(book)
+        )
+    }
+
+    /// `repair`: the current checksum of a patch's file, on a row that holds another.
+    /// Parameters: [`RowParams::key`], then the checksum. Returns the old checksum.
+    pub fn repair_sql(&self, book: Book) -> String {
+        format!(
+            "UPDATE {table} AS r SET checksum = $4
+               FROM {table} AS old
+              WHERE (r.major, r.minor, r.patch) = ($1, $2, $3) AND r.checksum <> $4
+                AND (old.major, old.minor, old.patch) = ($1, $2, $3)
+             RETURNING old.checksum",
+            table = self.qualified(book)
         )
     }
 
@@ -298,7 +445,7 @@ impl Ledger {
     /// Parameters: [`RowParams::key`] and `applied_by`.
     pub fn unclaim_sql(&self) -> String {
         format!(
-            "DELETE FROM {} WHERE major = $1 AND minor = $2 AND patch = $3 AND end_time IS NULL AND applied_by = $4",
+            "DELETE FROM {} WHERE major = $1 AND minor = $2 AND patch = $3 AND end_time IS NULL AND applied_by = $4 || ' as ' || session_user",
             self.qualified(Book::Main)
         )
     }
@@ -346,6 +493,39 @@ impl Ledger {
         Ok(())
     }
 
+    /// [`Ledger::record_done_sql`]: whether a row was written (false: it was done already).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_done(
+        &self,
+        client: &impl GenericClient,
+        book: Book,
+        patch: &Patch,
+        applied_by: &str,
+        start: Option<std::time::SystemTime>,
+        end: Option<std::time::SystemTime>,
+    ) -> Result<bool, PgFailure> {
+        let p = RowParams::new(patch, applied_by);
+        let row = p.row();
+        let params: [&(dyn ToSql + Sync); 8] =
+            [row[0], row[1], row[2], row[3], row[4], row[5], &start, &end];
+        let n = client.execute(&self.record_done_sql(book), &params).await?;
+        Ok(n == 1)
+    }
+
+    /// [`Ledger::repair_sql`]: the checksum the row held before, when it changed.
+    pub async fn repair(
+        &self,
+        client: &impl GenericClient,
+        book: Book,
+        patch: &Patch,
+    ) -> Result<Option<String>, PgFailure> {
+        let (a, b, c) = key(patch.version);
+        let row = client
+            .query_opt(&self.repair_sql(book), &[&a, &b, &c, &patch.checksum])
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     pub async fn stamp(
         &self,
         client: &impl GenericClient,
@@ -365,6 +545,9 @@ impl Ledger {
 
 /// Why a stamp inside the patch's transaction changed no row.
 pub const TRANSACTION_LOST: &str = "the patch ended the transaction pgconvoy ran it in (a COMMIT, ROLLBACK or similar took effect inside it), so what ran before that may be committed while the rest ran outside it; not recorded as applied";
+const FIRST_START_COMMENT: &str = "'start of the first attempt, when a retry took this row over (start_time is the last attempt''s); NULL: start_time is the first known'";
+const ATTEMPTS_COMMENT: &str =
+    "'attempts at this patch on this node (retries after a failure or an interrupted run count)'";
 
 /// The parameter values of a patch's ledger row.
 pub struct RowParams {
@@ -405,6 +588,15 @@ impl RowParams {
     pub fn key(&self) -> [&(dyn ToSql + Sync); 3] {
         [&self.major, &self.minor, &self.point]
     }
+}
+
+/// A version as the ledger stores it (`integer` columns).
+pub fn version_of(major: i32, minor: i32, point: i32) -> PatchVersion {
+    PatchVersion::new(
+        u32::try_from(major).unwrap_or(0),
+        u32::try_from(minor).unwrap_or(0),
+        u32::try_from(point).unwrap_or(0),
+    )
 }
 
 fn key(v: PatchVersion) -> (i32, i32, i32) {

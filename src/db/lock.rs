@@ -1,12 +1,14 @@
 //! The cluster lock: a session advisory lock on the master that keeps coordinators
 //! (`upgrade`, `recover`) out of each other's way, and who holds it.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::db::cluster::{Cluster, Dedicated};
 use crate::db::ledger::Ledger;
 use crate::db::pgerror::PgFailure;
 use crate::error::Error;
+use crate::identity::{parse_lock_comment, Identity, RUN_LOCK_CLASS};
 use crate::progress::{Event, Reporter};
 
 /// The coordinators' mutual exclusion: a session advisory lock on the master,
@@ -20,15 +22,21 @@ pub async fn acquire_lock(
 ) -> Result<Dedicated, Error> {
     let master = cluster.master();
     let lock = master
-        .dedicated()
+        .lock_session()
         .await
         .map_err(|e| master.unreachable(e))?;
     let key = ledger.advisory_key();
+    // The comment names this coordinator in `pg_stat_activity.query` of the lock's
+    // session for as long as it holds the lock (`pgconvoy unlock` reads it back).
+    let try_lock_sql = format!(
+        "/* {} */ SELECT pg_try_advisory_lock($1)",
+        Identity::current().lock_comment(&command_line())
+    );
     let failed = |e: tokio_postgres::Error| master.failed("take the coordinator lock", e.into());
     let try_lock = || async {
         let row = lock
             .client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .query_one(&try_lock_sql, &[&key])
             .await
             .map_err(failed)?;
         Ok::<bool, Error>(row.get(0))
@@ -40,6 +48,7 @@ pub async fn acquire_lock(
         .await
         .ok()
         .flatten()
+        .map(|h| h.to_string())
         .unwrap_or_else(|| "holder not visible to this role".into());
     if !wait {
         return Err(Error::Busy {
@@ -68,37 +77,72 @@ pub async fn acquire_lock(
     Ok(lock)
 }
 
-/// Who holds the cluster lock right now, in words (`pid 42 application `pgconvoy` from
-/// local socket as `app` since 2024-…`); `None` when nobody does. Parts the role may not
-/// see in `pg_stat_activity` show as `?`.
+/// The session holding a cluster lock, as the master's catalog shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Holder {
+    /// The server process of the lock's session.
+    pub backend_pid: i32,
+    pub application: String,
+    /// The client's address as the server sees it (`local socket` for Unix sockets).
+    pub client: String,
+    pub db_user: String,
+    /// RFC 3339 UTC: when the lock's session connected.
+    pub connected_at: String,
+    /// What the coordinator says about itself (command, OS user, host, pid, start);
+    /// `None` when the query text is not visible to this role or names no pgconvoy.
+    pub coordinator: Option<String>,
+    /// The coordinator's run key: its sessions on every node hold it ([`crate::identity`]).
+    pub run_key: Option<i64>,
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(c) = &self.coordinator {
+            write!(f, "{c}; ")?;
+        }
+        write!(
+            f,
+            "server pid {} application `{}` from {} as `{}` connected {}",
+            self.backend_pid, self.application, self.client, self.db_user, self.connected_at
+        )
+    }
+}
+
+/// Who holds the cluster lock `key` in the session's database, if anyone. Parts the role
+/// may not see in `pg_stat_activity` show as `?`.
 pub async fn holder(
     client: &tokio_postgres::Client,
     key: i64,
-) -> Result<Option<String>, PgFailure> {
-    let (hi, lo) = (key >> 32, key & 0xffff_ffff);
+) -> Result<Option<Holder>, PgFailure> {
+    let hi = key >> 32;
+    let lo = key & 0xffff_ffff;
     let row = client
         .query_opt(
             "SELECT l.pid, coalesce(a.application_name, '?'),
                     coalesce(host(a.client_addr), CASE WHEN a.pid IS NULL THEN '?' ELSE 'local socket' END),
                     coalesce(a.usename::text, '?'),
-                    coalesce(to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '?')
+                    coalesce(to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '?'),
+                    coalesce(a.query, ''),
+                    (SELECT r.objid::bigint FROM pg_locks r
+                      WHERE r.pid = l.pid AND r.locktype = 'advisory' AND r.granted AND r.objsubid = 2
+                        AND r.database = l.database AND r.classid::bigint = $3
+                      LIMIT 1)
                FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 AND l.classid::bigint = $1 AND l.objid::bigint = $2
               LIMIT 1",
-            &[&hi, &lo],
+            &[&hi, &lo, &i64::from(RUN_LOCK_CLASS)],
         )
         .await?;
-    Ok(row.map(|r| {
-        format!(
-            "pid {} application `{}` from {} as `{}` since {}",
-            r.get::<_, i32>(0),
-            r.get::<_, String>(1),
-            r.get::<_, String>(2),
-            r.get::<_, String>(3),
-            r.get::<_, String>(4)
-        )
+    Ok(row.map(|r| Holder {
+        backend_pid: r.get(0),
+        application: r.get(1),
+        client: r.get(2),
+        db_user: r.get(3),
+        connected_at: r.get(4),
+        coordinator: parse_lock_comment(r.get(5)),
+        run_key: r.get(6),
     }))
 }
 
@@ -107,4 +151,26 @@ pub async fn release_lock(lock: Dedicated, ledger: &Ledger) {
         .client
         .execute("SELECT pg_advisory_unlock($1)", &[&ledger.advisory_key()])
         .await;
+}
+
+/// What this process was asked to do (`upgrade --all`), for the lock's comment: the
+/// arguments after the program name, without the config path, shortened.
+fn command_line() -> String {
+    let mut words = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "-c" || a == "--config" {
+            args.next();
+            continue;
+        }
+        if a.starts_with("--config=") {
+            continue;
+        }
+        words.push(a);
+    }
+    let text = words.join(" ");
+    match text.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
 }

@@ -405,6 +405,7 @@ pub async fn coordinator_running(node: &Node, key: i64) -> Option<String> {
         .await
         .ok()
         .flatten()
+        .map(|h| h.to_string())
 }
 
 /// Client backends of this database, other than ours, whose transaction (or, outside a

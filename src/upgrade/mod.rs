@@ -150,6 +150,10 @@ pub async fn upgrade(
                 | Error::CutOff { .. }),
             ) => e,
             (Some(_), e) => Error::Interrupted { cause: Box::new(e) },
+            (None, e) if cluster.inflight.lock_lost() => Error::LockLost {
+                node: cluster.master().name().clone(),
+                cause: Box::new(e),
+            },
             (None, e) => e,
         };
         report.error = Some(e.chain());
@@ -352,16 +356,10 @@ fn still_pending(pending: &[&Patch], report: &RunReport) -> Vec<String> {
         .collect()
 }
 
-/// `applied_by` in the ledger: the coordinator's host and pid.
+/// `applied_by` in the ledger: the coordinator's OS user, host and pid (the ledger
+/// statements add the database user).
 fn applied_by() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into());
-    format!(
-        "pgconvoy {} on {host} pid {}",
-        env!("CARGO_PKG_VERSION"),
-        std::process::id()
-    )
+    crate::identity::Identity::current().applied_by("upgrade")
 }
 
 /// Reads every node's ledger and recovery state concurrently; any unreachable

@@ -1,0 +1,487 @@
+//! A cluster's life around `upgrade`, black-box against three real PostgreSQL servers:
+//! `stamp` (and `--from-lazr`), `repair`, `history`, `unlock` of a stopped coordinator,
+//! the ledger's attempt count and its migration, `-1` with `--all`.
+
+mod common;
+use common::{finish, pgconvoy_sleeping, spawn, strings, wait_for, Fixture};
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+/// Patches 1-0-0 std, 1-1-0 direct, 1-2-0 concurrent, 1-3-0 direct.
+fn four_patches(f: &Fixture) {
+    f.patch("patch-1-0-0-std.sql", "CREATE TABLE base_t (id int);\n");
+    f.patch(
+        "patch-1-1-0-direct.sql",
+        "CREATE TABLE d_t (id int, v int);\n",
+    );
+    f.patch(
+        "patch-1-2-0-concurrent.sql",
+        "CREATE INDEX CONCURRENTLY d_t_v ON d_t (v);\n",
+    );
+    f.patch("patch-1-3-0-direct.sql", "CREATE TABLE later_t (id int);\n");
+}
+
+/// The schema of 1-0-0 … 1-2-0 made by hand, as in a database that predates pgconvoy.
+fn existing_schema(f: &Fixture) {
+    f.psql(0, "CREATE TABLE base_t (id int)");
+    for n in 0..3 {
+        f.psql(
+            n,
+            "CREATE TABLE d_t (id int, v int); CREATE INDEX d_t_v ON d_t (v)",
+        );
+    }
+}
+
+#[test]
+fn stamp_records_an_existing_schema_and_upgrade_applies_only_later_patches() {
+    let f = Fixture::new(3);
+    four_patches(&f);
+    existing_schema(&f);
+    // As a new user would find it: the first patch's table exists.
+    f.run(&["upgrade", "--all"]).expect(1).says("42P07");
+
+    // A version that is not in the directory: bad input, nothing written.
+    f.run(&["stamp", "1-9-0"])
+        .expect(2)
+        .says("1-9-0")
+        .says("nothing was written");
+    f.run(&["stamp", "1-2-0", "--node", "node7"])
+        .expect(2)
+        .says("node7");
+    for n in 0..3 {
+        assert!(f.ledger(n).is_empty(), "node{n}: {:?}", f.ledger(n));
+    }
+
+    // The dry run shows the rows and writes nothing (not even the ledger's schema).
+    let dry = f.run(&["stamp", "1-2-0", "--dry-run", "--format", "json"]);
+    dry.expect(0);
+    let doc = json(&dry.stdout());
+    assert_eq!(doc["exit_code"], 0);
+    let rows: Vec<String> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}:{}",
+                r["node"].as_str().unwrap(),
+                r["version"].as_str().unwrap(),
+                r["book"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        strings(&[
+            "node0:1-0-0:main",
+            "node0:1-1-0:main",
+            "node0:1-2-0:main",
+            "node0:1-2-0:local",
+            "node1:1-1-0:main",
+            "node1:1-2-0:main",
+            "node2:1-1-0:main",
+            "node2:1-2-0:main",
+        ])
+    );
+    // (The failed upgrade created the master's ledger; the replicas have none.)
+    assert!(f.ledger(0).is_empty());
+    for n in 1..3 {
+        assert!(
+            !common::has_pgconvoy_schema(&f, n),
+            "dry run wrote on node{n}"
+        );
+    }
+
+    // --node: only that node.
+    f.run(&["stamp", "1-2-0", "--node", "node2"])
+        .expect(0)
+        .says("recorded 2 ledger row(s)");
+    assert!(f.ledger(0).is_empty());
+    assert_eq!(
+        f.ledger(2),
+        strings(&["1-1-0:direct:done", "1-2-0:concurrent:done"])
+    );
+
+    f.run(&["stamp", "1-2-0"])
+        .expect(0)
+        .says("recorded 6 ledger row(s)");
+    assert_eq!(
+        f.ledger(0),
+        strings(&[
+            "1-0-0:std:done",
+            "1-1-0:direct:done",
+            "1-2-0:concurrent:done"
+        ])
+    );
+    assert_eq!(f.local_ledger(), strings(&["1-2-0:concurrent:done"]));
+    for n in 1..3 {
+        assert_eq!(
+            f.ledger(n),
+            strings(&["1-1-0:direct:done", "1-2-0:concurrent:done"])
+        );
+    }
+    let by = f.psql(
+        0,
+        "SELECT applied_by FROM pgconvoy.revision WHERE (major, minor, patch) = (1, 1, 0)",
+    );
+    assert!(by.contains(" stamp by "), "{by}");
+    assert!(by.ends_with(" as postgres"), "{by}");
+    let sum = f.psql(
+        1,
+        "SELECT checksum FROM pgconvoy.revision WHERE (major, minor, patch) = (1, 1, 0)",
+    );
+    let file = std::fs::read(f.scratch.path().join("patches/patch-1-1-0-direct.sql")).unwrap();
+    assert_eq!(sum, pgconvoy::patches::patch::checksum(&file));
+
+    // Stamping again writes nothing; status agrees; upgrade applies only 1-3-0.
+    f.run(&["stamp", "1-2-0"])
+        .expect(0)
+        .says("recorded 0 ledger row(s)");
+    let up = f.run(&["upgrade", "--all"]);
+    up.expect(0).never_says("42P07");
+    for n in 0..3 {
+        assert!(f.has_relation(n, "later_t"), "later_t on node{n}");
+        assert!(f.ledger(n).contains(&"1-3-0:direct:done".to_string()));
+    }
+    f.run(&["status"]).expect(0);
+}
+
+/// lazr.postgresql's table as its upgrade.py creates it, with rows for `versions`
+/// (finished, an hour apart, starting 2020-01-0N 10:00 UTC).
+fn lazr_table(
+    f: &Fixture,
+    node: usize,
+    versions: &[(u32, u32, u32)],
+    unfinished: Option<(u32, u32, u32)>,
+) {
+    let mut sql = String::from(
+        "CREATE TABLE lazrdatabaserevision (
+            major integer NOT NULL, minor integer NOT NULL, patch integer NOT NULL,
+            start_time timestamp without time zone DEFAULT (transaction_timestamp() AT TIME ZONE 'UTC'),
+            end_time timestamp without time zone DEFAULT (statement_timestamp() AT TIME ZONE 'UTC'),
+            branch_nick text, revno integer, revid text,
+            CONSTRAINT lazrdatabaserevision_pkey PRIMARY KEY (major, minor, patch));
+         INSERT INTO lazrdatabaserevision VALUES (0, 0, 0, '2019-12-31 09:00', '2019-12-31 09:00:01');",
+    );
+    for (i, (a, b, c)) in versions.iter().enumerate() {
+        sql.push_str(&format!(
+            "INSERT INTO lazrdatabaserevision VALUES ({a}, {b}, {c}, '2020-01-0{d} 10:00:00.250', '2020-01-0{d} 10:00:03.5');",
+            d = i + 1
+        ));
+    }
+    if let Some((a, b, c)) = unfinished {
+        sql.push_str(&format!(
+            "INSERT INTO lazrdatabaserevision VALUES ({a}, {b}, {c}, '2020-02-01 10:00', NULL);"
+        ));
+    }
+    f.psql(node, &sql);
+}
+
+#[test]
+fn from_lazr_adopts_every_nodes_ledger_keeping_its_times() {
+    let f = Fixture::new(3);
+    four_patches(&f);
+    existing_schema(&f);
+    // lazr.postgresql's table on every node (replicated by Slony-I in Launchpad: std
+    // patches too), plus a version the directory lacks on the master.
+    lazr_table(&f, 0, &[(1, 0, 0), (1, 1, 0), (1, 2, 0), (0, 9, 0)], None);
+    lazr_table(&f, 1, &[(1, 0, 0), (1, 1, 0), (1, 2, 0)], None);
+
+    // node2 lacks the table: bad input naming node and table, nothing written anywhere.
+    f.run(&["stamp", "--from-lazr"])
+        .expect(2)
+        .says("node2")
+        .says("public.lazrdatabaserevision");
+    for n in 0..3 {
+        assert!(!common::has_pgconvoy_schema(&f, n), "node{n} written");
+    }
+
+    lazr_table(&f, 2, &[(1, 0, 0), (1, 1, 0), (1, 2, 0)], Some((1, 3, 0)));
+    f.psql(
+        0,
+        "INSERT INTO lazrdatabaserevision VALUES (1, 7, 0, '2020-03-01', '2020-03-01 00:01')",
+    );
+    let run = f.run(&["stamp", "--from-lazr"]);
+    run.expect(0)
+        .says("1-7-0, which the patch directory lacks")
+        .says("never finished");
+    assert_eq!(
+        f.ledger(0),
+        strings(&[
+            "1-0-0:std:done",
+            "1-1-0:direct:done",
+            "1-2-0:concurrent:done"
+        ])
+    );
+    for n in 1..3 {
+        assert_eq!(
+            f.ledger(n),
+            strings(&["1-1-0:direct:done", "1-2-0:concurrent:done"]),
+            "node{n}"
+        );
+    }
+    // lazr's times, kept to the microsecond (lazr writes UTC without a zone).
+    let times = f.psql(
+        1,
+        "SELECT to_char(start_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' ' || \
+                to_char(end_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' ' || applied_by \
+           FROM pgconvoy.revision WHERE (major, minor, patch) = (1, 1, 0)",
+    );
+    assert!(
+        times.starts_with("2020-01-02 10:00:00.250000 2020-01-02 10:00:03.500000 "),
+        "{times}"
+    );
+    assert!(times.contains("from-lazr"), "{times}");
+
+    // Only later patches apply.
+    f.run(&["upgrade", "--all"]).expect(0).never_says("42P07");
+    for n in 0..3 {
+        assert!(f.has_relation(n, "later_t"), "later_t on node{n}");
+    }
+    // Adopting again changes nothing.
+    f.run(&["stamp", "--from-lazr"])
+        .expect(0)
+        .says("nothing to adopt");
+}
+
+#[test]
+fn repair_accepts_a_fixed_file_and_ends_drift() {
+    let f = Fixture::new(3);
+    f.patch("patch-1-0-0-direct.sql", "CREATE TABLE r_t (id int);\n");
+    f.run(&["upgrade"]).expect(0);
+    // Fixed after it ran (a comment, say): drift, exit 2, everywhere.
+    f.patch(
+        "patch-1-0-0-direct.sql",
+        "-- fixed: id is the key\nCREATE TABLE r_t (id int);\n",
+    );
+    f.patch("patch-1-1-0-direct.sql", "CREATE TABLE r_u (id int);\n");
+    f.run(&["status"]).expect(2).says("drift");
+    f.run(&["upgrade"]).expect(2);
+    f.run(&["repair", "1-5-0"]).expect(2).says("1-5-0");
+
+    let run = f.run(&["repair", "1-0-0"]);
+    run.expect(0)
+        .says("`node0`")
+        .says("`node1`")
+        .says("`node2`");
+    f.run(&["status"]).expect(0).never_says("drift");
+    f.run(&["upgrade"]).expect(0);
+    for n in 0..3 {
+        assert!(f.has_relation(n, "r_u"), "r_u on node{n}");
+    }
+    // Nothing left to repair.
+    f.run(&["repair", "1-0-0"])
+        .expect(0)
+        .says("nothing was written");
+}
+
+#[test]
+fn history_lists_every_nodes_rows_and_counts_retries() {
+    let f = Fixture::new(3);
+    f.patch("patch-1-0-0-std.sql", "CREATE TABLE h_s (id int);\n");
+    f.patch("patch-1-1-0-direct.sql", "CREATE TABLE h_d (id int);\n");
+    // node2 already has the table: the direct patch fails there first.
+    f.psql(2, "CREATE TABLE h_d (id int)");
+    f.run(&["upgrade", "--all"]).expect(1).says("node2");
+    let first = common::start_time(&f, 2, "revision", (1, 1, 0));
+    assert!(first.is_empty(), "the failed attempt rolled back: {first}");
+    f.psql(2, "DROP TABLE h_d");
+    f.run(&["upgrade", "--all"]).expect(0);
+
+    let run = f.run(&["history", "--format", "json"]);
+    run.expect(0);
+    let doc = json(&run.stdout());
+    assert_eq!(doc["exit_code"], 0);
+    let rows = doc["rows"].as_array().unwrap();
+    let seen: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["node"].as_str().unwrap(),
+                r["version"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for want in ["node0:1-0-0", "node0:1-1-0", "node1:1-1-0", "node2:1-1-0"] {
+        assert!(seen.contains(&want.to_string()), "{want} missing: {seen:?}");
+    }
+    let mut last = String::new();
+    for r in rows {
+        let start = r["start_time"].as_str().unwrap();
+        let end = r["end_time"].as_str().unwrap();
+        for t in [start, end] {
+            assert!(
+                t.len() == 24 && t.ends_with('Z') && &t[10..11] == "T",
+                "not RFC 3339 UTC: {t}"
+            );
+        }
+        assert!(start >= last.as_str(), "not oldest first: {seen:?}");
+        last = start.to_string();
+        assert!(r["duration_ms"].as_i64().unwrap() >= 0);
+        let by = r["applied_by"].as_str().unwrap();
+        assert!(by.contains(" upgrade by root@"), "{by}");
+        assert!(by.contains(" pid ") && by.ends_with(" as postgres"), "{by}");
+    }
+    let text = f.run(&["history", "--node", "node1"]);
+    text.expect(0).says("node1").never_says("node0");
+
+    // A retry after an unfinished attempt keeps the first start and counts attempts.
+    f.patch(
+        "patch-1-2-0-concurrent.sql",
+        "CREATE UNIQUE INDEX CONCURRENTLY h_u ON h_d (id);\n",
+    );
+    f.psql(2, "INSERT INTO h_d VALUES (1), (1)");
+    f.run(&["upgrade"]).expect(1).says("node2");
+    let first = common::start_time(&f, 2, "revision", (1, 2, 0));
+    f.psql(2, "DELETE FROM h_d");
+    f.run(&["upgrade"]).expect(0);
+    let row = f.psql(
+        2,
+        "SELECT attempts || ' ' || first_start::text || ' ' || (start_time > first_start)::text \
+           FROM pgconvoy.revision WHERE (major, minor, patch) = (1, 2, 0)",
+    );
+    assert_eq!(row, format!("2 {first} true"));
+    let doc = json(
+        &f.run(&["history", "--node", "node2", "--format", "json"])
+            .stdout(),
+    );
+    let retried = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == "1-2-0")
+        .unwrap();
+    assert_eq!(retried["attempts"], 2);
+    assert!(retried["first_start_time"].is_string());
+}
+
+#[test]
+fn ledgers_of_the_old_shape_are_read_as_is_and_migrated_by_a_run() {
+    let f = Fixture::new(2);
+    f.patch("patch-1-0-0-direct.sql", "CREATE TABLE m_t (id int);\n");
+    f.patch("patch-1-1-0-direct.sql", "CREATE TABLE m_u (id int);\n");
+    let sum = pgconvoy::patches::patch::checksum(b"CREATE TABLE m_t (id int);\n");
+    for n in 0..2 {
+        f.psql(
+            n,
+            &format!(
+                "CREATE SCHEMA pgconvoy;
+                 CREATE TABLE pgconvoy.revision (
+                     major integer NOT NULL, minor integer NOT NULL, patch integer NOT NULL,
+                     patch_type text NOT NULL, checksum text NOT NULL,
+                     start_time timestamptz NOT NULL, end_time timestamptz,
+                     applied_by text NOT NULL, PRIMARY KEY (major, minor, patch));
+                 INSERT INTO pgconvoy.revision VALUES
+                     (1, 0, 0, 'direct', '{sum}', now(), now(), 'pgconvoy 0.1.0 on vm pid 1');
+                 CREATE TABLE m_t (id int);"
+            ),
+        );
+    }
+    // Read-only commands read the old shape and change nothing.
+    f.run(&["status"]).expect(0);
+    let doc = json(&f.run(&["history", "--format", "json"]).stdout());
+    assert_eq!(doc["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["rows"][0]["attempts"], 1);
+    let columns = "SELECT count(*) FROM pg_attribute WHERE attrelid = 'pgconvoy.revision'::regclass AND attname IN ('attempts', 'first_start')";
+    assert_eq!(f.psql(0, columns), "0");
+
+    f.run(&["upgrade"]).expect(0);
+    for n in 0..2 {
+        assert_eq!(f.psql(n, columns), "2", "node{n} migrated");
+        assert_eq!(
+            f.ledger(n),
+            strings(&["1-0-0:direct:done", "1-1-0:direct:done"])
+        );
+    }
+}
+
+#[test]
+fn one_wins_over_all() {
+    let f = Fixture::new(1);
+    f.patch("patch-1-0-0-std.sql", "CREATE TABLE o1 (id int);\n");
+    f.patch("patch-1-1-0-std.sql", "CREATE TABLE o2 (id int);\n");
+    f.run(&["upgrade", "--all", "-1"]).expect(0);
+    assert_eq!(f.ledger(0), strings(&["1-0-0:std:done"]));
+}
+
+#[test]
+fn unlock_force_ends_a_stopped_coordinator_which_then_writes_nothing() {
+    let f = Fixture::new(3);
+    f.patch("patch-1-0-0-std.sql", "CREATE TABLE u0 (id int);\n");
+    f.run(&["upgrade"]).expect(0);
+    // The master's part sleeps (its database is told apart by a marker table); the
+    // replicas' parts commit at once.
+    f.psql(0, "CREATE TABLE sleeper ()");
+    f.patch(
+        "patch-1-1-0-direct.sql",
+        "CREATE TABLE u1 (id int);\nSELECT CASE WHEN to_regclass('sleeper') IS NOT NULL THEN pg_sleep(2) END;\n",
+    );
+    f.run(&["unlock"]).expect(0).says("nobody holds");
+
+    let old = spawn(&f, &["upgrade"]);
+    assert!(
+        wait_for(20, || pgconvoy_sleeping(&f, 0)),
+        "the master never started sleeping"
+    );
+    let pid = old.id().to_string();
+    let stop = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    stop("-STOP");
+    // Every other run is refused meanwhile.
+    f.run(&["upgrade"]).expect(3);
+
+    let shown = f.run(&["unlock"]);
+    shown
+        .expect(0)
+        .says(&format!("pid {pid}"))
+        .says("upgrade")
+        .says("holds the cluster lock")
+        .says("unlock --force");
+    let doc = json(&f.run(&["unlock", "--format", "json"]).stdout());
+    assert!(doc["holder"]["coordinator"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("pid {pid}")));
+    let forced = f.run(&["unlock", "--force"]);
+    forced
+        .expect(0)
+        .says("ENDED")
+        .says("the cluster lock is free");
+
+    // A new run completes while the old one is still stopped.
+    f.run(&["upgrade"]).expect(0);
+    for n in 0..3 {
+        assert!(
+            f.ledger(n).contains(&"1-1-0:direct:done".to_string()),
+            "node{n}"
+        );
+        assert!(f.has_relation(n, "u1"));
+    }
+    let ledgers: Vec<Vec<String>> = (0..3).map(|n| f.ledger(n)).collect();
+    let starts: Vec<String> = (0..3)
+        .map(|n| common::start_time(&f, n, "revision", (1, 1, 0)))
+        .collect();
+
+    // The old one resumes: it finds its sessions gone, exits non-zero, records nothing.
+    stop("-CONT");
+    let run = finish(old, 60);
+    assert_ne!(run.code(), 0, "{}", run.all());
+    for n in 0..3 {
+        assert_eq!(f.ledger(n), ledgers[n], "node{n} changed by the old run");
+        assert_eq!(
+            common::start_time(&f, n, "revision", (1, 1, 0)),
+            starts[n],
+            "node{n} row rewritten by the old run"
+        );
+    }
+    f.run(&["status"]).expect(0);
+    f.run(&["unlock"]).expect(0).says("nobody holds");
+}
