@@ -39,6 +39,23 @@ fn stamp_records_an_existing_schema_and_upgrade_applies_only_later_patches() {
     let f = Fixture::new(3);
     four_patches(&f);
     existing_schema(&f);
+    // The dry run sees tables but no ledger, and the first patch creating one of them.
+    let dry = f.run(&["upgrade", "--all", "--dry-run"]);
+    dry.expect(1)
+        .says("no pgconvoy ledger")
+        .says("`pgconvoy stamp 1-2-0`");
+    let doc = json(
+        &f.run(&["upgrade", "--all", "--dry-run", "--format", "json"])
+            .stdout(),
+    );
+    let suggested: Vec<&str> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["kind"] == "existing-schema")
+        .map(|x| x["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(suggested, ["node0", "node1", "node2"]);
     // As a new user would find it: the first patch's table exists.
     f.run(&["upgrade", "--all"]).expect(1).says("42P07");
 
@@ -484,4 +501,171 @@ fn unlock_force_ends_a_stopped_coordinator_which_then_writes_nothing() {
     }
     f.run(&["status"]).expect(0);
     f.run(&["unlock"]).expect(0).says("nobody holds");
+}
+
+/// One patch of every kind and order, as `upgrade --sql` must script them.
+fn every_kind(f: &Fixture) {
+    f.patch(
+        "patch-1-0-0-std.sql",
+        "CREATE TABLE q_s (id int primary key);\nINSERT INTO q_s VALUES (1), (2);\n",
+    );
+    f.patch(
+        "patch-1-1-0-direct.sql",
+        "CREATE TABLE q_d (id int, v text);\n",
+    );
+    f.patch(
+        "patch-1-2-0-concurrent.sql",
+        "CREATE INDEX CONCURRENTLY q_d_id ON q_d (id);\nCREATE INDEX CONCURRENTLY q_d_v ON q_d (v);\n",
+    );
+    f.patch(
+        "patch-1-3-0-direct.sql",
+        "-- pgconvoy: order=master-first\nALTER TABLE q_d DROP COLUMN v;\n",
+    );
+    f.patch(
+        "patch-1-4-0-std.sql",
+        "ALTER TABLE q_s ADD COLUMN note text DEFAULT 'x';\n",
+    );
+}
+
+/// What a node looks like after a run: ledger rows (both books) and user relations.
+fn shape(f: &Fixture, node: usize) -> Vec<String> {
+    let mut out = f.ledger(node);
+    if node == 0 {
+        out.extend(f.local_ledger().into_iter().map(|r| format!("local {r}")));
+    }
+    out.extend(
+        f.psql(
+            node,
+            "SELECT relname || ':' || relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE n.nspname = 'public' ORDER BY 1",
+        )
+        .lines()
+        .map(str::to_string),
+    );
+    out
+}
+
+fn psql_script(dsn: &str, script: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", "-"])
+        .env_remove("PGPASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sql_scripts_run_by_psql_leave_every_node_as_upgrade_would() {
+    let f = Fixture::new(3);
+    every_kind(&f);
+    f.run(&["upgrade", "--all", "--sql", "--dry-run"]).expect(2);
+    f.run(&["upgrade", "--sql", "--node", "node9"])
+        .expect(2)
+        .says("node9");
+
+    // Every node's script, generated before any runs: reading the ledgers writes nothing.
+    let scripts: Vec<String> = (0..3)
+        .map(|n| {
+            let node = format!("node{n}");
+            let run = f.run(&["upgrade", "--all", "--sql", "--node", &node]);
+            run.expect(0);
+            let sql = run.stdout();
+            assert!(sql.contains(&format!("node `{node}`")), "{sql}");
+            assert!(sql.contains("dsn: host="), "{sql}");
+            assert!(!sql.contains("\\connect"), "one node, no \\connect: {sql}");
+            sql
+        })
+        .collect();
+    for n in 0..3 {
+        assert!(!common::has_pgconvoy_schema(&f, n), "node{n} written");
+    }
+    // The master's script claims and stamps every patch; std bodies only there.
+    let master = &scripts[0];
+    for v in ["(1, 0, 0, 'std'", "(1, 3, 0, 'direct'", "(1, 4, 0, 'std'"] {
+        assert!(master.contains(v), "{v} missing from the master's script");
+    }
+    assert!(master.contains("pg_try_advisory_lock"));
+    assert!(
+        !scripts[1].contains("q_s"),
+        "std patch in a replica's script"
+    );
+    assert!(scripts[1].contains("CREATE INDEX CONCURRENTLY q_d_id"));
+    // Concurrent statements outside any transaction: no BEGIN between the row and the stamp.
+    let conc = &scripts[1]
+        [scripts[1].find("patch 1-2-0").unwrap()..scripts[1].find("patch 1-3-0").unwrap()];
+    assert!(!conc.contains("BEGIN"), "{conc}");
+    // All nodes at once: one script connecting to each in turn.
+    let all = f.run(&["upgrade", "--all", "--sql"]);
+    all.expect(0);
+    assert_eq!(all.stdout().matches("\\connect").count(), 3);
+
+    // The same cluster upgraded for real, to compare with.
+    let real = Fixture::new(3);
+    every_kind(&real);
+    real.run(&["upgrade", "--all"]).expect(0);
+
+    for (n, sql) in scripts.iter().enumerate() {
+        let out = psql_script(&f.dsns[n], sql);
+        assert!(
+            out.status.success(),
+            "node{n}'s script failed:\n{}\n{sql}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status = f.run(&["status", "--format", "json"]);
+    status.expect(0);
+    let doc = json(&status.stdout());
+    for node in doc["nodes"].as_array().unwrap() {
+        assert_eq!(node["pending"].as_array().unwrap().len(), 0, "{node}");
+    }
+    for n in 0..3 {
+        assert_eq!(
+            shape(&f, n),
+            shape(&real, n),
+            "node{n} differs from a real run"
+        );
+    }
+    let by = f.psql(
+        1,
+        "SELECT applied_by FROM pgconvoy.revision WHERE (major, minor, patch) = (1, 1, 0)",
+    );
+    assert!(
+        by.contains("upgrade --sql script by ") && by.ends_with(" as postgres"),
+        "{by}"
+    );
+    f.run(&["upgrade", "--all"]).expect(0).says("nothing to do");
+    // Nothing pending: every script says so.
+    f.run(&["upgrade", "--all", "--sql", "--node", "node1"])
+        .expect(0)
+        .says("nothing to do on this node");
+}
+
+#[test]
+fn sql_script_headers_name_the_dsn_without_its_password() {
+    let f = Fixture::new(1);
+    let server = f.server(0);
+    let role = common::unique_db("pw_role");
+    server
+        .psql(
+            "postgres",
+            &format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'hush-42'"),
+        )
+        .unwrap();
+    let dsn = server.dsn_as(&f.db, &role, "hush-42");
+    let f = Fixture::with_dsns(f.db.clone(), vec![dsn]);
+    f.patch("patch-1-0-0-std.sql", "CREATE TABLE p_t (id int);\n");
+    let run = f.run(&["upgrade", "--sql"]);
+    run.expect(0)
+        .never_says("hush-42")
+        .says(&format!("user={role}"));
 }

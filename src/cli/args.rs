@@ -179,6 +179,18 @@ pub struct UpgradeArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Print instead of applying: per node, the exact SQL this run would send (claim and
+    /// ledger statements included, `concurrent` statements outside any transaction, in
+    /// the run's order) as a psql script with a header naming the node and its DSN
+    /// (password removed). Reads the ledgers, writes nothing. Run a node's script with
+    /// `psql -X -v ON_ERROR_STOP=1 -f FILE DSN`.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub sql: bool,
+
+    /// Only these nodes (repeatable).
+    #[arg(long = "node", value_name = "NAME", requires = "sql")]
+    pub nodes: Vec<String>,
+
     /// Format of the summary printed on stdout (progress goes to stderr).
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub format: ReportFormat,

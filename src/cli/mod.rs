@@ -38,6 +38,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let patches = load_patches(&config)?;
             if args.dry_run {
                 upgrade::dry_run(&config, &patches, &args)
+            } else if args.sql {
+                upgrade::sql(&config, &patches, &args)
             } else {
                 upgrade::upgrade(&config, &patches, &args.selection(), args.wait, args.format)
             }

@@ -54,6 +54,27 @@ pub fn dry_run(config: &Config, patches: &PatchSet, args: &UpgradeArgs) -> Resul
     report.error().map_or(Ok(()), Err)
 }
 
+/// `upgrade --sql`: each selected node's script on stdout.
+pub fn sql(config: &Config, patches: &PatchSet, args: &UpgradeArgs) -> Result<(), Error> {
+    let nodes = crate::lifecycle::select(config, &args.nodes)?;
+    let scripts = runtime().block_on(crate::upgrade::offline::scripts(
+        config,
+        patches,
+        &args.selection(),
+        &nodes,
+    ))?;
+    output::to_stdout(|out| {
+        for (k, s) in scripts.iter().enumerate() {
+            if k > 0 {
+                writeln!(out)?;
+            }
+            out.write_all(s.sql.as_bytes())?;
+        }
+        Ok(())
+    })
+    .map_err(Error::Output)
+}
+
 /// The end-of-run summary on stdout: patch × node, duration, outcome.
 pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) -> io::Result<()> {
     let header = ["patch", "type", "node", "duration", "outcome"];

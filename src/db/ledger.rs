@@ -16,7 +16,7 @@ use tokio_postgres::GenericClient;
 
 use crate::config::LedgerTable;
 use crate::db::pgerror::{LedgerUnreadable, PgFailure};
-use crate::db::quote::quote_ident;
+use crate::db::quote::{bind, quote_ident, quote_literal};
 use crate::patches::patch::{Patch, PatchVersion};
 
 /// Which of a node's two ledger tables a statement is about.
@@ -87,6 +87,9 @@ pub fn as_string<T: std::fmt::Display, S: serde::Serializer>(
 #[derive(Debug, Clone, Default)]
 pub struct NodeLedger {
     pub exists: bool,
+    /// The main book has the current columns (`attempts`, `first_start`); false for a
+    /// ledger written by an older pgconvoy (migrated by the next lock holder) or none.
+    pub current: bool,
     pub main: BTreeMap<PatchVersion, LedgerRow>,
     pub local: BTreeMap<PatchVersion, LedgerRow>,
 }
@@ -124,12 +127,7 @@ impl Ledger {
     /// coordinator holding the advisory lock, so `IF NOT EXISTS` cannot race.
     pub async fn ensure(&self, client: &impl GenericClient, book: Book) -> Result<(), PgFailure> {
         let row = client
-            .query_one(
-                "SELECT to_regclass($1) IS NOT NULL,
-                        EXISTS (SELECT 1 FROM pg_attribute
-                                 WHERE attrelid = to_regclass($1) AND attname = 'attempts' AND NOT attisdropped)",
-                &[&self.qualified(book)],
-            )
+            .query_one(SHAPE_SQL, &[&self.qualified(book)])
             .await?;
         let (exists, current): (bool, bool) = (row.get(0), row.get(1));
         if exists {
@@ -141,6 +139,25 @@ impl Ledger {
         client.batch_execute(&self.ddl(book)).await?;
         Ok(())
     }
+
+    /// [`Ledger::ensure`] for a psql script: the same check, then the table created or
+    /// migrated as need be, by `\if` on the check's `\gset` variables.
+    pub fn ensure_script(&self, book: Book) -> String {
+        format!(
+            "SELECT NOT s.present AS pgconvoy_create, s.present AND NOT s.fresh AS pgconvoy_migrate
+  FROM ({shape}) AS s(present, fresh) \\gset
+\\if :pgconvoy_create
+{create}
+\\elif :pgconvoy_migrate
+{migrate}
+\\endif
+",
+            shape = bind(SHAPE_SQL, &[quote_literal(&self.qualified(book))]),
+            create = unindent(&self.ddl(book)),
+            migrate = unindent(&self.migration_sql(book)),
+        )
+    }
+
     /// Brings a ledger written by pgconvoy before retries were counted up to date: the
     /// first attempt's start (unknown for old rows: NULL) and the number of attempts.
     pub fn migration_sql(&self, book: Book) -> String {
@@ -252,15 +269,14 @@ impl Ledger {
         let mut out = NodeLedger::default();
         for book in [Book::Main, Book::Local] {
             let name = self.qualified(book);
-            let exists: bool = client
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-                .await?
-                .get(0);
+            let shape = client.query_one(SHAPE_SQL, &[&name]).await?;
+            let (exists, current): (bool, bool) = (shape.get(0), shape.get(1));
             if !exists {
                 continue;
             }
             if book == Book::Main {
                 out.exists = true;
+                out.current = current;
             }
             let rows = client
                 .query(
@@ -302,14 +318,7 @@ impl Ledger {
         let mut out = Vec::new();
         for book in [Book::Main, Book::Local] {
             let name = self.qualified(book);
-            let shape = client
-                .query_one(
-                    "SELECT to_regclass($1) IS NOT NULL,
-                            EXISTS (SELECT 1 FROM pg_attribute
-                                     WHERE attrelid = to_regclass($1) AND attname = 'attempts' AND NOT attisdropped)",
-                    &[&name],
-                )
-                .await?;
+            let shape = client.query_one(SHAPE_SQL, &[&name]).await?;
             let (exists, current): (bool, bool) = (shape.get(0), shape.get(1));
             if !exists {
                 continue;
@@ -545,6 +554,11 @@ impl Ledger {
 
 /// Why a stamp inside the patch's transaction changed no row.
 pub const TRANSACTION_LOST: &str = "the patch ended the transaction pgconvoy ran it in (a COMMIT, ROLLBACK or similar took effect inside it), so what ran before that may be committed while the rest ran outside it; not recorded as applied";
+/// Whether a book (`$1`, its quoted name) exists, and whether it has the current columns.
+const SHAPE_SQL: &str = "SELECT to_regclass($1) IS NOT NULL,
+        EXISTS (SELECT 1 FROM pg_attribute
+                 WHERE attrelid = to_regclass($1) AND attname = 'attempts' AND NOT attisdropped)";
+
 const FIRST_START_COMMENT: &str = "'start of the first attempt, when a retry took this row over (start_time is the last attempt''s); NULL: start_time is the first known'";
 const ATTEMPTS_COMMENT: &str =
     "'attempts at this patch on this node (retries after a failure or an interrupted run count)'";
@@ -588,6 +602,34 @@ impl RowParams {
     pub fn key(&self) -> [&(dyn ToSql + Sync); 3] {
         [&self.major, &self.minor, &self.point]
     }
+
+    /// [`RowParams::row`] as SQL literals, for scripts ([`crate::db::quote::bind`]).
+    pub fn row_literals(&self) -> Vec<String> {
+        let mut out = self.key_literals();
+        out.extend([
+            quote_literal(self.kind),
+            quote_literal(&self.checksum),
+            quote_literal(&self.applied_by),
+        ]);
+        out
+    }
+
+    /// [`RowParams::key`] as SQL literals.
+    pub fn key_literals(&self) -> Vec<String> {
+        vec![
+            self.major.to_string(),
+            self.minor.to_string(),
+            self.point.to_string(),
+        ]
+    }
+}
+
+/// SQL written indented in this file, flush left for a script.
+fn unindent(sql: &str) -> String {
+    sql.lines()
+        .map(str::trim_start)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A version as the ledger stores it (`integer` columns).

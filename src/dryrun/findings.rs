@@ -47,6 +47,9 @@ pub enum FindingKind {
     /// Sessions to another machine whose server is not verified (`sslmode` below
     /// `verify-full`): a warning, never blocking.
     WeakTls,
+    /// A node has user tables but no ledger, and the first pending patch creates one of
+    /// them: `stamp` is suggested.
+    ExistingSchema,
 }
 
 /// One finding of the dry run.

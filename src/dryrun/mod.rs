@@ -23,6 +23,7 @@ use preflight::{Inspection, Thresholds};
 use rehearsal::PatchRehearsal;
 use report::{DryRunReport, GroupPlan, LedgerView, NodeReport};
 
+mod adoption;
 pub mod findings;
 mod outcomes;
 pub mod preflight;
@@ -237,6 +238,9 @@ async fn plan_run<'p>(
             order: order(g.kind, &g.patches, config.replication),
         })
         .collect();
+    report
+        .findings
+        .extend(adoption::stamp_suggestions(cluster, probes, &pending, config.replication).await);
     Some(targets)
 }
 

@@ -23,6 +23,7 @@ use crate::replication::topology::topology_problems;
 pub mod adopt;
 pub mod history;
 pub mod repair;
+pub mod schema;
 pub mod stamp;
 pub mod unlock;
 

@@ -36,6 +36,7 @@ mod body;
 mod catch_up;
 mod concurrent;
 mod coordinator;
+pub mod offline;
 pub mod plan;
 pub mod recover;
 mod watch;
