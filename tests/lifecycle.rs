@@ -644,6 +644,35 @@ fn sql_scripts_run_by_psql_leave_every_node_as_upgrade_would() {
         "{by}"
     );
     f.run(&["upgrade", "--all"]).expect(0).says("nothing to do");
+
+    // Node by node, each script generated after the one before ran: once the master's
+    // has run, the cluster has finished the patches and the replicas catch up.
+    f.patch("patch-1-5-0-direct.sql", "CREATE TABLE q_e (id int);\n");
+    f.patch(
+        "patch-1-6-0-concurrent.sql",
+        "CREATE INDEX CONCURRENTLY q_e_id ON q_e (id);\n",
+    );
+    for n in 0..3 {
+        let node = format!("node{n}");
+        let run = f.run(&["upgrade", "--all", "--sql", "--node", &node]);
+        run.expect(0);
+        if n > 0 {
+            run.says("catch-up");
+        }
+        let out = psql_script(&f.dsns[n], &run.stdout());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let doc = json(&f.run(&["status", "--format", "json"]).stdout());
+    for node in doc["nodes"].as_array().unwrap() {
+        assert_eq!(node["pending"].as_array().unwrap().len(), 0, "{node}");
+    }
+    for n in 0..3 {
+        assert!(common::index_valid(&f, n, "q_e_id"), "node{n}");
+    }
     // Nothing pending: every script says so.
     f.run(&["upgrade", "--all", "--sql", "--node", "node1"])
         .expect(0)

@@ -60,6 +60,8 @@ pub async fn scripts(
         .collect();
     let writer = Writer {
         config,
+        patches,
+        master: &ledgers[0],
         ledger: &ledger,
         applied_by: Identity::current().applied_by("upgrade --sql script"),
         generated: rfc3339(std::time::SystemTime::now()),
@@ -80,6 +82,9 @@ pub async fn scripts(
 
 struct Writer<'a> {
     config: &'a Config,
+    patches: &'a PatchSet,
+    /// The master's ledger: what the cluster has finished (for catch-up).
+    master: &'a NodeLedger,
     ledger: &'a Ledger,
     applied_by: String,
     generated: String,
@@ -94,8 +99,8 @@ enum Part<'p> {
     },
     /// The master's own part outside the claim (local book), then the claim row.
     OwnThenClaim { patch: &'p Patch, own: bool },
-    /// A replica's own part (main book).
-    Own { patch: &'p Patch },
+    /// A replica's own part (main book); `catch_up`: the cluster finished the patch before.
+    Own { patch: &'p Patch, catch_up: bool },
 }
 
 #[derive(Clone, Copy)]
@@ -114,10 +119,17 @@ impl Writer<'_> {
         several: bool,
     ) -> NodeScript {
         let role = node.role;
-        let parts: Vec<Part> = scheduled
-            .iter()
-            .filter_map(|p| self.part(role, p, l))
-            .collect();
+        // A run catches a node up with what the cluster finished before anything new.
+        let view = plan::NodeView { role, ledger: l };
+        let parts: Vec<Part> =
+            plan::catch_up(self.patches, self.config.replication, self.master, view)
+                .into_iter()
+                .map(|patch| Part::Own {
+                    patch,
+                    catch_up: true,
+                })
+                .chain(scheduled.iter().filter_map(|p| self.part(role, p, l)))
+                .collect();
         let mut s = String::new();
         self.header(&mut s, node, &parts, scheduled);
         if several {
@@ -201,7 +213,10 @@ impl Writer<'_> {
                     Part::OwnThenClaim { patch, own: needs }
                 }
             }),
-            Role::Replica => needs.then_some(Part::Own { patch }),
+            Role::Replica => needs.then_some(Part::Own {
+                patch,
+                catch_up: false,
+            }),
         }
     }
 
@@ -231,7 +246,7 @@ impl Writer<'_> {
                 let patch = match p {
                     Part::Claim { patch, .. }
                     | Part::OwnThenClaim { patch, .. }
-                    | Part::Own { patch } => patch,
+                    | Part::Own { patch, .. } => patch,
                 };
                 format!("{} ({})", patch.version, patch.kind)
             })
@@ -313,8 +328,13 @@ impl Writer<'_> {
                 );
                 s.push_str("COMMIT;\n");
             }
-            Part::Own { patch } => {
-                self.title(s, patch, "this node's own part, in its ledger");
+            Part::Own { patch, catch_up } => {
+                let what = if *catch_up {
+                    "catch-up (the cluster finished it before this node had it): this node's own part, in its ledger"
+                } else {
+                    "this node's own part, in its ledger"
+                };
+                self.title(s, patch, what);
                 self.own(s, patch, Book::Main, l);
             }
         }
