@@ -150,6 +150,7 @@ fn upgrade_smuggled(f: &Fixture, smuggle: &str, into: &str) -> pgconvoy::upgrade
             ..Selection::default()
         },
         wait: false,
+        nodes: Vec::new(),
     };
     let reporter = pgconvoy::progress::for_stderr();
     tokio::runtime::Builder::new_current_thread()

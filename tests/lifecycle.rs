@@ -698,3 +698,95 @@ fn sql_script_headers_name_the_dsn_without_its_password() {
         .never_says("hush-42")
         .says(&format!("user={role}"));
 }
+
+/// `cluster.yaml` naming only the first `n` nodes of the fixture.
+fn config_of_first(f: &Fixture, n: usize) {
+    let mut yaml = String::from("patches: patches\n");
+    for (i, dsn) in f.dsns.iter().take(n).enumerate() {
+        if i == 0 {
+            yaml.push_str(&format!("master:\n  name: node0\n  dsn: \"{dsn}\"\n"));
+        } else {
+            if i == 1 {
+                yaml.push_str("replicas:\n");
+            }
+            yaml.push_str(&format!("  - name: node{i}\n    dsn: \"{dsn}\"\n"));
+        }
+    }
+    f.scratch.write("cluster.yaml", &yaml);
+}
+
+#[test]
+fn node_limits_a_run_to_the_nodes_it_names() {
+    let f = Fixture::new(3);
+    f.patch("patch-1-0-0-direct.sql", "CREATE TABLE n_a (id int);\n");
+    f.patch(
+        "patch-1-1-0-concurrent.sql",
+        "CREATE INDEX CONCURRENTLY n_a_id ON n_a (id);\n",
+    );
+    // The cluster had two nodes; node2 joins later.
+    config_of_first(&f, 2);
+    f.run(&["upgrade", "--all"]).expect(0);
+    f.write_config("");
+    let starts = |n: usize| common::start_time(&f, n, "revision", (1, 0, 0));
+    let (s0, s1) = (starts(0), starts(1));
+
+    // Catch-up of the new node alone; the others are not touched.
+    f.run(&["upgrade", "--node", "node1"])
+        .expect(0)
+        .says("nothing to do");
+    f.run(&["upgrade", "--node", "node2"]).expect(0);
+    assert_eq!(
+        f.ledger(2),
+        strings(&["1-0-0:direct:done", "1-1-0:concurrent:done"])
+    );
+    assert!(common::index_valid(&f, 2, "n_a_id"));
+    assert_eq!((starts(0), starts(1)), (s0.clone(), s1.clone()));
+
+    // A pending patch on one replica only: the master's claim is taken and rolled back,
+    // the master records nothing, node2 is not touched.
+    f.patch("patch-1-2-0-direct.sql", "CREATE TABLE n_b (id int);\n");
+    f.run(&["upgrade", "--node", "node1"])
+        .expect(0)
+        .says("the master is left out");
+    assert!(f.has_relation(1, "n_b"));
+    assert!(!f.has_relation(0, "n_b") && !f.has_relation(2, "n_b"));
+    assert!(f.ledger(1).contains(&"1-2-0:direct:done".to_string()));
+    assert!(!f.ledger(0).iter().any(|r| r.starts_with("1-2-0")));
+    let doc = json(&f.run(&["status", "--format", "json"]).stdout());
+    assert_eq!(doc["nodes"][0]["pending"][0], "1-2-0");
+    let node1_started = common::start_time(&f, 1, "revision", (1, 2, 0));
+    // The next full run applies it where it is missing only.
+    f.run(&["upgrade"]).expect(0);
+    for n in 0..3 {
+        assert!(
+            f.ledger(n).contains(&"1-2-0:direct:done".to_string()),
+            "node{n}"
+        );
+    }
+    assert_eq!(
+        common::start_time(&f, 1, "revision", (1, 2, 0)),
+        node1_started
+    );
+
+    // Without the master, a std patch stops the run before it.
+    f.patch("patch-1-3-0-std.sql", "CREATE TABLE n_s (id int);\n");
+    f.patch("patch-1-4-0-direct.sql", "CREATE TABLE n_c (id int);\n");
+    f.run(&["upgrade", "--all", "--node", "node2"])
+        .expect(0)
+        .says("stopping before `1-3-0`");
+    assert!(!f.has_relation(2, "n_c"));
+
+    // The master and one replica: the cluster records the patch; the other replica is
+    // caught up by the next run.
+    f.run(&["upgrade", "--all", "--node", "node0", "--node", "node1"])
+        .expect(0);
+    assert!(f.ledger(0).contains(&"1-4-0:direct:done".to_string()));
+    assert!(f.has_relation(1, "n_c") && !f.has_relation(2, "n_c"));
+    f.run(&["upgrade"]).expect(0);
+    assert!(f.has_relation(2, "n_c"));
+    f.run(&["upgrade", "--node", "node9"])
+        .expect(2)
+        .says("node9");
+    f.run(&["upgrade", "--node", "node1", "--dry-run"])
+        .expect(2);
+}

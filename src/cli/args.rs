@@ -187,8 +187,11 @@ pub struct UpgradeArgs {
     #[arg(long, conflicts_with = "dry_run")]
     pub sql: bool,
 
-    /// Only these nodes (repeatable).
-    #[arg(long = "node", value_name = "NAME", requires = "sql")]
+    /// Work on these nodes only (repeatable): catch one node up, or run a patch's part on
+    /// some replicas. The master's claim is still taken when the master needs the patch;
+    /// left out, the master records nothing and the run stops before a patch whose master
+    /// part comes first (`std`, `order=master-first`). With --sql: these nodes' scripts.
+    #[arg(long = "node", value_name = "NAME", conflicts_with = "dry_run")]
     pub nodes: Vec<String>,
 
     /// Format of the summary printed on stdout (progress goes to stderr).

@@ -20,7 +20,7 @@ pub fn demo(keep: bool) -> Result<(), Error> {
         all: true,
         ..Selection::default()
     };
-    super::upgrade::upgrade(&config, &set, &all, false, ReportFormat::Text)?;
+    super::upgrade::upgrade(&config, &set, &all, false, Vec::new(), ReportFormat::Text)?;
 
     let status = runtime().block_on(crate::status::status(&config, &set));
     output::to_stdout(|out| {

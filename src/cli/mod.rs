@@ -41,7 +41,19 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             } else if args.sql {
                 upgrade::sql(&config, &patches, &args)
             } else {
-                upgrade::upgrade(&config, &patches, &args.selection(), args.wait, args.format)
+                let nodes = if args.nodes.is_empty() {
+                    Vec::new()
+                } else {
+                    crate::lifecycle::select(&config, &args.nodes)?
+                };
+                upgrade::upgrade(
+                    &config,
+                    &patches,
+                    &args.selection(),
+                    args.wait,
+                    nodes,
+                    args.format,
+                )
             }
         }
         Command::Deploy(args) => {

@@ -22,11 +22,13 @@ pub fn upgrade(
     patches: &PatchSet,
     selection: &Selection,
     wait: bool,
+    nodes: Vec<usize>,
     format: ReportFormat,
 ) -> Result<(), Error> {
     let opts = UpgradeOptions {
         selection: selection.clone(),
         wait,
+        nodes,
     };
     let reporter: Box<dyn Reporter> = progress::for_stderr();
     let mut result =

@@ -41,6 +41,9 @@ impl Refused {
 impl Coordinator<'_> {
     /// Claim → fan out → stamp → commit, for one patch.
     pub(super) async fn apply(&self, patch: &Patch, report: &mut RunReport) -> Result<(), Error> {
+        if !self.selected[0] {
+            return self.apply_without_master(patch, report).await;
+        }
         if patch.kind == PatchType::Direct && self.atomic {
             return self.apply_atomic(patch, report).await;
         }
@@ -81,6 +84,44 @@ impl Coordinator<'_> {
             }
         }
         Err(e)
+    }
+
+    /// `--node` leaving the master out, for a `direct` or `concurrent` patch the cluster
+    /// has not finished: the claim is taken all the same (no other coordinator applies the
+    /// patch meanwhile), the selected replicas run their part, each recorded in its own
+    /// ledger, and the claim is rolled back: the master has not run the patch, so the
+    /// cluster has not. A later run applies it on the master and skips those replicas.
+    async fn apply_without_master(
+        &self,
+        patch: &Patch,
+        report: &mut RunReport,
+    ) -> Result<(), Error> {
+        let master = self.cluster.master();
+        let session = master.session().await.map_err(|e| master.unreachable(e))?;
+        let claim_st = session
+            .prepare_cached(&self.ledger.claim_sql())
+            .await
+            .map_err(|e| master.unreachable(e.into()))?;
+        let params = RowParams::new(patch, &self.applied_by);
+        let claim = Transaction::on(session);
+        let opened = claim
+            .pipeline(&[Step::Begin, Step::Exec(&claim_st, &params.row())])
+            .await;
+        if let Some((_, e)) = first_failure(&opened) {
+            let e = self.claim_error(patch, e.clone());
+            claim.rollback().await;
+            return Err(e);
+        }
+        let replicas = self.replica_targets(patch);
+        let results = self
+            .fan_out(patch, &replicas, |i| self.own_part(i, patch))
+            .await;
+        let failure = self.record(patch, results, report);
+        claim.rollback().await;
+        match failure {
+            Some(f) => Err(Error::PatchFailed(Box::new(f))),
+            None => Ok(()),
+        }
     }
 
     /// A `std` patch: BEGIN, claim, body, stamp, COMMIT in one round trip on the master.

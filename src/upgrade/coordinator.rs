@@ -38,6 +38,8 @@ pub(super) struct Coordinator<'a> {
     pub(super) ensured: Mutex<HashSet<(usize, bool)>>,
     /// Notes from node tasks (repairs), moved into the report after each patch.
     pub(super) notes: Mutex<Vec<String>>,
+    /// `--node`: which nodes (by index) may run anything.
+    pub(super) selected: Vec<bool>,
 }
 
 /// A failure of a patch body (or its bookkeeping) on one node.
@@ -155,9 +157,10 @@ impl Coordinator<'_> {
         plan::needs_body(patch, Role::Master, self.replication, &self.ledgers[0])
     }
 
-    /// The replicas that must still run the patch's body.
+    /// The replicas that must still run the patch's body (of those `--node` selects).
     pub(super) fn replica_targets(&self, patch: &Patch) -> Vec<usize> {
         (1..self.cluster.nodes.len())
+            .filter(|&i| self.selected[i])
             .filter(|&i| plan::needs_body(patch, Role::Replica, self.replication, &self.ledgers[i]))
             .collect()
     }

@@ -47,6 +47,8 @@ pub struct UpgradeOptions {
     pub selection: Selection,
     /// Wait for another coordinator to finish instead of exiting 3.
     pub wait: bool,
+    /// `--node`: only these nodes (indexes, master = 0) run anything; empty: every node.
+    pub nodes: Vec<usize>,
 }
 
 /// The outcome of one patch on one node.
@@ -178,8 +180,17 @@ async fn upgrade_inner(
 
     let ledgers = refuse_or_read(config, cluster, patches, &ledger).await?;
     let pending = plan::pending(patches, &ledgers[0]);
-    let schedule =
+    let mut schedule =
         plan::schedule(plan::groups(&pending), &opts.selection).map_err(Error::Refused)?;
+    let selected: Vec<bool> = (0..cluster.nodes.len())
+        .map(|i| opts.nodes.is_empty() || opts.nodes.contains(&i))
+        .collect();
+    // Without the master, the run stops where the master must act first.
+    let master_left_out = if selected[0] {
+        None
+    } else {
+        plan::without_master(&mut schedule)
+    };
     let catch_up: Vec<(usize, Vec<&Patch>)> = cluster
         .nodes
         .iter()
@@ -190,17 +201,28 @@ async fn upgrade_inner(
         })
         .map(|view| plan::catch_up(patches, config.replication, &ledgers[0], view))
         .enumerate()
-        .filter(|(_, c)| !c.is_empty())
+        .filter(|(i, c)| selected[*i] && !c.is_empty())
         .collect();
     report.planned = true;
     report.pending = pending.iter().map(|p| p.version.to_string()).collect();
     let scheduled: usize = schedule.groups.iter().map(|g| g.patches.len()).sum();
-    if scheduled == 0 && catch_up.is_empty() {
+    if let Some(p) = master_left_out {
         note(
             reporter,
             report,
-            "nothing to do: the cluster is up to date".into(),
+            format!(
+                "stopping before `{}`: its `{}` part runs on the master first, and --node leaves the master out",
+                p.version, p.kind
+            ),
         );
+    }
+    if scheduled == 0 && catch_up.is_empty() {
+        let what = if opts.nodes.is_empty() {
+            "nothing to do: the cluster is up to date"
+        } else {
+            "nothing to do on the nodes --node names"
+        };
+        note(reporter, report, what.into());
         release_lock(lock, &ledger).await;
         return Ok(());
     }
@@ -239,6 +261,7 @@ async fn upgrade_inner(
         replication_timeout: config.replication_timeout,
         ensured: Mutex::new(HashSet::new()),
         notes: Mutex::new(Vec::new()),
+        selected,
     };
     // Below everything pending: no node may run a patch before the ones under it.
     let caught = coordinator.catch_up(&catch_up, report).await;
@@ -335,7 +358,18 @@ async fn apply_groups(
                 .notes
                 .append(&mut coordinator.notes.lock().unwrap_or_else(|p| p.into_inner()));
             r?;
-            report.applied.push(patch.version.to_string());
+            if coordinator.selected[0] {
+                report.applied.push(patch.version.to_string());
+            } else {
+                note(
+                    coordinator.reporter,
+                    report,
+                    format!(
+                        "{}: applied on the nodes --node names that needed it; the master is left out, so the cluster records it once the master runs it",
+                        patch.version
+                    ),
+                );
+            }
         }
         for n in watch.after_group(group, before).await? {
             note(coordinator.reporter, report, n);

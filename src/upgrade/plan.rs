@@ -155,6 +155,26 @@ pub fn catch_up<'a>(
         .collect()
 }
 
+/// `--node` leaving the master out: the schedule up to (not including) the first patch
+/// whose master part must come first — a `std` patch (it runs on the master only, and
+/// what follows may build on it) or a master-first `direct` one. Returns that patch.
+pub fn without_master<'a>(schedule: &mut Schedule<'a>) -> Option<&'a Patch> {
+    let master_first = |p: &&Patch| {
+        p.kind == PatchType::Std
+            || (p.kind == PatchType::Direct && p.order == PatchOrder::MasterFirst)
+    };
+    let (g, k) = schedule
+        .groups
+        .iter()
+        .enumerate()
+        .find_map(|(g, group)| group.patches.iter().position(master_first).map(|k| (g, k)))?;
+    let stop = schedule.groups[g].patches[k];
+    schedule.groups[g].patches.truncate(k);
+    let keep = if k == 0 { g } else { g + 1 };
+    schedule.groups.truncate(keep);
+    Some(stop)
+}
+
 /// Whether a node must still run the body of `patch`, the patch being pending on the
 /// cluster. Standbys of physical replication never do: they replay the master's WAL.
 pub fn needs_body(
@@ -413,6 +433,42 @@ mod tests {
 
     fn kinds(s: &Schedule) -> Shape {
         s.groups.iter().map(|g| (g.kind, g.patches.len())).collect()
+    }
+
+    #[test]
+    fn without_the_master_the_run_stops_where_the_master_acts_first() {
+        let mut first = patch((1, 2, 0), D);
+        first.order = PatchOrder::MasterFirst;
+        let ps = set(vec![
+            patch((1, 0, 0), D),
+            patch((1, 1, 0), C),
+            first,
+            patch((1, 3, 0), D),
+        ]);
+        let pend = pending(&ps, &NodeLedger::default());
+        let all = Selection {
+            all: true,
+            ..Default::default()
+        };
+        let mut s = schedule(groups(&pend), &all).unwrap();
+        let stop = without_master(&mut s).map(|p| p.version.to_string());
+        assert_eq!(stop.as_deref(), Some("1-2-0"));
+        assert_eq!(kinds(&s), vec![(D, 1), (C, 1)]);
+        let ps = sample();
+        let pend = pending(&ps, &NodeLedger::default());
+        let mut s = schedule(groups(&pend), &all).unwrap();
+        assert_eq!(
+            without_master(&mut s)
+                .map(|p| p.version.to_string())
+                .as_deref(),
+            Some("1-0-0")
+        );
+        assert!(s.groups.is_empty());
+        let ps = set(vec![patch((1, 0, 0), D), patch((1, 1, 0), C)]);
+        let pend = pending(&ps, &NodeLedger::default());
+        let mut s = schedule(groups(&pend), &all).unwrap();
+        assert!(without_master(&mut s).is_none());
+        assert_eq!(kinds(&s), vec![(D, 1), (C, 1)]);
     }
 
     #[test]
