@@ -790,3 +790,153 @@ fn node_limits_a_run_to_the_nodes_it_names() {
     f.run(&["upgrade", "--node", "node1", "--dry-run"])
         .expect(2);
 }
+
+/// A baseline as `pg_dump --schema-only` writes one (session settings, an empty
+/// `search_path`, qualified names), with data in a COPY block.
+const BASELINE_1_2_0: &str = "SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET client_min_messages = warning;
+
+CREATE TABLE public.base_t (
+    id integer
+);
+
+CREATE TABLE public.d_t (
+    id integer,
+    v integer
+);
+
+COPY public.d_t (id, v) FROM stdin;
+1\t10
+2\t20
+\\.
+
+CREATE INDEX d_t_v ON public.d_t USING btree (v);
+";
+
+#[test]
+fn new_nodes_get_the_newest_baseline_then_later_patches() {
+    let f = Fixture::new(3);
+    four_patches(&f);
+    f.patch("baseline-1-0-0.sql", "CREATE TABLE base_t (id int);\n");
+    f.patch("baseline-1-2-0.sql", BASELINE_1_2_0);
+    // node2 is not new: it holds a table of its own (and no ledger).
+    f.psql(2, "CREATE TABLE own_t (id int)");
+
+    // check validates baselines like patches.
+    f.run(&["check"])
+        .expect(0)
+        .says("baseline baseline-1-2-0.sql");
+    f.patch(
+        "baseline-1-1-0.sql",
+        "BEGIN;\nCREATE TABLE x (id int);\nCOMMIT;\n",
+    );
+    f.patch("baseline-1-1.sql", "CREATE TABLE x (id int);\n");
+    f.run(&["check"])
+        .expect(2)
+        .says("baseline-1-1-0.sql: line 1")
+        .says("baseline-1-1.sql: bad file name");
+    f.scratch.remove_patch("baseline-1-1-0.sql");
+    f.scratch.remove_patch("baseline-1-1.sql");
+
+    // The dry run names the new nodes, rehearses the baseline and what follows, writes nothing.
+    let dry = f.run(&["upgrade", "--all", "--dry-run", "--format", "json"]);
+    let doc = json(&dry.stdout());
+    dry.expect(0);
+    let baselined: Vec<&str> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["kind"] == "baseline")
+        .map(|x| x["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(baselined, ["node0", "node1"]);
+    let rehearsed: Vec<String> = doc["nodes"][1]["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}:{}", p["version"], p["outcome"]))
+        .collect();
+    assert_eq!(rehearsed.len(), 2, "{rehearsed:?}");
+    for n in 0..3 {
+        assert!(
+            !common::has_pgconvoy_schema(&f, n),
+            "dry run wrote on node{n}"
+        );
+    }
+
+    assert_eq!(doc["summary"]["failed"], 0, "{doc}");
+
+    // node1 by hand: its script gives it the baseline, then 1-3-0, as a run would.
+    let script = f.run(&["upgrade", "--all", "--sql", "--node", "node1"]);
+    script.expect(0).says("it gets baseline-1-2-0.sql first");
+    let out = psql_script(&f.dsns[1], &script.stdout());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let up = f.run(&["upgrade", "--all"]);
+    up.expect(0)
+        .says("baselined node `node0` with baseline-1-2-0.sql")
+        .never_says("baselined node `node1`")
+        .never_says("baselined node `node2`");
+    assert_eq!(
+        f.ledger(0),
+        strings(&[
+            "1-0-0:std:done",
+            "1-1-0:direct:done",
+            "1-2-0:concurrent:done",
+            "1-3-0:direct:done"
+        ])
+    );
+    assert_eq!(f.local_ledger(), strings(&["1-2-0:concurrent:done"]));
+    for n in 1..3 {
+        assert_eq!(
+            f.ledger(n),
+            strings(&[
+                "1-1-0:direct:done",
+                "1-2-0:concurrent:done",
+                "1-3-0:direct:done"
+            ]),
+            "node{n}"
+        );
+    }
+    let by = |n: usize, v: &str| {
+        f.psql(
+            n,
+            &format!(
+                "SELECT applied_by FROM pgconvoy.revision WHERE format('%s-%s-%s', major, minor, patch) = '{v}'"
+            ),
+        )
+    };
+    for (n, v) in [(0, "1-0-0"), (0, "1-2-0"), (1, "1-1-0"), (1, "1-2-0")] {
+        let who = by(n, v);
+        assert!(
+            who.contains(" baseline baseline-1-2-0.sql"),
+            "node{n} {v}: {who}"
+        );
+        assert!(who.ends_with(" as postgres"), "{who}");
+    }
+    for n in 0..3 {
+        assert!(!by(n, "1-3-0").contains("baseline"), "node{n}");
+        assert!(f.has_relation(n, "later_t"), "later_t on node{n}");
+    }
+    // node2 replayed the patches: no baseline there, its own table kept.
+    assert!(!by(2, "1-1-0").contains("baseline"));
+    assert!(f.has_relation(2, "own_t"));
+    // The COPY block's rows came with the baseline; the replayed node has none.
+    for (n, rows) in [(0, "2"), (1, "2"), (2, "0")] {
+        assert_eq!(f.psql(n, "SELECT count(*) FROM d_t"), rows, "node{n}");
+    }
+    assert_eq!(f.psql(1, "SELECT sum(v) FROM d_t"), "30");
+    f.run(&["status"]).expect(0);
+    f.run(&["upgrade", "--all"])
+        .expect(0)
+        .never_says("baselined");
+}

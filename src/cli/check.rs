@@ -78,6 +78,14 @@ fn render(set: &PatchSet, out: &mut dyn Write) -> io::Result<()> {
     for finding in &set.findings {
         writeln!(out, "{finding}")?;
     }
+    for b in &set.baselines {
+        writeln!(
+            out,
+            "baseline {} (the schema as of {}, for new nodes)",
+            b.file_name(),
+            b.version
+        )?;
+    }
     let warnings = set
         .findings
         .iter()

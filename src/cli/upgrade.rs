@@ -101,10 +101,20 @@ pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) -> i
     } else {
         r.pending.join(", ")
     };
-    let caught_up: Vec<String> = r
-        .caught_up
-        .iter()
-        .map(|c| {
+    let baselined = r.baselined.iter().map(|b| {
+        format!(
+            "baselined node `{}` with {}: recorded {}",
+            b.node,
+            b.baseline,
+            if b.recorded.is_empty() {
+                "nothing".to_string()
+            } else {
+                b.recorded.join(", ")
+            }
+        )
+    });
+    let caught_up: Vec<String> = baselined
+        .chain(r.caught_up.iter().map(|c| {
             let mut line = format!("caught up node `{}`: ", c.node);
             line.push_str(&if c.applied.is_empty() {
                 "nothing".to_string()
@@ -115,7 +125,7 @@ pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) -> i
                 line.push_str(&format!(" (still missing {})", c.missing.join(", ")));
             }
             line
-        })
+        }))
         .collect();
     match format {
         ReportFormat::Json => output::json(out, r),

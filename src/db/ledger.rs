@@ -412,6 +412,18 @@ impl Ledger {
         )
     }
 
+    /// A baseline's rows, all at once, in the baseline's transaction after its body:
+    /// `$1`–`$5` are arrays (major, minor, patch, type, checksum), `$6` `applied_by`.
+    /// `start_time` is the transaction's start, `end_time` the moment the body finished.
+    pub fn record_baseline_sql(&self, book: Book) -> String {
+        format!(
+            "INSERT INTO {} (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by)
+             SELECT u.major, u.minor, u.patch, u.kind, u.sum, now(), clock_timestamp(), $6 || ' as ' || session_user
+               FROM unnest($1::int[], $2::int[], $3::int[], $4::text[], $5::text[]) AS u(major, minor, patch, kind, sum)",
+            self.qualified(book)
+        )
+    }
+
     /// `repair`: the current checksum of a patch's file, on a row that holds another.
     /// Parameters: [`RowParams::key`], then the checksum. Returns the old checksum.
     pub fn repair_sql(&self, book: Book) -> String {
@@ -630,6 +642,80 @@ fn unindent(sql: &str) -> String {
         .map(str::trim_start)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The parameters of [`Ledger::record_baseline_sql`] for these patches.
+pub struct BaselineRows {
+    major: Vec<i32>,
+    minor: Vec<i32>,
+    point: Vec<i32>,
+    kinds: Vec<String>,
+    checksums: Vec<String>,
+    applied_by: String,
+}
+
+impl BaselineRows {
+    pub fn new<'a>(patches: impl IntoIterator<Item = &'a Patch>, applied_by: &str) -> BaselineRows {
+        let mut r = BaselineRows {
+            major: Vec::new(),
+            minor: Vec::new(),
+            point: Vec::new(),
+            kinds: Vec::new(),
+            checksums: Vec::new(),
+            applied_by: applied_by.to_string(),
+        };
+        for p in patches {
+            let (a, b, c) = key(p.version);
+            r.major.push(a);
+            r.minor.push(b);
+            r.point.push(c);
+            r.kinds.push(p.kind.as_str().to_string());
+            r.checksums.push(p.checksum.clone());
+        }
+        r
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.major.is_empty()
+    }
+
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 6] {
+        [
+            &self.major,
+            &self.minor,
+            &self.point,
+            &self.kinds,
+            &self.checksums,
+            &self.applied_by,
+        ]
+    }
+
+    /// The parameters as SQL literals, for scripts.
+    pub fn literals(&self) -> Vec<String> {
+        let ints = |v: &[i32]| {
+            format!(
+                "ARRAY[{}]::int[]",
+                v.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+            )
+        };
+        let texts = |v: &[String]| {
+            format!(
+                "ARRAY[{}]::text[]",
+                v.iter()
+                    .map(|t| quote_literal(t))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        vec![
+            ints(&self.major),
+            ints(&self.minor),
+            ints(&self.point),
+            texts(&self.kinds),
+            texts(&self.checksums),
+            quote_literal(&self.applied_by),
+        ]
+    }
 }
 
 /// A version as the ledger stores it (`integer` columns).

@@ -58,6 +58,15 @@ impl<M> Transaction<M> {
             .client()
     }
 
+    /// Closes the session's connection instead of returning it to the pool, whatever state
+    /// it is in (the server rolls back anything still open): for a session whose settings
+    /// the SQL it ran changed for good (a baseline's `SET search_path`, `SET lock_timeout`).
+    pub fn close(mut self) {
+        if let Some(session) = self.session.take() {
+            session.discard();
+        }
+    }
+
     /// A savepoint: a nested scope that is released or rolled back on its own.
     pub async fn savepoint(&self) -> Result<Savepoint<'_, M>, PgFailure> {
         self.send(&[Step::Savepoint]).await?;

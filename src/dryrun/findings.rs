@@ -50,6 +50,8 @@ pub enum FindingKind {
     /// A node has user tables but no ledger, and the first pending patch creates one of
     /// them: `stamp` is suggested.
     ExistingSchema,
+    /// A node is new (no ledger, no user relations): a run gives it the newest baseline.
+    Baseline,
 }
 
 /// One finding of the dry run.

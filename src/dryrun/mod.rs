@@ -25,6 +25,7 @@ use report::{DryRunReport, GroupPlan, LedgerView, NodeReport};
 
 mod adoption;
 pub mod findings;
+mod newnodes;
 mod outcomes;
 pub mod preflight;
 pub mod rehearsal;
@@ -61,7 +62,7 @@ async fn examine_cluster(
 ) -> DryRunReport {
     let ledger = Ledger::new(config.ledger.clone());
     let mut report = DryRunReport::new(config, patches, &ledger, selection);
-    let probes: Vec<NodeProbe> = stream::iter(cluster.nodes.iter())
+    let mut probes: Vec<NodeProbe> = stream::iter(cluster.nodes.iter())
         .map(|n| probe(n, &ledger))
         .buffered(cluster.jobs)
         .collect()
@@ -72,11 +73,20 @@ async fn examine_cluster(
         report.finish();
         return report;
     }
-    let Some(targets) = plan_run(&mut report, cluster, config, patches, selection, &probes).await
+    let (new, found) = newnodes::baseline_new_nodes(cluster, config, patches, &mut probes).await;
+    report.findings.extend(found);
+    let Some(mut targets) =
+        plan_run(&mut report, cluster, config, patches, selection, &probes).await
     else {
         report.finish();
         return report;
     };
+    // The baseline comes before anything else on a new node.
+    if let Some(file) = patches.newest_baseline() {
+        for &i in &new {
+            targets[i].insert(0, file);
+        }
+    }
     leftovers(cluster, &ledger, &mut report).await;
     if config.atomic_direct
         && report

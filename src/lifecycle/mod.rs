@@ -21,6 +21,7 @@ use crate::patches::patch::{Patch, PatchOrder, PatchType};
 use crate::replication::topology::topology_problems;
 
 pub mod adopt;
+pub mod baseline;
 pub mod history;
 pub mod repair;
 pub mod schema;

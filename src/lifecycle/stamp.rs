@@ -176,6 +176,7 @@ mod tests {
         };
         PatchSet {
             dir: PathBuf::from("p"),
+            baselines: Vec::new(),
             patches: vec![
                 p((1, 0, 0), PatchType::Std),
                 p((1, 1, 0), PatchType::Direct),

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::patch::{
-    checksum, parse_file_name, parse_header, CopyBlock, Patch, PatchType, PatchVersion,
-    StatementSpan,
+    checksum, parse_baseline_name, parse_file_name, parse_header, CopyBlock, Patch, PatchType,
+    PatchVersion, StatementSpan,
 };
 use super::sql;
 
@@ -41,6 +41,9 @@ impl fmt::Display for Finding {
 pub struct PatchSet {
     pub dir: PathBuf,
     pub patches: Vec<Patch>,
+    /// `baseline-M-m-p.sql` files, in version order: the whole schema as of that version,
+    /// for new nodes. Loaded and checked as patches are (kind `std`: one transaction).
+    pub baselines: Vec<Patch>,
     pub findings: Vec<Finding>,
 }
 
@@ -53,6 +56,11 @@ impl PatchSet {
         self.findings
             .iter()
             .filter(|f| f.severity == Severity::Error)
+    }
+
+    /// The newest baseline, the one new nodes get.
+    pub fn newest_baseline(&self) -> Option<&Patch> {
+        self.baselines.last()
     }
 
     pub fn get(&self, version: PatchVersion) -> Option<&Patch> {
@@ -101,6 +109,7 @@ pub fn discover(dir: &Path, strict: bool) -> Result<PatchSet, DiscoverError> {
 
     let mut findings = Vec::new();
     let mut named: Vec<(PatchVersion, PatchType, PathBuf)> = Vec::new();
+    let mut baseline_names: Vec<(PatchVersion, PathBuf)> = Vec::new();
     let display = |name: &str| dir.join(name).display().to_string();
     for name in names {
         let name = match name {
@@ -113,6 +122,17 @@ pub fn discover(dir: &Path, strict: bool) -> Result<PatchSet, DiscoverError> {
                 continue;
             }
         };
+        match parse_baseline_name(&name) {
+            Some(Ok(version)) => {
+                baseline_names.push((version, dir.join(&name)));
+                continue;
+            }
+            Some(Err(why)) => {
+                findings.push(error(format!("{}: bad file name: {why}", display(&name))));
+                continue;
+            }
+            None => {}
+        }
         let (version, kind) = match parse_file_name(&name) {
             Ok(v) => v,
             Err(why) => {
@@ -143,9 +163,27 @@ pub fn discover(dir: &Path, strict: bool) -> Result<PatchSet, DiscoverError> {
     for (version, kind, path) in named.iter().cloned() {
         let first = previous != Some(version);
         previous = Some(version);
-        match load(version, kind, path) {
+        match load(version, kind, path, false) {
             Ok(patch) if first => patches.push(patch),
             Ok(_) => {}
+            Err(messages) => findings.extend(messages.into_iter().map(error)),
+        }
+    }
+
+    // Baselines: one per version, checked like patches.
+    baseline_names.sort();
+    let mut baselines: Vec<Patch> = Vec::with_capacity(baseline_names.len());
+    for (version, path) in baseline_names {
+        if let Some(earlier) = baselines.last().filter(|b| b.version == version) {
+            findings.push(error(format!(
+                "{} and {}: both are baseline {version}",
+                earlier.path.display(),
+                path.display()
+            )));
+            continue;
+        }
+        match load(version, PatchType::Std, path, true) {
+            Ok(b) => baselines.push(b),
             Err(messages) => findings.extend(messages.into_iter().map(error)),
         }
     }
@@ -167,12 +205,19 @@ pub fn discover(dir: &Path, strict: bool) -> Result<PatchSet, DiscoverError> {
     Ok(PatchSet {
         dir: dir.to_path_buf(),
         patches,
+        baselines,
         findings,
     })
 }
 
-/// Reads and checks one well-named patch file; each error names the file (and line).
-fn load(version: PatchVersion, kind: PatchType, path: PathBuf) -> Result<Patch, Vec<String>> {
+/// Reads and checks one well-named patch file (or baseline file, `baseline`: it runs as a
+/// `std` patch does, in one transaction); each error names the file (and line).
+fn load(
+    version: PatchVersion,
+    kind: PatchType,
+    path: PathBuf,
+    baseline: bool,
+) -> Result<Patch, Vec<String>> {
     let bytes =
         std::fs::read(&path).map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
     let checksum = checksum(&bytes);
@@ -190,6 +235,7 @@ fn load(version: PatchVersion, kind: PatchType, path: PathBuf) -> Result<Patch, 
                 path.display(),
                 s.line,
                 match kind {
+                    _ if baseline => "a baseline runs inside one transaction pgconvoy opens on each new node",
                     PatchType::Std => "a `std` patch runs inside the master's claim transaction",
                     PatchType::Direct => "a `direct` patch runs inside a transaction pgconvoy opens on each node (on the master, the claim)",
                     PatchType::Concurrent => "a `concurrent` patch runs outside any transaction, one statement at a time",
@@ -292,7 +338,13 @@ mod tests {
         let body = "CREATE TABLE t (a int);\nCOPY t FROM stdin;\n1\n2\n\\.\nSELECT 1;\nCOPY t (a) FROM stdin;\n\\.\n";
         let path = dir.path().join("patch-1-0-0-std.sql");
         std::fs::write(&path, body).unwrap();
-        let p = load(PatchVersion::new(1, 0, 0), PatchType::Std, path.clone()).unwrap();
+        let p = load(
+            PatchVersion::new(1, 0, 0),
+            PatchType::Std,
+            path.clone(),
+            false,
+        )
+        .unwrap();
         assert_eq!(p.statements.len(), 4);
         let first = p.copy_block(1).expect("statement 1 is a COPY");
         assert_eq!((p.copy_text(first), first.line), ("1\n2\n", 3));
@@ -301,13 +353,19 @@ mod tests {
         assert_eq!(p.statements[2].line, 6);
 
         std::fs::write(&path, "SELECT 1;\nBEGIN;\nSELECT 2;\nCOMMIT;\n").unwrap();
-        let errors = load(PatchVersion::new(1, 0, 0), PatchType::Direct, path.clone()).unwrap_err();
+        let errors = load(
+            PatchVersion::new(1, 0, 0),
+            PatchType::Direct,
+            path.clone(),
+            false,
+        )
+        .unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("line 2: `BEGIN`"), "{errors:?}");
         assert!(errors[1].contains("line 4: `COMMIT`"), "{errors:?}");
 
         std::fs::write(&path, "-- nothing\n").unwrap();
-        let errors = load(PatchVersion::new(1, 0, 0), PatchType::Std, path).unwrap_err();
+        let errors = load(PatchVersion::new(1, 0, 0), PatchType::Std, path, false).unwrap_err();
         assert!(errors[0].contains("no statements"), "{errors:?}");
     }
 

@@ -196,6 +196,12 @@ pub struct Patch {
 }
 
 impl Patch {
+    /// Whether this is a `baseline-M-m-p.sql` file (the schema as of its version, for new
+    /// nodes) rather than a patch.
+    pub fn is_baseline(&self) -> bool {
+        self.file_name().starts_with("baseline-")
+    }
+
     pub fn file_name(&self) -> String {
         self.path
             .file_name()
@@ -230,6 +236,17 @@ pub fn checksum(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The version of `baseline-MAJOR-MINOR-POINT.sql`; `None` when the name does not start
+/// with `baseline-` (then it is no baseline at all), an error when it does but is malformed.
+pub fn parse_baseline_name(name: &str) -> Option<Result<PatchVersion, String>> {
+    const HINT: &str = "expected baseline-MAJOR-MINOR-POINT.sql";
+    let stem = name.strip_prefix("baseline-")?;
+    let Some(stem) = stem.strip_suffix(".sql") else {
+        return Some(Err(HINT.to_string()));
+    };
+    Some(stem.parse::<PatchVersion>().map_err(|_| HINT.to_string()))
 }
 
 /// Splits `patch-MAJOR-MINOR-POINT-TYPE.sql` into its version and type.
@@ -296,6 +313,23 @@ mod tests {
         ] {
             assert!(parse_file_name(name).is_err(), "{name}");
         }
+    }
+
+    #[test]
+    fn baseline_names() {
+        assert_eq!(
+            parse_baseline_name("baseline-1-2-0.sql"),
+            Some(Ok(PatchVersion::new(1, 2, 0)))
+        );
+        assert_eq!(parse_baseline_name("patch-1-2-0-std.sql"), None);
+        assert!(matches!(
+            parse_baseline_name("baseline-1-2.sql"),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            parse_baseline_name("baseline-1-2-0-std.sql"),
+            Some(Err(_))
+        ));
     }
 
     #[test]

@@ -32,6 +32,7 @@ use watch::ReplicationWatch;
 
 mod apply;
 mod atomic;
+mod baseline;
 mod body;
 mod catch_up;
 mod concurrent;
@@ -73,11 +74,23 @@ pub struct CaughtUp {
     pub missing: Vec<String>,
 }
 
+/// A new node given the newest baseline.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Baselined {
+    pub node: String,
+    /// The baseline file.
+    pub baseline: String,
+    /// Versions its (main) ledger records as applied by the baseline.
+    pub recorded: Vec<String>,
+}
+
 /// Everything a run did, for the summary.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RunReport {
     /// Patches stamped done on the master, in order.
     pub applied: Vec<String>,
+    /// New nodes given the newest baseline, before anything else.
+    pub baselined: Vec<Baselined>,
     /// Nodes brought up to date with patches the cluster had finished, before new ones.
     pub caught_up: Vec<CaughtUp>,
     pub results: Vec<NodeResult>,
@@ -178,13 +191,43 @@ async fn upgrade_inner(
     let ledger = Ledger::new(config.ledger.clone());
     let lock = acquire_lock(cluster, &ledger, opts.wait, reporter).await?;
 
-    let ledgers = refuse_or_read(config, cluster, patches, &ledger).await?;
-    let pending = plan::pending(patches, &ledgers[0]);
-    let mut schedule =
-        plan::schedule(plan::groups(&pending), &opts.selection).map_err(Error::Refused)?;
+    let mut ledgers = refuse_or_read(config, cluster, patches, &ledger).await?;
     let selected: Vec<bool> = (0..cluster.nodes.len())
         .map(|i| opts.nodes.is_empty() || opts.nodes.contains(&i))
         .collect();
+    if let Some(file) = patches.newest_baseline() {
+        let candidates: Vec<usize> = (0..cluster.nodes.len())
+            .filter(|&i| selected[i])
+            .filter(|&i| {
+                crate::lifecycle::baseline::may_be_new(
+                    cluster.nodes[i].role(),
+                    config.replication,
+                    &ledgers[i],
+                )
+            })
+            .collect();
+        let new = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            crate::lifecycle::baseline::new_nodes(cluster, &candidates).await?
+        };
+        if !new.is_empty() {
+            let c = coordinator(config, cluster, &ledger, &ledgers, reporter, &selected);
+            let r = c.baseline(file, patches, &new, report).await;
+            report
+                .notes
+                .append(&mut c.notes.lock().unwrap_or_else(|p| p.into_inner()));
+            if let Err(e) = r {
+                release_lock(lock, &ledger).await;
+                return Err(e);
+            }
+            // Plan on what the baselines recorded.
+            ledgers = refuse_or_read(config, cluster, patches, &ledger).await?;
+        }
+    }
+    let pending = plan::pending(patches, &ledgers[0]);
+    let mut schedule =
+        plan::schedule(plan::groups(&pending), &opts.selection).map_err(Error::Refused)?;
     // Without the master, the run stops where the master must act first.
     let master_left_out = if selected[0] {
         None
@@ -217,7 +260,9 @@ async fn upgrade_inner(
         );
     }
     if scheduled == 0 && catch_up.is_empty() {
-        let what = if opts.nodes.is_empty() {
+        let what = if !report.baselined.is_empty() {
+            "nothing else to do"
+        } else if opts.nodes.is_empty() {
             "nothing to do: the cluster is up to date"
         } else {
             "nothing to do on the nodes --node names"
@@ -246,23 +291,7 @@ async fn upgrade_inner(
     }
     ensure_master_ledger(cluster, &ledger).await?;
 
-    let coordinator = Coordinator {
-        cluster,
-        ledger: &ledger,
-        ledgers: &ledgers,
-        reporter,
-        applied_by: applied_by(),
-        policy: RetryPolicy {
-            lock_timeout: config.lock_timeout,
-            retries: config.lock_retries,
-        },
-        atomic: config.atomic_direct,
-        replication: config.replication,
-        replication_timeout: config.replication_timeout,
-        ensured: Mutex::new(HashSet::new()),
-        notes: Mutex::new(Vec::new()),
-        selected,
-    };
+    let coordinator = coordinator(config, cluster, &ledger, &ledgers, reporter, &selected);
     // Below everything pending: no node may run a patch before the ones under it.
     let caught = coordinator.catch_up(&catch_up, report).await;
     report
@@ -289,6 +318,34 @@ async fn upgrade_inner(
     }
     release_lock(lock, &ledger).await;
     outcome
+}
+
+/// The run's shared state, on the ledgers as read.
+fn coordinator<'a>(
+    config: &Config,
+    cluster: &'a Cluster,
+    ledger: &'a Ledger,
+    ledgers: &'a [NodeLedger],
+    reporter: &'a dyn Reporter,
+    selected: &[bool],
+) -> Coordinator<'a> {
+    Coordinator {
+        cluster,
+        ledger,
+        ledgers,
+        reporter,
+        applied_by: applied_by(),
+        policy: RetryPolicy {
+            lock_timeout: config.lock_timeout,
+            retries: config.lock_retries,
+        },
+        atomic: config.atomic_direct,
+        replication: config.replication,
+        replication_timeout: config.replication_timeout,
+        ensured: Mutex::new(HashSet::new()),
+        notes: Mutex::new(Vec::new()),
+        selected: selected.to_vec(),
+    }
 }
 
 /// Reads every node; refuses (before anything is written) a topology that contradicts

@@ -16,12 +16,13 @@ use std::fmt::Write as _;
 
 use crate::config::{Config, NodeConfig, NodeName, Replication, Role};
 use crate::db::cluster::Cluster;
-use crate::db::ledger::{Book, Ledger, NodeLedger, RowParams};
+use crate::db::ledger::{BaselineRows, Book, Ledger, NodeLedger, RowParams};
 use crate::db::libpq::params::{ConnParams, HostName, TargetSessionAttrs};
 use crate::db::pipeline::SAVEPOINT;
 use crate::db::quote::{bind, quote_ident, quote_literal};
 use crate::error::Error;
 use crate::identity::Identity;
+use crate::lifecycle::baseline;
 use crate::output::timestamp::rfc3339;
 use crate::patches::discover::PatchSet;
 use crate::patches::patch::{Patch, PatchOrder, PatchType};
@@ -50,7 +51,24 @@ pub async fn scripts(
 ) -> Result<Vec<NodeScript>, Error> {
     let cluster = Cluster::new(config);
     let ledger = Ledger::new(config.ledger.clone());
-    let ledgers = super::refuse_or_read(config, &cluster, patches, &ledger).await?;
+    let mut ledgers = super::refuse_or_read(config, &cluster, patches, &ledger).await?;
+    // New nodes get the newest baseline first, as in a run; the rest is planned on the
+    // ledger it leaves.
+    let mut new = Vec::new();
+    if let Some(file) = patches.newest_baseline() {
+        let role = |i: usize| cluster.nodes[i].role();
+        let candidates: Vec<usize> = nodes
+            .iter()
+            .copied()
+            .filter(|&i| baseline::may_be_new(role(i), config.replication, &ledgers[i]))
+            .collect();
+        if !candidates.is_empty() {
+            new = baseline::new_nodes(&cluster, &candidates).await?;
+        }
+        for &i in &new {
+            ledgers[i] = baseline::ledger_after(patches, file, role(i), config.replication);
+        }
+    }
     let pending = plan::pending(patches, &ledgers[0]);
     let schedule = plan::schedule(plan::groups(&pending), selection).map_err(Error::Refused)?;
     let scheduled: Vec<&Patch> = schedule
@@ -75,6 +93,7 @@ pub async fn scripts(
                 &ledgers[i],
                 &scheduled,
                 nodes.len() > 1,
+                patches.newest_baseline().filter(|_| new.contains(&i)),
             )
         })
         .collect())
@@ -117,6 +136,7 @@ impl Writer<'_> {
         l: &NodeLedger,
         scheduled: &[&Patch],
         several: bool,
+        baseline: Option<&Patch>,
     ) -> NodeScript {
         let role = node.role;
         // A run catches a node up with what the cluster finished before anything new.
@@ -132,10 +152,17 @@ impl Writer<'_> {
                 .collect();
         let mut s = String::new();
         self.header(&mut s, node, &parts, scheduled);
+        if let Some(b) = baseline {
+            let _ = writeln!(
+                s,
+                "-- this node is new (no ledger, no user relations): it gets {} first",
+                b.file_name()
+            );
+        }
         if several {
             let _ = writeln!(s, "\\connect {}", quote_literal(&conninfo(&node.conn)));
         }
-        if parts.is_empty() {
+        if parts.is_empty() && baseline.is_none() {
             s.push_str(
                 if role == Role::Replica && self.config.replication == Replication::Physical {
                     "-- hot standby: it replays the master's WAL; nothing is sent to it.\n"
@@ -151,14 +178,7 @@ impl Writer<'_> {
         }
         s.push_str("\\set ON_ERROR_STOP on\n");
         s.push_str("SET application_name = 'pgconvoy';\n");
-        let _ = writeln!(
-            s,
-            "SET lock_timeout = '{}ms';",
-            self.config.lock_timeout.as_millis().max(1)
-        );
-        if let Some(t) = self.config.statement_timeout {
-            let _ = writeln!(s, "SET statement_timeout = '{}ms';", t.as_millis().max(1));
-        }
+        self.session_settings(&mut s);
         if i == 0 {
             let _ = writeln!(
                 s,
@@ -175,6 +195,9 @@ impl Writer<'_> {
         } else {
             &[Book::Main]
         };
+        if let Some(b) = baseline {
+            self.baseline(&mut s, b, node.role, books);
+        }
         for book in books {
             s.push_str(&self.ledger.ensure_script(*book));
         }
@@ -338,6 +361,55 @@ impl Writer<'_> {
                 self.own(s, patch, Book::Main, l);
             }
         }
+    }
+
+    fn session_settings(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "SET lock_timeout = '{}ms';",
+            self.config.lock_timeout.as_millis().max(1)
+        );
+        if let Some(t) = self.config.statement_timeout {
+            let _ = writeln!(s, "SET statement_timeout = '{}ms';", t.as_millis().max(1));
+        }
+    }
+
+    /// A new node's baseline as a run gives it ([`super::baseline`]): one transaction with
+    /// the ledger created, the body, the rows of the patches it stands for; then the
+    /// session's settings back (a baseline from `pg_dump` changes them; a run closes
+    /// that session).
+    fn baseline(&self, s: &mut String, file: &Patch, role: Role, books: &[Book]) {
+        let _ = writeln!(
+            s,
+            "-- baseline {} (the schema as of {}): the ledger, the body, the rows of the patches it stands for, in one transaction",
+            file.file_name(),
+            file.version
+        );
+        s.push_str("BEGIN;\n");
+        for book in books {
+            self.own_stmt(s, &self.ledger.ddl(*book));
+        }
+        self.body(s, file);
+        let rows = baseline::rows(self.patches, file, role, self.config.replication);
+        let applied_by = Identity::current().applied_by(&format!(
+            "baseline {} (upgrade --sql script)",
+            file.file_name()
+        ));
+        for book in books {
+            let r = BaselineRows::new(
+                rows.iter().filter(|(b, _)| b == book).map(|(_, p)| *p),
+                &applied_by,
+            );
+            if !r.is_empty() {
+                self.own_stmt(
+                    s,
+                    &bind(&self.ledger.record_baseline_sql(*book), &r.literals()),
+                );
+            }
+        }
+        s.push_str("COMMIT;\nRESET ALL;\nSET application_name = 'pgconvoy';\n");
+        self.session_settings(s);
+        s.push('\n');
     }
 
     fn title(&self, s: &mut String, patch: &Patch, what: &str) {

@@ -401,6 +401,7 @@ mod tests {
         PatchSet {
             dir: PathBuf::from("p"),
             patches: ps,
+            baselines: Vec::new(),
             findings: Vec::new(),
         }
     }

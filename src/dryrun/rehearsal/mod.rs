@@ -394,6 +394,17 @@ pub async fn rehearse(
             error: error.as_deref(),
         });
         out.patches.push(pr);
+        if patch.is_baseline() && broken.is_none() {
+            // A baseline from `pg_dump` sets `search_path` (to nothing) and the timeouts for
+            // the session; a run closes that session, the rehearsal goes on in it.
+            let reset = format!(
+                "SET search_path TO DEFAULT; SET LOCAL lock_timeout = '{}ms'; SET statement_timeout TO DEFAULT",
+                lock_timeout.as_millis()
+            );
+            if let Err(e) = tx.client().batch_execute(&reset).await {
+                broken = Some(format!("the rehearsal session failed: {e}"));
+            }
+        }
     }
     drop(r);
     tx.rollback().await;
