@@ -149,6 +149,32 @@ fn versioned_package_is_callable_and_recorded_on_every_node() {
     // Same version, same files: nothing to do.
     f.run(&["deploy"]).expect(0).says("nothing to do");
     assert_eq!(live(&f, 1).len(), 1);
+    // `history` lists the deployments of every node.
+    let h = f.run(&["history", "--format", "json"]);
+    h.expect(0);
+    let doc: serde_json::Value = serde_json::from_str(&h.stdout()).unwrap();
+    let deployed: Vec<String> = doc["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} {} {}",
+                d["node"], d["name"], d["version"], d["state"]
+            )
+        })
+        .collect();
+    assert_eq!(deployed.len(), 3, "{deployed:?}");
+    for n in 0..3 {
+        assert!(
+            deployed.contains(&format!("\"node{n}\" \"billing\" \"1.9.0\" \"live\"")),
+            "{deployed:?}"
+        );
+    }
+    f.run(&["history"])
+        .expect(0)
+        .says("package deployments:")
+        .says("billing_1_9_0");
 }
 
 // --- Done when: version bump, both schemas, each with its own code -------------------

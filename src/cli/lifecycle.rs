@@ -301,6 +301,45 @@ fn render_history(r: &History, failures: &[Error], out: &mut dyn Write) -> io::R
             out,
         )?;
     }
+    if !r.deployments.is_empty() {
+        writeln!(out, "\npackage deployments:")?;
+        let rows: Vec<Vec<String>> = r
+            .deployments
+            .iter()
+            .map(|n| {
+                let d = &n.deployment;
+                let state = match (&d.aside_schema, &d.retired_at) {
+                    (Some(aside), Some(at)) => format!("{} (as {aside}, {at})", d.state),
+                    (None, Some(at)) => format!("{} ({at})", d.state),
+                    _ => d.state.clone(),
+                };
+                vec![
+                    d.deployed_at.clone(),
+                    n.node.to_string(),
+                    d.name.clone(),
+                    d.version.clone(),
+                    d.schema.clone(),
+                    d.mode.clone(),
+                    state,
+                    d.deployed_by.clone(),
+                ]
+            })
+            .collect();
+        text_table(
+            &[
+                "deployed",
+                "node",
+                "package",
+                "version",
+                "schema",
+                "mode",
+                "state",
+                "deployed_by",
+            ],
+            &rows,
+            out,
+        )?;
+    }
     for e in failures {
         writeln!(out, "{}", e.chain())?;
     }

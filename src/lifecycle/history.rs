@@ -1,5 +1,6 @@
 //! `history`: every ledger row of every node (or the `--node` ones), oldest first —
-//! node, version, type, start, end, duration, attempts and who applied it. Reads only.
+//! node, version, type, start, end, duration, attempts and who applied it — and every
+//! node's code package deployments (`pgconvoy.package`), oldest first. Reads only.
 
 use futures::stream::{self, StreamExt};
 
@@ -7,6 +8,7 @@ use crate::config::{Config, NodeName};
 use crate::db::cluster::Cluster;
 use crate::db::ledger::{HistoryRow, Ledger};
 use crate::error::Error;
+use crate::packages::record::{Deployment, PackageBook};
 
 use super::select;
 
@@ -18,10 +20,20 @@ pub struct NodeRow {
     pub row: HistoryRow,
 }
 
+/// One deployment of a code package on one node (`deploy`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeDeployment {
+    pub node: NodeName,
+    #[serde(flatten)]
+    pub deployment: Deployment,
+}
+
 /// Every row, oldest first, and the nodes that could not be read.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct History {
     pub rows: Vec<NodeRow>,
+    /// Package deployments of every node read, oldest first.
+    pub deployments: Vec<NodeDeployment>,
     /// Nodes read (in config order).
     pub nodes: Vec<NodeName>,
     #[serde(skip)]
@@ -44,23 +56,32 @@ pub async fn history(config: &Config, nodes: &[String]) -> Result<History, Error
     let nodes = select(config, nodes)?;
     let cluster = Cluster::new(config);
     let ledger = Ledger::new(config.ledger.clone());
-    let results: Vec<(usize, Result<Vec<HistoryRow>, Error>)> = stream::iter(nodes)
+    let book = PackageBook::new(&config.ledger.schema);
+    type Read = (Vec<HistoryRow>, Vec<Deployment>);
+    let results: Vec<(usize, Result<Read, Error>)> = stream::iter(nodes)
         .map(|i| {
             let cluster = &cluster;
             let ledger = &ledger;
+            let book = &book;
             async move {
                 let node = &cluster.nodes[i];
                 let r = async {
                     let session = node.session().await.map_err(|e| node.unreachable(e))?;
-                    ledger
+                    let failed = |action, failure| Error::Node {
+                        node: node.name().clone(),
+                        master: i == 0,
+                        action,
+                        failure: Box::new(failure),
+                    };
+                    let rows = ledger
                         .history(session.client())
                         .await
-                        .map_err(|failure| Error::Node {
-                            node: node.name().clone(),
-                            master: i == 0,
-                            action: "read the ledger",
-                            failure: Box::new(failure),
-                        })
+                        .map_err(|f| failed("read the ledger", f))?;
+                    let deployments = book
+                        .deployments(session.client())
+                        .await
+                        .map_err(|f| failed("read the package records", f))?;
+                    Ok((rows, deployments))
                 }
                 .await;
                 (i, r)
@@ -74,9 +95,14 @@ pub async fn history(config: &Config, nodes: &[String]) -> Result<History, Error
     for (i, r) in results {
         let name = cluster.nodes[i].name().clone();
         match r {
-            Ok(rows) => {
+            Ok((rows, deployments)) => {
                 out.nodes.push(name.clone());
                 keyed.extend(rows.into_iter().map(|row| (i, row)));
+                out.deployments
+                    .extend(deployments.into_iter().map(|deployment| NodeDeployment {
+                        node: name.clone(),
+                        deployment,
+                    }));
             }
             Err(e) => out.failures.push(e),
         }
@@ -95,6 +121,9 @@ pub async fn history(config: &Config, nodes: &[String]) -> Result<History, Error
                 y.book == crate::db::ledger::Book::Local,
             ))
     });
+    // RFC 3339 UTC to the second sorts as text; ties in config order (stable sort).
+    out.deployments
+        .sort_by(|a, b| a.deployment.deployed_at.cmp(&b.deployment.deployed_at));
     out.rows = keyed
         .into_iter()
         .map(|(i, row)| NodeRow {
