@@ -8,8 +8,8 @@
 //!
 //! 1. fan-out: one `concurrent` patch (`CREATE INDEX CONCURRENTLY`) on 3 nodes vs `psql`
 //!    on one node, on the 3 in parallel (the physical limit) and one after the other;
-//! 2. per-patch overhead: tiny `std` patches on one node vs `psql -1 -f` of the same SQL,
-//!    tiny `direct` patches on 3 nodes vs 3 parallel `psql -1 -f`;
+//! 2. per-patch overhead: 200 and 1,000 tiny `std` patches on one node vs `psql -1 -f` of
+//!    the same SQL, tiny `direct` patches on 3 nodes vs 3 parallel `psql -1 -f`;
 //! 3. scale: `status` and one `direct` patch on 4, 16, 64 and 1,000 nodes (databases over
 //!    4 servers; `--quick`: up to 64): time per node, peak coordinator RSS, most
 //!    connections held;
@@ -67,6 +67,9 @@ pub(crate) struct Settings {
     pub(crate) fanout_rows: u64,
     /// Tiny patches in figure 2.
     pub(crate) tiny_patches: usize,
+    /// Tiny patches in figure 2's side-by-side case (issue 16's goals for the lockstep and
+    /// the per-patch overhead are set on 200).
+    pub(crate) side_by_side_patches: usize,
     /// Node counts of figure 3.
     pub(crate) scale_nodes: Vec<usize>,
     /// Patch files of figure 4.
@@ -106,6 +109,7 @@ impl Settings {
             reps: if quick { 3 } else { 7 },
             fanout_rows: if quick { 200_000 } else { 2_000_000 },
             tiny_patches: 1000,
+            side_by_side_patches: 200,
             scale_nodes: if quick {
                 vec![4, 16, 64]
             } else {
@@ -160,6 +164,22 @@ fn main() {
     std::fs::create_dir_all(path.parent().expect("has a parent")).expect("create bench/out");
     std::fs::write(&path, &md).expect("write bench/out/results.md");
     println!("{md}");
+    // The README's summary shows full-size figures only.
+    if !bench.settings.quick {
+        let stamp = format!(
+            "{}, load average {} → {}{}",
+            today(),
+            bench.load_before,
+            load_average(),
+            niceness()
+        );
+        let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+        match update_readme(&readme, &out, &stamp) {
+            Ok(true) => eprintln!("bench: updated the performance summary in README.md"),
+            Ok(false) => eprintln!("bench: README.md has no performance summary section"),
+            Err(e) => eprintln!("bench: README.md: {e}"),
+        }
+    }
     eprintln!(
         "bench: wrote {} in {:.0} s",
         path.display(),

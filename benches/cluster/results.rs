@@ -13,6 +13,67 @@ pub(crate) struct Results {
     /// Rows of the breakdown table (figure 5, server log).
     pub(crate) breakdown: Vec<[String; 7]>,
     pub(crate) notes: Vec<String>,
+    /// The README's performance summary: (figure, one line) for every row with a goal.
+    pub(crate) summary: Vec<(String, String)>,
+}
+
+/// `what` without its parenthesized asides (the README's summary keeps to one short line).
+fn without_parentheses(what: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0usize;
+    for c in what.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace(" ,", ",")
+}
+
+/// The README section `bench/run` owns.
+const README_BEGIN: &str = "<!-- performance summary: written by bench/run, do not edit -->";
+const README_END: &str = "<!-- end of the performance summary -->";
+
+/// Rewrites the README's performance summary: the lines of the figures this run measured
+/// are replaced, those of figures it did not run are kept (with the date and load of the
+/// run that measured them). Returns false when the README has no such section.
+pub(crate) fn update_readme(readme: &Path, results: &Results, stamp: &str) -> io::Result<bool> {
+    let text = std::fs::read_to_string(readme)?;
+    let (Some(b), Some(e)) = (text.find(README_BEGIN), text.find(README_END)) else {
+        return Ok(false);
+    };
+    let body_start = b + README_BEGIN.len();
+    let ran: Vec<&str> = results.summary.iter().map(|(f, _)| f.as_str()).collect();
+    // Kept lines: `- Figure N …` of figures not run this time.
+    let mut lines: Vec<(u32, String)> = text[body_start..e]
+        .lines()
+        .filter_map(|l| {
+            let n = l.strip_prefix("- Figure ")?.split([' ', ',']).next()?;
+            (!ran.contains(&n)).then(|| (n.parse().unwrap_or(0), l.to_string()))
+        })
+        .collect();
+    for (fig, line) in &results.summary {
+        lines.push((
+            fig.parse().unwrap_or(0),
+            format!("- Figure {fig} ({stamp}): {line}"),
+        ));
+    }
+    lines.sort_by_key(|(n, _)| *n);
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..body_start]);
+    out.push('\n');
+    for (_, l) in &lines {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out.push_str(&text[e..]);
+    std::fs::write(readme, out)?;
+    Ok(true)
 }
 
 /// `, at nice N` when the bench ran at another priority than the default (on a machine
@@ -63,6 +124,15 @@ pub(crate) fn source_revision() -> String {
     }
 }
 
+/// Today's date (UTC), `YYYY-MM-DD`.
+pub(crate) fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 pub(crate) fn secs(s: f64) -> String {
     if s < 1.0 {
         format!("{:.0} ms", s * 1000.0)
@@ -107,6 +177,18 @@ impl Results {
         goal: String,
     ) {
         eprintln!("bench: [{fig}] {what}: {ours} | {base} | {ratio} | {goal}");
+        if goal != "—" {
+            let ratio = ratio.replace("**", "");
+            let result = if ratio == "—" { ours.clone() } else { ratio };
+            self.summary.push((
+                fig.to_string(),
+                format!(
+                    "{}: {result}; goal {}",
+                    without_parentheses(what),
+                    goal.replace("**", "")
+                ),
+            ));
+        }
         self.rows
             .push([fig.into(), what.into(), ours, base, ratio, goal]);
     }
@@ -123,11 +205,7 @@ impl Results {
             })
             .unwrap_or_else(|| "unknown cpu".into());
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-        let date = Command::new("date")
-            .args(["-u", "+%Y-%m-%d"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
+        let date = today();
         let mut md = String::new();
         let _ = writeln!(
             md,
