@@ -89,10 +89,15 @@ impl Settings {
     pub(crate) fn from_args() -> Settings {
         let mut quick = false;
         let mut only = Vec::new();
+        let mut reps = None;
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => quick = true,
+                "--reps" => {
+                    reps = args.next().and_then(|n| n.parse().ok());
+                    assert!(reps.is_some_and(|n| n > 0), "--reps takes a count");
+                }
                 "--only" => {
                     let list = args.next().unwrap_or_default();
                     only = list
@@ -106,7 +111,7 @@ impl Settings {
         }
         Settings {
             quick,
-            reps: if quick { 3 } else { 7 },
+            reps: reps.unwrap_or(if quick { 3 } else { 7 }),
             fanout_rows: if quick { 200_000 } else { 2_000_000 },
             tiny_patches: 1000,
             side_by_side_patches: 200,
