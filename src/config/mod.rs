@@ -20,9 +20,11 @@ use crate::db::libpq::params::{self, Environment};
 mod duration;
 mod node;
 pub mod package;
+pub mod slony;
 
 pub use duration::parse_duration;
 pub use node::{NodeConfig, NodeName, Role};
+pub use slony::{SlonyClusterName, SlonyConfig};
 
 use duration::RawDuration;
 use node::RawNode;
@@ -75,6 +77,9 @@ pub enum Replication {
     Logical,
     /// The replicas are hot standbys: they take no DDL, they replay the master's WAL.
     Physical,
+    /// Slony-I: `std` patches go through `slonik EXECUTE SCRIPT` on the origin (the master),
+    /// which replays them on every subscriber; see the `slony:` block.
+    Slony,
 }
 
 impl fmt::Display for Replication {
@@ -83,6 +88,7 @@ impl fmt::Display for Replication {
             Replication::None => "none",
             Replication::Logical => "logical",
             Replication::Physical => "physical",
+            Replication::Slony => "slony",
         })
     }
 }
@@ -158,6 +164,8 @@ pub struct Config {
     pub replication: Replication,
     /// With logical replication: the master's publication new tables are added to.
     pub publication: Option<String>,
+    /// With `replication: slony`: the Slony-I cluster, set and node ids.
+    pub slony: Option<SlonyConfig>,
     /// How long to wait for subscribers or standbys to catch up.
     pub replication_timeout: Duration,
     /// Dry run: other sessions whose transaction (or query) is older than this are reported.
@@ -252,6 +260,23 @@ impl Config {
         let (master, replicas) =
             nodes(raw.master, raw.replicas, base, env, t.connect).map_err(invalid)?;
         let warnings = node_warnings(&master, &replicas);
+        let slony = match (raw.replication, raw.slony) {
+            (Replication::Slony, None) => {
+                return Err(invalid(
+                    "`replication: slony` needs a `slony:` block (cluster, set, nodes)".into(),
+                ))
+            }
+            (Replication::Slony, Some(block)) => {
+                let names: Vec<&NodeName> = std::iter::once(&master.name)
+                    .chain(replicas.iter().map(|r| &r.name))
+                    .collect();
+                Some(block.check(&names).map_err(invalid)?)
+            }
+            (_, Some(_)) => {
+                return Err(invalid("key `slony` needs `replication: slony`".into()));
+            }
+            (_, None) => None,
+        };
         let ledger = LedgerTable::parse(raw.ledger_table.as_deref().unwrap_or(DEFAULT_LEDGER))
             .map_err(|m| invalid(format!("key `ledger_table`: {m}")))?;
         let pool_size = positive("pool_size", raw.pool_size, DEFAULT_POOL_SIZE).map_err(invalid)?;
@@ -279,6 +304,7 @@ impl Config {
             atomic_direct: raw.atomic_direct,
             replication: raw.replication,
             publication,
+            slony,
             replication_timeout: t.replication,
             long_running_threshold: t.long_running,
             lag_threshold: t.lag,
@@ -474,6 +500,7 @@ struct RawConfig {
     #[serde(default)]
     replication: Replication,
     publication: Option<String>,
+    slony: Option<slony::RawSlony>,
     replication_timeout: Option<RawDuration>,
     long_running_threshold: Option<RawDuration>,
     lag_threshold: Option<RawDuration>,
@@ -713,6 +740,43 @@ mod tests {
         assert!(e.contains("streaming"), "{e}");
         let e = load(&d, &format!("publication: p\n{OK}")).unwrap_err();
         assert!(e.contains("replication: logical"), "{e}");
+    }
+
+    #[test]
+    fn slony_block_goes_with_replication_slony() {
+        let d = dir();
+        let block = "slony:\n  cluster: convoy\n  set: 1\n  nodes: {node0: 1, node1: 2}\n";
+        let c = load(&d, &format!("replication: slony\n{block}{OK}")).unwrap();
+        assert_eq!(c.replication, Replication::Slony);
+        let s = c.slony.unwrap();
+        assert_eq!(s.cluster.schema(), "_convoy");
+        assert_eq!(s.node_id(&c.master.name), 1);
+        assert_eq!(
+            c.replicas[0].conninfo,
+            "dbname=app host=db1 port=5433 user=migrator"
+        );
+        let e = load(&d, &format!("replication: slony\n{OK}")).unwrap_err();
+        assert!(e.contains("`slony:`"), "{e}");
+        let e = load(&d, &format!("{block}{OK}")).unwrap_err();
+        assert!(e.contains("replication: slony"), "{e}");
+        let e = load(
+            &d,
+            &format!(
+                "replication: slony\n{}{OK}",
+                block.replace(", node1: 2", "")
+            ),
+        )
+        .unwrap_err();
+        assert!(e.contains("`node1`") && e.contains("cluster.yaml"), "{e}");
+        let e = load(
+            &d,
+            &format!(
+                "replication: slony\n{}{OK}",
+                block.replace("set: 1", "sett: 1")
+            ),
+        )
+        .unwrap_err();
+        assert!(e.contains("sett"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::db::libpq::params::{self, ConnParams, Environment, HostSpec};
+use crate::db::libpq::conninfo;
+use crate::db::libpq::params::{self, ConnParams, Environment, HostName, HostSpec};
 use crate::db::libpq::Secret;
 
 /// A node's name as written in `cluster.yaml`: non-empty, unique, and made of
@@ -71,17 +72,22 @@ pub struct NodeConfig {
     pub conn: ConnParams,
     /// `host:port/dbname` (the first host), safe to print.
     pub endpoint: String,
+    /// The DSN as a key/value string without its secrets, for other libpq programs
+    /// (slonik); safe to print.
+    pub conninfo: String,
 }
 
 impl NodeConfig {
     /// A node reached with `conn`.
     pub fn new(name: NodeName, role: Role, conn: ConnParams) -> NodeConfig {
         let endpoint = endpoint(&conn);
+        let conninfo = conninfo(&conn);
         NodeConfig {
             name,
             role,
             conn,
             endpoint,
+            conninfo,
         }
     }
 
@@ -165,8 +171,36 @@ impl RawNode {
         };
         let conn = params::resolve(&dsn, env, password_file, connect_timeout)
             .map_err(|e| format!("node `{name}`: {e}"))?;
-        Ok(NodeConfig::new(name, role, conn))
+        let conninfo =
+            conninfo::without_secrets(&dsn).map_err(|e| format!("node `{name}`: {e}"))?;
+        Ok(NodeConfig {
+            conninfo,
+            ..NodeConfig::new(name, role, conn)
+        })
     }
+}
+
+/// A key/value string reaching what `conn` names (hosts, ports, user, database), for a
+/// node built from resolved parameters rather than from a DSN.
+fn conninfo(conn: &ConnParams) -> String {
+    let hosts: Vec<String> = conn
+        .hosts
+        .iter()
+        .map(|h| match (&h.name, &h.hostaddr) {
+            (HostName::Tcp(n), _) => n.clone(),
+            (HostName::Socket(p), _) => p.display().to_string(),
+            (HostName::AddressOnly, Some(a)) => a.to_string(),
+            (HostName::AddressOnly, None) => String::new(),
+        })
+        .collect();
+    let ports: Vec<String> = conn.hosts.iter().map(|h| h.port.to_string()).collect();
+    format!(
+        "host={} port={} user={} dbname={}",
+        conninfo::quote_value(&hosts.join(",")),
+        ports.join(","),
+        conninfo::quote_value(&conn.user),
+        conninfo::quote_value(&conn.dbname)
+    )
 }
 
 /// `host:port/dbname` of the first host: what messages and reports show.

@@ -103,7 +103,13 @@ impl Ledger {
         self.table.to_string()
     }
 
-    fn qualified(&self, book: Book) -> String {
+    /// The ledger's schema and table, as configured.
+    pub fn table(&self) -> &LedgerTable {
+        &self.table
+    }
+
+    /// `"schema"."table"` (or `"schema"."table_local"`), quoted.
+    pub fn qualified(&self, book: Book) -> String {
         let table = match book {
             Book::Main => self.table.table.clone(),
             Book::Local => format!("{}_local", self.table.table),

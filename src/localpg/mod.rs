@@ -23,6 +23,7 @@ mod cluster;
 mod command;
 pub mod netns;
 mod server;
+pub mod slony;
 
 pub use binaries::PgBinaries;
 pub use cluster::LocalCluster;

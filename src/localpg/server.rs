@@ -125,7 +125,7 @@ fn dsn_value(v: &str) -> String {
 }
 
 /// Last `max` bytes of a file from byte `from` on, as text.
-fn file_tail(path: &Path, from: u64, max: u64) -> String {
+pub(super) fn file_tail(path: &Path, from: u64, max: u64) -> String {
     let Ok(mut f) = std::fs::File::open(path) else {
         return String::from("(no log)");
     };

@@ -40,9 +40,8 @@ pub fn topology_problems<'a>(
             (Role::Master, _, true) => format!(
                 "master node `{name}` is in recovery (a standby): it cannot take patches"
             ),
-            (Role::Replica, Replication::None | Replication::Logical, true) => format!(
-                "node `{name}` is a standby (in recovery), but `replication: {}` expects a writable node; set `replication: physical` if it follows the master by WAL",
-                if mode == Replication::None { "none" } else { "logical" }
+            (Role::Replica, Replication::None | Replication::Logical | Replication::Slony, true) => format!(
+                "node `{name}` is a standby (in recovery), but `replication: {mode}` expects a writable node; set `replication: physical` if it follows the master by WAL"
             ),
             (Role::Replica, Replication::Physical, false) => format!(
                 "node `{name}` is not in recovery, but `replication: physical` expects a hot standby"
@@ -71,6 +70,7 @@ mod tests {
         let ok = [(&m, Some(false)), (&r, Some(false))];
         assert!(topology_problems(Replication::None, ok).is_empty());
         assert!(topology_problems(Replication::Logical, ok).is_empty());
+        assert!(topology_problems(Replication::Slony, ok).is_empty());
         let p = topology_problems(Replication::Physical, ok);
         assert_eq!(p[0].node.as_str(), "r");
         assert!(

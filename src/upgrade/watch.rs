@@ -132,7 +132,7 @@ impl<'a> ReplicationWatch<'a> {
                     human::duration(waited)
                 ));
             }
-            Replication::None => {}
+            Replication::None | Replication::Slony => {}
         }
         Ok(notes)
     }

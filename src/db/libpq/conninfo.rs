@@ -416,25 +416,56 @@ fn decode(text: &str, part: &str) -> Result<String, DsnError> {
     })
 }
 
+/// Quotes a value for a key/value connection string when needed.
+pub fn quote_value(v: &str) -> String {
+    if !v.is_empty() && !v.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
+        return v.to_string();
+    }
+    let mut s = String::with_capacity(v.len() + 2);
+    s.push('\'');
+    for c in v.chars() {
+        if c == '\'' || c == '\\' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('\'');
+    s
+}
+
+/// `dsn` as a key/value connection string for another libpq program (slonik, psql): every
+/// key as given (a URL's parts become keys), except the secrets ([`SECRET_KEYS`]). Safe to
+/// print; the program resolves service files and the environment as pgconvoy did.
+pub fn without_secrets(dsn: &str) -> Result<String, DsnError> {
+    let opts = parse(dsn)?;
+    Ok(opts
+        .0
+        .iter()
+        .filter(|(k, _)| !SECRET_KEYS.contains(k))
+        .map(|(k, v)| format!("{k}={}", quote_value(v)))
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Quotes a value for a key/value connection string when needed.
-    fn quote_value(v: &str) -> String {
-        if !v.is_empty() && !v.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
-            return v.to_string();
-        }
-        let mut s = String::with_capacity(v.len() + 2);
-        s.push('\'');
-        for c in v.chars() {
-            if c == '\'' || c == '\\' {
-                s.push('\\');
-            }
-            s.push(c);
-        }
-        s.push('\'');
-        s
+    #[test]
+    fn without_secrets_keeps_everything_but_passwords() {
+        assert_eq!(
+            without_secrets("host=db0 port=5432 dbname=app user=migrator password=s3cret").unwrap(),
+            "dbname=app host=db0 port=5432 user=migrator"
+        );
+        assert_eq!(
+            without_secrets("postgresql://mig:s3cret@h1:5432,h2:5433/my%20app?sslmode=verify-full&sslpassword=k")
+                .unwrap(),
+            "dbname='my app' host=h1,h2 port=5432,5433 sslmode=verify-full user=mig"
+        );
+        assert_eq!(
+            without_secrets("password='it\\'s' host=/run/pg").unwrap(),
+            "host=/run/pg"
+        );
     }
 
     fn kv(s: &str) -> Options {
