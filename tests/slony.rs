@@ -683,3 +683,34 @@ fn killing_the_coordinator_during_std_patches_on_slony() {
         "1"
     );
 }
+
+/// `check` (no server needed): on a Slony cluster a std table without a primary key is a
+/// warning, an error under --strict; elsewhere nothing.
+#[test]
+fn check_flags_std_tables_without_a_primary_key() {
+    let f = Fixture::with_dsns(
+        "app".into(),
+        vec![
+            "host=127.0.0.1 port=1 dbname=app".into(),
+            "host=127.0.0.1 port=2 dbname=app".into(),
+        ],
+    );
+    f.patch(
+        "patch-1-0-0-std.sql",
+        "CREATE TABLE public.keyed (id int PRIMARY KEY);\nCREATE TABLE public.loose (x int);\n",
+    );
+    f.run(&["check"]).expect(0).never_says("primary key");
+    f.write_config(
+        "replication: slony\nslony:\n  cluster: convoy\n  set: 1\n  nodes: {node0: 1, node1: 2}\n",
+    );
+    f.run(&["check"])
+        .expect(0)
+        .says("warning")
+        .says("public.loose")
+        .says("line 2")
+        .never_says("public.keyed");
+    f.run(&["check", "--strict"])
+        .expect(2)
+        .says("error")
+        .says("public.loose");
+}

@@ -3,16 +3,33 @@
 
 use std::io::{self, Write};
 
-use crate::config::Config;
+use crate::config::{Config, Replication};
 use crate::error::Error;
 use crate::output;
 use crate::packages::discover::PackageSet;
-use crate::patches::discover::{discover, PatchSet, Severity};
+use crate::patches::discover::{discover, Finding, PatchSet, Severity};
+use crate::patches::lint;
 
 /// Discovers the configured patch and packages directories and prints what is
 /// wrong with them. Returns the patch set when neither has errors (warnings allowed).
 pub fn check(config: &Config) -> Result<PatchSet, Error> {
-    let set = discover(&config.patches, config.strict)?;
+    let mut set = discover(&config.patches, config.strict)?;
+    if config.replication == Replication::Slony {
+        // Tables Slony-I could never replicate: a warning, an error under --strict.
+        let patches: Vec<_> = set.patches.iter().collect();
+        let unkeyed: Vec<Finding> = lint::slony::tables_without_primary_key(&patches)
+            .into_iter()
+            .map(|f| Finding {
+                severity: if config.strict {
+                    Severity::Error
+                } else {
+                    Severity::Warning
+                },
+                message: f.to_string(),
+            })
+            .collect();
+        set.findings.extend(unkeyed);
+    }
     let packages = crate::packages::discover::discover(&config.packages)?;
     // A cluster without a packages directory gets no line about packages.
     let show_packages = config.packages.exists() || !packages.is_ok();

@@ -19,6 +19,7 @@ use cursor::{top_level_actions, Cursor};
 
 mod alter;
 mod cursor;
+pub mod slony;
 #[cfg(test)]
 mod tests;
 
@@ -45,6 +46,9 @@ pub enum Rule {
     BanDropColumn,
     /// `BEGIN`/`COMMIT`/`ROLLBACK`… in a `std`/`direct` patch: it would end pgconvoy's transaction.
     TransactionNesting,
+    /// A `std` patch creates a table without a primary key: on a Slony-I cluster it cannot
+    /// join the replication set (see [`slony::tables_without_primary_key`]).
+    NoPrimaryKey,
 }
 
 impl Rule {
@@ -59,6 +63,7 @@ impl Rule {
             Rule::BanDropTable => "ban-drop-table",
             Rule::BanDropColumn => "ban-drop-column",
             Rule::TransactionNesting => "transaction-nesting",
+            Rule::NoPrimaryKey => "require-primary-key",
         }
     }
 }

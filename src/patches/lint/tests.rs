@@ -4,7 +4,7 @@ use super::*;
 use crate::patches::patch::{PatchVersion, StatementSpan};
 use std::path::PathBuf;
 
-fn patch(minor: u32, kind: PatchType, body: &str) -> Patch {
+pub(super) fn patch(minor: u32, kind: PatchType, body: &str) -> Patch {
     let statements = sql::split(body)
         .unwrap()
         .iter()
