@@ -15,6 +15,7 @@ use crate::packages::failure::{AfterFailure, DeployFailure, DeployRefusal, Refus
 use crate::patches::discover::DiscoverError;
 use crate::patches::patch::PatchVersion;
 use crate::replication::error::ReplicationError;
+use crate::replication::slony::error::SlonyError;
 use crate::replication::topology::TopologyProblem;
 use crate::upgrade::plan::{Drift, Refusal};
 
@@ -187,6 +188,9 @@ pub enum Error {
         context: Option<String>,
         error: Box<ReplicationError>,
     },
+    /// A Slony-I step failed, or the Slony preflight refused the cluster (see [`SlonyError`]).
+    #[error(transparent)]
+    Slony(Box<SlonyError>),
     /// `status` could not reach these nodes (each is described in the report).
     #[error("one or more nodes are unreachable: {}", names(nodes))]
     Unreachable { nodes: Vec<NodeName> },
@@ -341,6 +345,7 @@ impl Error {
             | Error::UnknownNode { .. }
             | Error::LazrTable { .. } => exit::BAD_INPUT,
             Error::Replication { error, .. } if error.is_bad_input() => exit::BAD_INPUT,
+            Error::Slony(error) if error.is_bad_input() => exit::BAD_INPUT,
             Error::Busy { .. } | Error::Claimed { .. } => exit::BUSY,
             Error::Interrupted { .. }
             | Error::WaitInterrupted { .. }
@@ -359,6 +364,7 @@ impl Error {
             | Error::DeployFailed { .. }
             | Error::DeployCommitPrepared { .. }
             | Error::Replication { .. }
+            | Error::Slony(_)
             | Error::Unreachable { .. }
             | Error::DryRunBlocked { .. }
             | Error::Stopped { .. }
@@ -406,6 +412,7 @@ impl Error {
             Error::PreparedLeftover { .. } => "prepared-leftover",
             Error::Unresolved { .. } => "unresolved-prepared",
             Error::Replication { .. } => "replication",
+            Error::Slony(_) => "slony",
             Error::DryRunBlocked { .. } => "dry-run-blocked",
             Error::Stopped { .. }
             | Error::Interrupted { .. }
@@ -442,6 +449,7 @@ impl Error {
             Error::Topology { problems } => problems.first().map(|p| &p.node),
             Error::TwoPhaseDisabled { nodes } | Error::Unreachable { nodes } => nodes.first(),
             Error::Replication { error, .. } => error.node_name(),
+            Error::Slony(error) => error.node(),
             Error::Interrupted { cause } => cause.node(),
             Error::DeployRefused { refusals } => refusals.first().and_then(|r| r.nodes.first()),
             Error::DeployFailed { failures, .. } => failures.first().map(|f| &f.node),
@@ -476,6 +484,7 @@ impl Error {
             Error::CatchUpFailed { failures } => failures.first().map(|f| f.patch),
             Error::Drift { drift } => drift.first().map(|d| d.version),
             Error::Refused(r) => Some(r.version),
+            Error::Slony(error) => error.patch(),
             Error::Interrupted { cause } | Error::LockLost { cause, .. } => cause.patch(),
             _ => None,
         }
@@ -491,6 +500,10 @@ impl Error {
             Error::CatchUpFailed { failures } => failures.first().and_then(|f| f.pg.as_ref()),
             Error::Replication { error, .. } => error.pg(),
             Error::DeployFailed { failures, .. } => failures.first().and_then(|f| f.pg.as_ref()),
+            Error::Slony(error) => match &**error {
+                SlonyError::Db { failure, .. } => Some(failure),
+                _ => None,
+            },
             Error::Interrupted { cause } | Error::LockLost { cause, .. } => cause.pg(),
             _ => None,
         }
@@ -521,6 +534,10 @@ impl Error {
                 .map(|f| (f.file.clone(), f.line))
                 .unwrap_or((None, None)),
             Error::Drift { drift } => (drift.first().and_then(Drift::file), None),
+            Error::Slony(error) => match &**error {
+                SlonyError::Script { file, line, .. } => (Some(file.clone()), *line),
+                _ => (None, None),
+            },
             Error::Interrupted { cause } => cause.file_line(),
             _ => (None, None),
         }
@@ -567,6 +584,12 @@ impl serde::Serialize for Error {
             line,
         }
         .serialize(s)
+    }
+}
+
+impl From<SlonyError> for Error {
+    fn from(e: SlonyError) -> Error {
+        Error::Slony(Box::new(e))
     }
 }
 

@@ -15,6 +15,9 @@ use crate::db::tls::TlsInfo;
 use crate::error::{exit, Error};
 use crate::packages::record::PackageBook;
 use crate::patches::discover::PatchSet;
+use crate::replication::slony::error::SlonyError;
+use crate::replication::slony::ops::views;
+use crate::replication::slony::preflight::{assess, Concern, Finding as SlonyFinding, Gravity};
 use crate::replication::topology::{topology_problems, TopologyProblem};
 use crate::upgrade::plan;
 use crate::upgrade::plan::Drift;
@@ -28,6 +31,12 @@ pub struct StatusReport {
     pub replication: crate::config::Replication,
     /// Where the nodes' recovery state contradicts the configured topology.
     pub topology_problems: Vec<TopologyProblem>,
+    /// `replication: slony`: what the Slony preflight finds (topology against the config,
+    /// a replicated ledger, slon daemons, lag); `refused` ones are a topology error (exit 2).
+    pub slony: Vec<SlonyFinding>,
+    /// The Slony cluster's name (`slony.cluster`).
+    #[serde(skip)]
+    pub slony_cluster: Option<String>,
     pub nodes: Vec<NodeStatus>,
 }
 
@@ -104,6 +113,21 @@ impl StatusReport {
             return Some(Error::Topology {
                 problems: self.topology_problems.clone(),
             });
+        }
+        let refused: Vec<SlonyFinding> = self
+            .slony
+            .iter()
+            .filter(|f| f.gravity == Gravity::Refused)
+            .cloned()
+            .collect();
+        if !refused.is_empty() {
+            return Some(
+                SlonyError::Refused {
+                    cluster: self.slony_cluster.clone().unwrap_or_default(),
+                    findings: refused,
+                }
+                .into(),
+            );
         }
         let drift: Vec<Drift> = self
             .nodes
@@ -206,9 +230,23 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
             .zip(&nodes)
             .map(|(node, n)| (&node.config, n.in_recovery)),
     );
+    let slony = match (&config.slony, nodes.iter().all(|n| n.reachable)) {
+        (Some(cfg), true) => match views(cfg, &cluster, &ledger).await {
+            Ok((views, origin)) => assess(cfg, &views, origin.as_ref(), config.lag_threshold),
+            Err(e) => vec![SlonyFinding {
+                gravity: Gravity::Blocking,
+                concern: Concern::Topology,
+                node: e.node().map(ToString::to_string),
+                message: format!("cannot read the slony catalog: {e}"),
+            }],
+        },
+        _ => Vec::new(),
+    };
     StatusReport {
         replication: config.replication,
         topology_problems,
+        slony,
+        slony_cluster: config.slony.as_ref().map(|c| c.cluster.to_string()),
         config: config.path.display().to_string(),
         patches: patches.dir.display().to_string(),
         ledger_table: ledger.name(),
@@ -300,6 +338,8 @@ mod tests {
             ledger_table: "pgconvoy.revision".into(),
             replication: crate::config::Replication::Physical,
             topology_problems: topology,
+            slony: Vec::new(),
+            slony_cluster: None,
             nodes,
         }
     }

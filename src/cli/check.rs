@@ -28,7 +28,15 @@ pub fn check(config: &Config) -> Result<PatchSet, Error> {
                 message: f.to_string(),
             })
             .collect();
+        let copies: Vec<Finding> = lint::slony::copy_from_stdin(&patches)
+            .into_iter()
+            .map(|f| Finding {
+                severity: Severity::Error,
+                message: f.to_string(),
+            })
+            .collect();
         set.findings.extend(unkeyed);
+        set.findings.extend(copies);
     }
     let packages = crate::packages::discover::discover(&config.packages)?;
     // A cluster without a packages directory gets no line about packages.

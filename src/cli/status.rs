@@ -20,6 +20,14 @@ pub fn render_text(report: &StatusReport, out: &mut dyn Write) -> io::Result<()>
     for p in &report.topology_problems {
         writeln!(out, "BLOCKING: {p}")?;
     }
+    for f in &report.slony {
+        let label = match f.gravity {
+            crate::replication::slony::preflight::Gravity::Refused => "REFUSED",
+            crate::replication::slony::preflight::Gravity::Blocking => "BLOCKING",
+            crate::replication::slony::preflight::Gravity::Warning => "warning",
+        };
+        writeln!(out, "{label}: slony: {}", f.message)?;
+    }
     let rows: Vec<Vec<String>> = report
         .nodes
         .iter()

@@ -35,6 +35,8 @@ pub enum FindingKind {
     IdleInTransaction,
     ReplicationLag,
     SubscriptionDown,
+    /// A Slony-I node's slon daemon is not running.
+    SlonDown,
     InactiveSlot,
     InvalidIndex,
     PreparedTransaction,

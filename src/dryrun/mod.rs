@@ -31,6 +31,7 @@ pub mod preflight;
 pub mod rehearsal;
 pub mod render;
 pub mod report;
+mod slony;
 
 /// Runs the dry run against the cluster of `config`. Ctrl-C or SIGTERM cancels what runs
 /// on every server and stops it (the rehearsals' transactions die with their connections).
@@ -206,6 +207,7 @@ async fn plan_run<'p>(
         .iter()
         .flat_map(|g| g.patches.iter().copied())
         .collect();
+    slony::examine(config, cluster, &ledger, &scheduled, report).await;
     // A node behind the cluster first catches up (as `upgrade` does), then takes what is
     // scheduled.
     let targets: Vec<Vec<&Patch>> =
@@ -434,6 +436,9 @@ async fn examine(
 fn order(kind: PatchType, patches: &[&Patch], replication: Replication) -> String {
     let one = |p: &Patch| -> &'static str {
         match (kind, replication, p.order) {
+            (PatchType::Std, Replication::Slony, _) => {
+                "the origin through slonik EXECUTE SCRIPT; every subscriber replays it and records it in its ledger"
+            }
             (PatchType::Std, _, _) => "master only (replication carries it)",
             (_, Replication::Physical, _) => "master only (the standbys replay it)",
             (_, _, PatchOrder::MasterFirst) => {

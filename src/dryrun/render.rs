@@ -294,6 +294,9 @@ fn text(r: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
             writeln!(out, "  then stops before `{v}` (--patch-type)")?;
         }
     }
+    for line in slony_lines(r) {
+        writeln!(out, "{line}")?;
+    }
 
     let (header, rows) = matrix(r);
     if !rows.is_empty() {
@@ -351,6 +354,35 @@ fn text(r: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
     writeln!(out, "\n{}", verdict(r))
 }
 
+/// What slonik would run and how the set would change (`replication: slony`).
+fn slony_lines(r: &DryRunReport) -> Vec<String> {
+    let Some(p) = &r.slony else {
+        return Vec::new();
+    };
+    let mut out = vec![format!(
+        "\nslony cluster `{}`, set {}, origin `{}` (slony node {}):",
+        p.cluster, p.set, p.origin, p.origin_id
+    )];
+    for s in &p.scripts {
+        out.push(format!(
+            "  {} ({}): slonik EXECUTE SCRIPT on `{}`, {} statement(s) between pgconvoy's ledger blocks; replayed and recorded on {}; then a SYNC every node must confirm",
+            s.patch,
+            s.file,
+            p.origin,
+            s.statements,
+            if s.receivers.is_empty() {
+                "no other node".to_string()
+            } else {
+                s.receivers.join(", ")
+            }
+        ));
+    }
+    for c in &p.set_changes {
+        out.push(format!("  {c}"));
+    }
+    out
+}
+
 fn kind(k: FindingKind) -> String {
     serde_json::to_value(k)
         .ok()
@@ -401,6 +433,14 @@ fn markdown(r: &DryRunReport, out: &mut dyn Write) -> io::Result<()> {
         let h: Vec<&str> = header.iter().map(String::as_str).collect();
         markdown_table(&h, &rows, out)?;
         writeln!(out, "\n`-`: the patch does not run on that node.")?;
+    }
+
+    let slony = slony_lines(r);
+    if !slony.is_empty() {
+        writeln!(out, "\n### Slony-I\n")?;
+        for line in slony {
+            writeln!(out, "- {}", line.trim())?;
+        }
     }
 
     let locks = lock_rows(r);

@@ -32,6 +32,32 @@ pub struct GroupPlan {
     pub order: String,
 }
 
+/// One `std` patch through slonik EXECUTE SCRIPT.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlonyScript {
+    pub patch: String,
+    pub file: String,
+    /// Statements of the body (pgconvoy's ledger blocks come around them).
+    pub statements: usize,
+    /// Nodes that replay it.
+    pub receivers: Vec<String>,
+    /// The whole slonik script a run sends on slonik's stdin (no passwords in it).
+    pub slonik: String,
+}
+
+/// On a Slony-I cluster: what slonik would run and how the set would change.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlonyPlan {
+    pub cluster: String,
+    pub set: u32,
+    /// The origin (the master) and its Slony node id.
+    pub origin: String,
+    pub origin_id: u32,
+    pub scripts: Vec<SlonyScript>,
+    /// New tables joining the set, and joins an earlier run left unfinished.
+    pub set_changes: Vec<String>,
+}
+
 /// What a node's ledger says.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LedgerView {
@@ -100,7 +126,7 @@ pub struct DryRunReport {
     pub config: String,
     pub patch_dir: String,
     pub ledger_table: String,
-    /// `replication` from the config: `none`, `logical` or `physical`.
+    /// `replication` from the config: `none`, `logical`, `physical` or `slony`.
     pub replication: Replication,
     /// The rehearsal's `lock_timeout` (`--lock-timeout`, `lock_timeout`).
     pub lock_timeout_ms: u64,
@@ -115,6 +141,8 @@ pub struct DryRunReport {
     /// Blocking findings first.
     pub findings: Vec<Finding>,
     pub lint: Vec<LintFinding>,
+    /// `replication: slony`: the EXECUTE SCRIPTs and set changes a run would make.
+    pub slony: Option<SlonyPlan>,
     pub summary: Summary,
     /// Why the run would be refused as bad input (drift, `--patch-type`): exit 2.
     #[serde(skip)]
@@ -167,6 +195,7 @@ impl DryRunReport {
             nodes: Vec::new(),
             findings: Vec::new(),
             lint: Vec::new(),
+            slony: None,
             summary: Summary::default(),
             refusal: None,
         }

@@ -23,7 +23,7 @@ use crate::progress::Event;
 use crate::replication;
 
 /// Why a patch was not applied, for what the run reports about it.
-enum Refused {
+pub(super) enum Refused {
     /// The claim could not be taken or committed: no node's part was reported.
     Claim(Error),
     /// A node's part failed: the patch is reported as rolled back.
@@ -61,7 +61,10 @@ impl Coordinator<'_> {
         .await
         .map_err(|e| master.unreachable(e.into()))?;
         let claim = Transaction::on(session);
-        let r = if patch.kind == PatchType::Std {
+        let r = if let (PatchType::Std, Some(ops)) = (patch.kind, self.slony) {
+            self.apply_slony(ops, &claim, &statements, patch, report)
+                .await
+        } else if patch.kind == PatchType::Std {
             self.apply_std(&claim, &statements, patch, report).await
         } else {
             self.apply_claimed(&claim, &statements, patch, report).await

@@ -21,6 +21,7 @@ use crate::db::retry::RetryPolicy;
 use crate::error::{Error, PatchFailure};
 use crate::patches::patch::Patch;
 use crate::progress::{Event, Reporter};
+use crate::replication::slony::ops::SlonyOps;
 
 /// The state of one run, shared by the per-patch steps.
 pub(super) struct Coordinator<'a> {
@@ -34,6 +35,8 @@ pub(super) struct Coordinator<'a> {
     pub(super) atomic: bool,
     pub(super) replication: Replication,
     pub(super) replication_timeout: Duration,
+    /// With `replication: slony`: the Slony steps of `std` patches.
+    pub(super) slony: Option<&'a SlonyOps<'a>>,
     /// Nodes whose ledger table is known to exist.
     pub(super) ensured: Mutex<HashSet<(usize, bool)>>,
     /// Notes from node tasks (repairs), moved into the report after each patch.

@@ -24,6 +24,7 @@ use crate::output::human;
 use crate::patches::discover::PatchSet;
 use crate::patches::patch::{Patch, PatchType};
 use crate::progress::{Event, Reporter};
+use crate::replication::slony::ops::SlonyOps;
 use crate::replication::topology::topology_problems;
 use atomic::{check_two_phase, refuse_leftover_prepared};
 use coordinator::Coordinator;
@@ -40,6 +41,7 @@ mod coordinator;
 pub mod offline;
 pub mod plan;
 pub mod recover;
+mod slony;
 mod watch;
 
 /// What the command line asked of an `upgrade`.
@@ -212,7 +214,7 @@ async fn upgrade_inner(
             crate::lifecycle::baseline::new_nodes(cluster, &candidates).await?
         };
         if !new.is_empty() {
-            let c = coordinator(config, cluster, &ledger, &ledgers, reporter, &selected);
+            let c = coordinator(config, cluster, &ledger, &ledgers, reporter, &selected, None);
             let r = c.baseline(file, patches, &new, report).await;
             report
                 .notes
@@ -249,6 +251,11 @@ async fn upgrade_inner(
     report.planned = true;
     report.pending = pending.iter().map(|p| p.version.to_string()).collect();
     let scheduled: usize = schedule.groups.iter().map(|g| g.patches.len()).sum();
+    let applied_by = applied_by();
+    let slony_ops = config
+        .slony
+        .as_ref()
+        .map(|cfg| SlonyOps::new(config, cfg, cluster, &ledger, &applied_by));
     if let Some(p) = master_left_out {
         note(
             reporter,
@@ -268,9 +275,17 @@ async fn upgrade_inner(
             "nothing to do on the nodes --node names"
         };
         note(reporter, report, what.into());
+        if let Some(ops) = &slony_ops {
+            // An earlier run died while new tables were joining the set: finish that.
+            if !ops.join_plan().await?.is_empty() {
+                slony::refuse_unless_ready(config, cluster, &ledger, &[]).await?;
+                slony::join_new_tables(ops, reporter, report).await?;
+            }
+        }
         release_lock(lock, &ledger).await;
         return Ok(());
     }
+    slony::refuse_unless_ready(config, cluster, &ledger, &pending).await?;
 
     refuse_leftover_prepared(cluster, &ledger).await?;
     let atomic =
@@ -289,9 +304,20 @@ async fn upgrade_inner(
             ),
         );
     }
-    ensure_master_ledger(cluster, &ledger).await?;
+    match &slony_ops {
+        Some(ops) => ops.prepare().await?,
+        None => ensure_master_ledger(cluster, &ledger).await?,
+    }
 
-    let coordinator = coordinator(config, cluster, &ledger, &ledgers, reporter, &selected);
+    let coordinator = coordinator(
+        config,
+        cluster,
+        &ledger,
+        &ledgers,
+        reporter,
+        &selected,
+        slony_ops.as_ref(),
+    );
     // Below everything pending: no node may run a patch before the ones under it.
     let caught = coordinator.catch_up(&catch_up, report).await;
     report
@@ -328,6 +354,7 @@ fn coordinator<'a>(
     ledgers: &'a [NodeLedger],
     reporter: &'a dyn Reporter,
     selected: &[bool],
+    slony: Option<&'a SlonyOps<'a>>,
 ) -> Coordinator<'a> {
     Coordinator {
         cluster,
@@ -342,6 +369,7 @@ fn coordinator<'a>(
         atomic: config.atomic_direct,
         replication: config.replication,
         replication_timeout: config.replication_timeout,
+        slony,
         ensured: Mutex::new(HashSet::new()),
         notes: Mutex::new(Vec::new()),
         selected: selected.to_vec(),
@@ -427,6 +455,9 @@ async fn apply_groups(
                     ),
                 );
             }
+        }
+        if let (Some(ops), PatchType::Std) = (coordinator.slony, group.kind) {
+            slony::join_new_tables(ops, coordinator.reporter, report).await?;
         }
         for n in watch.after_group(group, before).await? {
             note(coordinator.reporter, report, n);

@@ -94,10 +94,18 @@ pub fn pending<'a>(patches: &'a PatchSet, master: &NodeLedger) -> Vec<&'a Patch>
         .collect()
 }
 
+/// Whether a replica's ledger records patches of `kind`: `direct`/`concurrent` always (the
+/// replica runs them); `std` too on a Slony cluster (the replayed script records itself,
+/// which is why a replica is never caught up on a `std` patch: Slony delivers it).
+pub fn recorded_on_replicas(kind: PatchType, replication: Replication) -> bool {
+    kind.runs_on_replicas() || replication == Replication::Slony
+}
+
 /// What a node's role still needs, as shown by `status`: on the master every
-/// patch not applied to the cluster; on a replica that takes DDL every
-/// `direct`/`concurrent` patch not finished there (what it must catch up on and
-/// what is pending on the cluster); a physical standby takes none.
+/// patch not applied to the cluster; on a replica that takes DDL every patch its
+/// ledger records ([`recorded_on_replicas`]) not finished there (what it must catch up
+/// on, what is pending on the cluster, and on Slony what replication has yet to bring);
+/// a physical standby takes none.
 pub fn node_pending(
     patches: &PatchSet,
     replication: Replication,
@@ -112,7 +120,9 @@ pub fn node_pending(
         .iter()
         .filter(|p| match role {
             Role::Master => !done(&ledger.main, p.version),
-            Role::Replica => p.kind.runs_on_replicas() && !done(&ledger.main, p.version),
+            Role::Replica => {
+                recorded_on_replicas(p.kind, replication) && !done(&ledger.main, p.version)
+            }
         })
         .map(|p| p.version)
         .collect()
@@ -193,7 +203,12 @@ pub fn needs_body(
             // Master first: its part commits on its own, recorded in its local book.
             !done(&ledger.local, patch.version) && !done(&ledger.main, patch.version)
         }
-        (Role::Master, PatchType::Std | PatchType::Direct) => true,
+        // On a Slony cluster a std patch's script records the origin's part in the local
+        // book with the body: once there, it must not run again.
+        (Role::Master, PatchType::Std) => {
+            !done(&ledger.local, patch.version) && !done(&ledger.main, patch.version)
+        }
+        (Role::Master, PatchType::Direct) => true,
         (Role::Master, PatchType::Concurrent) => {
             !done(&ledger.local, patch.version) && !done(&ledger.main, patch.version)
         }
@@ -566,6 +581,12 @@ mod tests {
             !needs_body(conc, Role::Master, Replication::None, &master),
             "local part done"
         );
+        let mut slony_origin = NodeLedger::default();
+        slony_origin.local.insert(std.version, row(std, true));
+        assert!(
+            !needs_body(std, Role::Master, Replication::Slony, &slony_origin),
+            "a slony script committed the std patch on the origin already"
+        );
         assert!(needs_body(direct, Role::Master, Replication::None, &master));
         let mut first = direct.clone();
         first.order = PatchOrder::MasterFirst;
@@ -674,6 +695,15 @@ mod tests {
         assert_eq!(
             node_pending(&ps, Replication::Physical, Role::Master, &l).len(),
             5
+        );
+        // On Slony a replica's ledger records std patches too.
+        assert_eq!(
+            node_pending(&ps, Replication::Slony, Role::Replica, &l).len(),
+            r.len()
+                + ps.patches
+                    .iter()
+                    .filter(|p| p.kind == PatchType::Std)
+                    .count()
         );
     }
 

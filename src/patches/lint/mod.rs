@@ -49,6 +49,9 @@ pub enum Rule {
     /// A `std` patch creates a table without a primary key: on a Slony-I cluster it cannot
     /// join the replication set (see [`slony::tables_without_primary_key`]).
     NoPrimaryKey,
+    /// `COPY … FROM stdin` with inline data in a `std` patch on a Slony-I cluster: slonik
+    /// EXECUTE SCRIPT replays SQL text, not a data stream (see [`slony::copy_from_stdin`]).
+    CopyThroughSlonik,
 }
 
 impl Rule {
@@ -64,6 +67,7 @@ impl Rule {
             Rule::BanDropColumn => "ban-drop-column",
             Rule::TransactionNesting => "transaction-nesting",
             Rule::NoPrimaryKey => "require-primary-key",
+            Rule::CopyThroughSlonik => "copy-through-slonik",
         }
     }
 }

@@ -113,6 +113,27 @@ pub fn tables_without_primary_key(patches: &[&Patch]) -> Vec<LintFinding> {
         .collect()
 }
 
+/// `COPY … FROM stdin` statements with inline data in the `std` patches among `patches`:
+/// slonik EXECUTE SCRIPT sends SQL text to the origin and replays it on the subscribers, so
+/// a data stream cannot go through it. Errors: a run on a Slony cluster refuses them.
+pub fn copy_from_stdin(patches: &[&Patch]) -> Vec<LintFinding> {
+    patches
+        .iter()
+        .filter(|p| p.kind == PatchType::Std)
+        .flat_map(|p| {
+            p.copies.iter().map(move |c| LintFinding {
+                rule: Rule::CopyThroughSlonik,
+                severity: Severity::Error,
+                patch: p.version.to_string(),
+                file: p.file_name(),
+                line: p.statements[c.statement].line,
+                message: "COPY … FROM stdin cannot go through slonik EXECUTE SCRIPT (it replays SQL text, not a data stream): write the rows as INSERT … VALUES, or load them with a `direct` patch on every node".to_string(),
+                column: None,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -350,7 +350,7 @@ impl JoinPlan {
                 .collect();
             if set.create {
                 out.push(format!(
-                    "{} join set {} through temporary set {}",
+                    "{} into set {} through temporary set {}",
                     names.join(", "),
                     self.target,
                     set.id

@@ -2,6 +2,7 @@
 //! on the origin, tables they create join the replication set, and the coordinator waits for
 //! every node to confirm before it stamps. See `docs/slony.md` for the crash windows.
 //!
+//! * [`error`]: what can go wrong, typed.
 //! * [`script`]: slonik scripts and the SQL a patch runs through them, as text (pure).
 //! * [`slonik`]: running slonik with passwords kept out of sight.
 //! * [`join`]: new tables joining the replication set through a temporary set (pure).
@@ -10,6 +11,7 @@
 //! * [`ops`]: a run's Slony steps on the cluster (execute, confirm, join) and the preflight's views.
 
 pub mod catalog;
+pub mod error;
 pub mod join;
 pub mod ops;
 pub mod preflight;

@@ -11,54 +11,16 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 
 use super::catalog;
+use super::error::SlonyError;
 use super::join::{self, JoinPlan, Skip};
 use super::preflight::{NodeView, OriginView};
 use super::script::{self, ScriptContext, SlonikNode};
-use super::slonik::{Slonik, SlonikError, SlonikSession};
-use crate::config::{Config, NodeName, SlonyConfig};
+use super::slonik::{Slonik, SlonikSession};
+use crate::config::{Config, SlonyConfig};
 use crate::db::cluster::{Cluster, Node};
 use crate::db::ledger::{Book, Ledger};
 use crate::db::pgerror::PgFailure;
 use crate::patches::patch::{Patch, PatchVersion};
-
-/// Why a Slony step failed. Every variant names the node (and the patch, where there is one).
-#[derive(Debug, thiserror::Error)]
-pub enum SlonyError {
-    /// The script failed on the origin: slonik rolled it back there; nothing of it is anywhere.
-    #[error("patch `{patch}` failed on node `{node}` (the origin) in slonik EXECUTE SCRIPT: {message}{}", .line.map(|l| format!(" ({file} line {l})")).unwrap_or_default())]
-    Script {
-        patch: PatchVersion,
-        node: NodeName,
-        file: String,
-        line: Option<usize>,
-        message: String,
-    },
-    #[error(transparent)]
-    Slonik(#[from] SlonikError),
-    #[error("node `{node}`: {failure}")]
-    Db { node: NodeName, failure: PgFailure },
-    /// A receiver did not confirm in time: the patch is committed on the origin and will
-    /// apply there when its slon catches up; the claim is not stamped.
-    #[error("{}: node `{node}` did not confirm the SYNC after it (event {seqno} of slony node {origin}) within {} (replication_timeout); {why}", .patch.map_or("the merge of new tables".to_string(), |p| format!("patch `{p}`")), crate::output::human::duration(*.waited))]
-    NotConfirmed {
-        patch: Option<PatchVersion>,
-        node: NodeName,
-        origin: u32,
-        seqno: i64,
-        waited: Duration,
-        why: String,
-    },
-    /// A receiver confirmed the SYNC after the script, but its ledger does not list the patch.
-    #[error("patch `{patch}`: node `{node}` confirmed the SYNC after the script but its ledger does not list the patch: the script did not run there (is it subscribed to set {set}?)")]
-    NotRecorded {
-        patch: PatchVersion,
-        node: NodeName,
-        set: u32,
-    },
-    /// Joining new tables to the set failed (slonik's words, or why no plan could be made).
-    #[error("new tables could not join replication set {set}: {message}")]
-    Join { set: u32, message: String },
-}
 
 /// Whether a `std` patch's body ran on the origin in this run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +47,7 @@ pub struct SlonyOps<'a> {
     cluster: &'a Cluster,
     ledger: &'a Ledger,
     slonik: Slonik,
-    applied_by: &'a str,
+    applied_by: String,
     timeout: Duration,
     origin: u32,
 }
@@ -97,7 +59,7 @@ impl<'a> SlonyOps<'a> {
         cfg: &'a SlonyConfig,
         cluster: &'a Cluster,
         ledger: &'a Ledger,
-        applied_by: &'a str,
+        applied_by: &str,
     ) -> SlonyOps<'a> {
         let slonik = Slonik::new(
             &cfg.slonik,
@@ -113,7 +75,7 @@ impl<'a> SlonyOps<'a> {
             cluster,
             ledger,
             slonik,
-            applied_by,
+            applied_by: applied_by.to_string(),
             timeout: config.replication_timeout,
             origin: cfg.node_id(&config.master.name),
         }
@@ -162,7 +124,7 @@ impl<'a> SlonyOps<'a> {
             cluster: &self.cfg.cluster,
             origin: self.origin,
             ledger: self.ledger,
-            applied_by: self.applied_by,
+            applied_by: &self.applied_by,
         }
     }
 
@@ -355,12 +317,17 @@ impl<'a> SlonyOps<'a> {
                     super::slonik::parse_failure(out).message
                 ),
             };
-            let run = self
-                .slonik
-                .run(&format!("{}{}", self.preamble(), plan.subscribe_script()))
-                .await?;
-            if !run.ok {
-                return Err(failed("subscribe", &run.output));
+            // A leftover set that every receiver already subscribes to only needs merging
+            // (and slonik refuses a script with no command).
+            let subscribe = plan.subscribe_script();
+            if !subscribe.is_empty() {
+                let run = self
+                    .slonik
+                    .run(&format!("{}{subscribe}", self.preamble()))
+                    .await?;
+                if !run.ok {
+                    return Err(failed("subscribe", &run.output));
+                }
             }
             for set in &plan.sets {
                 self.wait_subscribed(set.id).await?;

@@ -47,10 +47,27 @@ pub enum Gravity {
     Refused,
 }
 
+/// What a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Concern {
+    /// The config and the cluster disagree (nodes, ids, the set, its origin, subscribers).
+    Topology,
+    /// A ledger table is in a replicated set.
+    LedgerReplicated,
+    /// A node's slon daemon is not running.
+    SlonDown,
+    /// A subscription is not active yet.
+    SubscriptionInactive,
+    /// A receiver lags the origin (`sl_status`).
+    Lag,
+}
+
 /// One finding, naming the node it is about.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Finding {
     pub gravity: Gravity,
+    pub concern: Concern,
     pub node: Option<String>,
     pub message: String,
 }
@@ -78,9 +95,10 @@ pub fn assess(
     lag_threshold: Duration,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    let mut push = |gravity, node: Option<&NodeName>, message: String| {
+    let mut push = |gravity, concern, node: Option<&NodeName>, message: String| {
         out.push(Finding {
             gravity,
+            concern,
             node: node.map(|n| n.to_string()),
             message,
         });
@@ -91,6 +109,7 @@ pub fn assess(
         if !n.has_cluster {
             push(
                 Gravity::Refused,
+                Concern::Topology,
                 Some(&n.name),
                 format!(
                     "node `{}` has no slony cluster `{cluster}` (schema `{}` is missing): it is not a slony node, or `slony.cluster` is wrong",
@@ -103,6 +122,7 @@ pub fn assess(
         if let Some(got) = n.local_id.filter(|got| *got != want) {
             push(
                 Gravity::Refused,
+                Concern::Topology,
                 Some(&n.name),
                 format!(
                     "node `{}` is slony node {got}, but `slony.nodes` says {want}",
@@ -113,6 +133,7 @@ pub fn assess(
         if n.slon_alive == Some(false) {
             push(
                 Gravity::Blocking,
+                Concern::SlonDown,
                 Some(&n.name),
                 format!(
                     "the slon daemon of node `{}` (slony node {want}) is not running: nothing would replicate to or confirm from it",
@@ -130,6 +151,7 @@ pub fn assess(
         if !origin.nodes.contains(id) {
             push(
                 Gravity::Refused,
+                Concern::Topology,
                 Some(name),
                 format!(
                     "node `{name}` is slony node {id} in the config, but cluster `{cluster}` has no node {id} (sl_node on the master)"
@@ -141,6 +163,7 @@ pub fn assess(
         if cfg.node_named(*id).is_none() {
             push(
                 Gravity::Refused,
+                Concern::Topology,
                 None,
                 format!(
                     "cluster `{cluster}` has slony node {id}, which no node of the config is: pgconvoy would not wait for it nor keep its ledger (add it to the config and `slony.nodes`)"
@@ -152,11 +175,13 @@ pub fn assess(
     match origin.sets.sets.iter().find(|(id, _, _)| *id == set) {
         None => push(
             Gravity::Refused,
+            Concern::Topology,
             None,
             format!("replication set {set} (key `slony.set`) does not exist in cluster `{cluster}`"),
         ),
         Some((_, set_origin, _)) if *set_origin != master_id => push(
             Gravity::Refused,
+            Concern::Topology,
             Some(master),
             format!(
                 "replication set {set} has origin slony node {set_origin}, but the master `{master}` is slony node {master_id}: std patches must run on the set's origin"
@@ -173,6 +198,7 @@ pub fn assess(
                 {
                     None => push(
                         Gravity::Refused,
+                        Concern::Topology,
                         Some(&n.name),
                         format!(
                             "node `{}` (slony node {id}) does not subscribe to set {set}: it would not receive std patches",
@@ -181,6 +207,7 @@ pub fn assess(
                     ),
                     Some(s) if !s.active => push(
                         Gravity::Blocking,
+                        Concern::SubscriptionInactive,
                         Some(&n.name),
                         format!(
                             "the subscription of node `{}` to set {set} is not active yet (still copying?)",
@@ -195,6 +222,7 @@ pub fn assess(
     for (table, in_set) in &origin.ledger_in_sets {
         push(
             Gravity::Refused,
+            Concern::LedgerReplicated,
             Some(master),
             format!(
                 "ledger table `{table}` is in replication set {in_set}: each node keeps its own ledger; drop it from the set (slonik `set drop table`)"
@@ -208,6 +236,7 @@ pub fn assess(
         if lag.time > lag_threshold || lag.since_confirmed > lag_threshold {
             push(
                 Gravity::Blocking,
+                Concern::Lag,
                 Some(name),
                 format!(
                     "node `{name}` lags the origin by {} event(s), {} (lag_threshold {}); it last confirmed an event {} ago",

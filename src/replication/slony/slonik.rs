@@ -13,29 +13,9 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
+use super::error::SlonikError;
 use crate::config::NodeConfig;
 use crate::db::libpq::params::HostName;
-
-/// Why slonik could not be run at all (a script that fails is a [`SlonikRun`] with `ok` false).
-#[derive(Debug, thiserror::Error)]
-pub enum SlonikError {
-    #[error(
-        "cannot run slonik `{program}`: {source} (install Slony-I's slonik or set `slony.slonik`)"
-    )]
-    Spawn {
-        program: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot hand the node passwords to slonik: {0}")]
-    Passfile(#[source] std::io::Error),
-    #[error("slonik `{program}` did not finish: {source}")]
-    Wait {
-        program: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// What one slonik run printed (passwords scrubbed) and whether it succeeded.
 #[derive(Debug, Clone)]
