@@ -48,7 +48,7 @@ pub enum Rule {
     TransactionNesting,
     /// A `std` patch creates a table without a primary key: on a Slony-I cluster it cannot
     /// join the replication set (see [`slony::tables_without_primary_key`]).
-    NoPrimaryKey,
+    RequirePrimaryKey,
     /// `COPY … FROM stdin` with inline data in a `std` patch on a Slony-I cluster: slonik
     /// EXECUTE SCRIPT replays SQL text, not a data stream (see [`slony::copy_from_stdin`]).
     CopyThroughSlonik,
@@ -66,7 +66,7 @@ impl Rule {
             Rule::BanDropTable => "ban-drop-table",
             Rule::BanDropColumn => "ban-drop-column",
             Rule::TransactionNesting => "transaction-nesting",
-            Rule::NoPrimaryKey => "require-primary-key",
+            Rule::RequirePrimaryKey => "require-primary-key",
             Rule::CopyThroughSlonik => "copy-through-slonik",
         }
     }

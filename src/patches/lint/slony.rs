@@ -99,7 +99,7 @@ pub fn tables_without_primary_key(patches: &[&Patch]) -> Vec<LintFinding> {
         .into_iter()
         .filter(|c| !c.keyed)
         .map(|c| LintFinding {
-            rule: Rule::NoPrimaryKey,
+            rule: Rule::RequirePrimaryKey,
             severity: Severity::Warning,
             patch: c.patch,
             file: c.file,
@@ -146,7 +146,7 @@ mod tests {
         tables_without_primary_key(&refs)
             .iter()
             .map(|f| {
-                assert_eq!(f.rule, Rule::NoPrimaryKey);
+                assert_eq!(f.rule, Rule::RequirePrimaryKey);
                 let table = f.message.split('`').nth(1).unwrap_or("?").to_string();
                 format!("{table}@{}:{}", f.patch, f.line)
             })
