@@ -124,8 +124,10 @@ pub async fn read(
 pub fn books(patch: &Patch, role: Role, replication: Replication) -> Vec<Book> {
     match (role, replication) {
         (Role::Master, _) => {
+            // On Slony-I a std patch's script records the origin's part in the local book.
             let own_part = patch.kind == PatchType::Concurrent
-                || (patch.kind == PatchType::Direct && patch.order == PatchOrder::MasterFirst);
+                || (patch.kind == PatchType::Direct && patch.order == PatchOrder::MasterFirst)
+                || (patch.kind == PatchType::Std && replication == Replication::Slony);
             if own_part {
                 vec![Book::Main, Book::Local]
             } else {
@@ -133,6 +135,9 @@ pub fn books(patch: &Patch, role: Role, replication: Replication) -> Vec<Book> {
             }
         }
         (Role::Replica, Replication::Physical) => Vec::new(),
+        // Every Slony-I node keeps its own record of std patches too (the replayed script
+        // writes it).
+        (Role::Replica, Replication::Slony) => vec![Book::Main],
         (Role::Replica, Replication::None | Replication::Logical) => {
             if patch.kind.runs_on_replicas() {
                 vec![Book::Main]
