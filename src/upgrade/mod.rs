@@ -214,7 +214,9 @@ async fn upgrade_inner(
             crate::lifecycle::baseline::new_nodes(cluster, &candidates).await?
         };
         if !new.is_empty() {
-            let c = coordinator(config, cluster, &ledger, &ledgers, reporter, &selected, None);
+            let c = coordinator(
+                config, cluster, &ledger, &ledgers, reporter, &selected, None,
+            );
             let r = c.baseline(file, patches, &new, report).await;
             report
                 .notes
