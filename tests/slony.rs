@@ -440,6 +440,8 @@ fn topology_that_contradicts_the_config_is_refused() {
     f.run(&["upgrade", "--dry-run"]).expect(2).says("node1");
     f.run(&["upgrade"]).expect(2).says("node1");
     f.run(&["status"]).expect(2).says("node1");
+    // A psql script would run std bodies outside slonik: refused before reading anything.
+    f.run(&["upgrade", "--sql"]).expect(2).says("slonik");
     for i in 0..3 {
         assert!(!f.has_relation(i, "public.never"), "node{i}");
     }

@@ -10,6 +10,7 @@ use crate::output::ReportFormat;
 use crate::output::{self, human};
 use crate::patches::discover::PatchSet;
 use crate::progress::{self, Reporter};
+use crate::replication::slony::error::SlonyError;
 use crate::upgrade::plan::Selection;
 use crate::upgrade::{RunReport, UpgradeOptions};
 
@@ -58,6 +59,12 @@ pub fn dry_run(config: &Config, patches: &PatchSet, args: &UpgradeArgs) -> Resul
 
 /// `upgrade --sql`: each selected node's script on stdout.
 pub fn sql(config: &Config, patches: &PatchSet, args: &UpgradeArgs) -> Result<(), Error> {
+    if let Some(slony) = &config.slony {
+        return Err(SlonyError::OfflineScript {
+            cluster: slony.cluster.to_string(),
+        }
+        .into());
+    }
     let nodes = crate::lifecycle::select(config, &args.nodes)?;
     let scripts = runtime().block_on(crate::upgrade::offline::scripts(
         config,

@@ -93,6 +93,10 @@ pub enum SlonyError {
     /// Pending `std` patches hold `COPY … FROM stdin` data, which slonik cannot carry.
     #[error("refusing to run on slony: {}", join(findings))]
     CopyThroughSlonik { findings: Vec<LintFinding> },
+    /// `upgrade --sql` on Slony: a psql script would run `std` bodies outside slonik, and
+    /// DDL that bypasses EXECUTE SCRIPT breaks replication.
+    #[error("upgrade --sql cannot serve slony cluster `{cluster}`: std patches must go through slonik EXECUTE SCRIPT (`upgrade --dry-run` shows the slonik scripts a run would execute)")]
+    OfflineScript { cluster: String },
 }
 
 fn join(items: &[impl std::fmt::Display]) -> String {
@@ -111,6 +115,7 @@ impl SlonyError {
             SlonyError::Refused { .. }
                 | SlonyError::Unkeyed { .. }
                 | SlonyError::CopyThroughSlonik { .. }
+                | SlonyError::OfflineScript { .. }
         )
     }
 
