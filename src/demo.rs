@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::localpg::{cluster_yaml, LocalCluster, PgBinaries, ServerOptions};
+use crate::localpg::{cluster_yaml, LocalCluster, LocalServer, PgBinaries, ServerOptions};
 
 /// The example patches, embedded so the demo runs from any directory.
 const PATCHES: &[(&str, &str)] = &[
@@ -37,23 +37,50 @@ pub struct DemoCluster {
 }
 
 impl DemoCluster {
-    /// Starts three servers, creates database `app` on each, writes the example patches
-    /// and `cluster.yaml` (node0 the master).
-    pub fn start() -> Result<DemoCluster, Error> {
+    /// Starts three servers (on ports `port_base`, +1, +2 when given, else on free ports),
+    /// creates database `app` on each, writes the example patches and `cluster.yaml`
+    /// (node0 the master).
+    pub fn start(port_base: Option<u16>) -> Result<DemoCluster, Error> {
         let failed = |what: &'static str, e: &dyn std::fmt::Display| Error::Demo {
             what,
             detail: e.to_string(),
         };
         let bins = PgBinaries::locate().map_err(|e| failed("cannot find PostgreSQL", &e))?;
+        let ports = match port_base {
+            Some(base) => format!("ports {base}, {}, {}", base + 1, base + 2),
+            None => "free ports".to_string(),
+        };
         eprintln!(
-            "demo: starting 3 local PostgreSQL servers from {}",
+            "demo: starting 3 local PostgreSQL servers from {} on 127.0.0.1, {ports} (initdb and start, in parallel)",
             bins.bindir.display()
         );
-        let cluster = LocalCluster::start_with(&bins, 3, &ServerOptions::default())
-            .map_err(|e| failed("cannot start a local server", &e))?;
+        let started = std::time::Instant::now();
+        // In parallel: initdb dominates the demo's time, and the three are independent.
+        let servers = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3u16)
+                .map(|i| {
+                    let opts = ServerOptions {
+                        port: port_base.map(|base| base + i),
+                        ..ServerOptions::default()
+                    };
+                    let bins = &bins;
+                    s.spawn(move || LocalServer::start(bins, &opts))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Result<Vec<LocalServer>, _>>()
+        })
+        .map_err(|e| failed("cannot start a local server", &e))?;
+        let cluster = LocalCluster { servers };
         cluster
             .create_database("app")
             .map_err(|e| failed("cannot create database `app`", &e))?;
+        eprintln!(
+            "demo: servers up in {}, database `app` on each",
+            crate::output::human::duration(started.elapsed())
+        );
 
         let dir = tempfile::Builder::new()
             .prefix("pgconvoy-demo-")

@@ -79,6 +79,10 @@ pub enum Error {
         /// The column it lacks, when the table exists.
         missing: Option<String>,
     },
+    /// The command line asks for something that does not exist (clap itself reports
+    /// malformed command lines, also with exit 2).
+    #[error("{message}")]
+    Usage { message: String },
     /// The packages directory could not be read.
     #[error(transparent)]
     PackagesUnreadable(#[from] crate::packages::discover::DiscoverError),
@@ -343,7 +347,8 @@ impl Error {
             | Error::DeployRefused { .. }
             | Error::UnknownVersion { .. }
             | Error::UnknownNode { .. }
-            | Error::LazrTable { .. } => exit::BAD_INPUT,
+            | Error::LazrTable { .. }
+            | Error::Usage { .. } => exit::BAD_INPUT,
             Error::Replication { error, .. } if error.is_bad_input() => exit::BAD_INPUT,
             Error::Slony(error) if error.is_bad_input() => exit::BAD_INPUT,
             Error::Busy { .. } | Error::Claimed { .. } => exit::BUSY,
@@ -385,6 +390,7 @@ impl Error {
             Error::Refused(_) => "refused",
             Error::TwoPhaseDisabled { .. } => "two-phase-disabled",
             Error::DryRunRefused { .. } => "dry-run-refused",
+            Error::Usage { .. } => "usage",
             Error::PackagesUnreadable(_) | Error::PackageDir { .. } => "package-directory",
             Error::UnknownPackage { .. } => "unknown-package",
             Error::DeployRefused { refusals } => match refusals.first().map(|r| r.kind) {
@@ -544,46 +550,85 @@ impl Error {
     }
 
     /// The error as the JSON documents carry it: `kind`, `node`, `patch`, `sqlstate`,
-    /// `message` (the whole chain), `detail`, `hint`, `file`, `line`.
+    /// `message` (the whole chain), `detail`, `hint`, `file`, `line` (and `package` for
+    /// errors about a code package).
+    pub fn to_object(&self) -> ErrorObject {
+        let pg = self.pg();
+        let (file, line) = self.file_line();
+        ErrorObject {
+            kind: self.kind().to_string(),
+            node: self.node().map(ToString::to_string),
+            patch: self.patch().map(|p| p.to_string()),
+            package: self.package().map(str::to_string),
+            sqlstate: pg.and_then(PgFailure::sqlstate).map(str::to_string),
+            message: self.chain(),
+            detail: pg.and_then(|p| p.detail.clone()),
+            hint: pg.and_then(|p| p.hint.clone()),
+            file,
+            line,
+        }
+    }
+
+    /// [`Error::to_object`] as a JSON value.
     pub fn to_json_object(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        serde_json::to_value(self.to_object()).unwrap_or(serde_json::Value::Null)
     }
 }
 
-/// The JSON shape of an [`Error`].
-#[derive(serde::Serialize)]
-struct ErrorObject<'a> {
-    kind: &'static str,
-    node: Option<&'a NodeName>,
-    patch: Option<String>,
+/// An error as every JSON document carries it (`docs/schema/common.json#/$defs/error`):
+/// owned, so reports can keep the errors of their nodes and patches. Its `Display` is
+/// the message, so text renderers print it as they printed the error.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ErrorObject {
+    /// What kind of error ([`Error::kind`]; `usage` for a bad command line).
+    pub kind: String,
+    pub node: Option<String>,
+    pub patch: Option<String>,
     /// Only for errors about a code package (`deploy`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    package: Option<&'a str>,
-    sqlstate: Option<&'a str>,
-    message: String,
-    detail: Option<&'a str>,
-    hint: Option<&'a str>,
-    file: Option<String>,
-    line: Option<usize>,
+    pub package: Option<String>,
+    pub sqlstate: Option<String>,
+    /// The error and its causes on one line, as printed on stderr.
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<usize>,
+}
+
+impl ErrorObject {
+    /// An error known only by its kind and message (a bad command line).
+    pub fn plain(kind: &str, message: impl Into<String>) -> ErrorObject {
+        ErrorObject {
+            kind: kind.to_string(),
+            node: None,
+            patch: None,
+            package: None,
+            sqlstate: None,
+            message: message.into(),
+            detail: None,
+            hint: None,
+            file: None,
+            line: None,
+        }
+    }
+}
+
+impl fmt::Display for ErrorObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<&Error> for ErrorObject {
+    fn from(e: &Error) -> ErrorObject {
+        e.to_object()
+    }
 }
 
 impl serde::Serialize for Error {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let pg = self.pg();
-        let (file, line) = self.file_line();
-        ErrorObject {
-            kind: self.kind(),
-            node: self.node(),
-            patch: self.patch().map(|p| p.to_string()),
-            package: self.package(),
-            sqlstate: pg.and_then(PgFailure::sqlstate),
-            message: self.chain(),
-            detail: pg.and_then(|p| p.detail.as_deref()),
-            hint: pg.and_then(|p| p.hint.as_deref()),
-            file,
-            line,
-        }
-        .serialize(s)
+        self.to_object().serialize(s)
     }
 }
 

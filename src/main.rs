@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = pgconvoy::cli::Cli::parse();
+    let cli = match pgconvoy::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return ExitCode::from(pgconvoy::cli::usage::refused(e)),
+    };
     match pgconvoy::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -13,6 +13,7 @@ use crate::db::pgerror::LedgerUnreadable;
 use crate::db::probe::{probe_keeping_session, NodeProbe};
 use crate::db::tls::TlsInfo;
 use crate::error::{exit, Error};
+use crate::output::metrics::NodeMetrics;
 use crate::packages::record::PackageBook;
 use crate::patches::discover::PatchSet;
 use crate::replication::slony::error::SlonyError;
@@ -47,7 +48,6 @@ pub struct NodeStatus {
     pub endpoint: String,
     /// The node answered (its ledger may still be unreadable: see `ledger_unreadable`).
     pub reachable: bool,
-    pub error: Option<String>,
     pub database: String,
     /// Every host of the DSN, in order (`host:port`, or the socket directory).
     pub hosts: Vec<String>,
@@ -64,6 +64,7 @@ pub struct NodeStatus {
     pub tls_warning: Option<String>,
     /// The node answered but its ledger could not be read (e.g. a missing grant).
     pub ledger_unreadable: Option<LedgerUnreadable>,
+    pub error: Option<crate::error::ErrorObject>,
     pub server_version: Option<String>,
     pub in_recovery: Option<bool>,
     pub ledger_exists: bool,
@@ -88,6 +89,10 @@ pub struct NodeStatus {
     pub packages: Vec<crate::packages::plan::Deployed>,
     /// Replicas: how this node's packages differ from the master's.
     pub packages_differ: Vec<String>,
+    /// Seconds this node lags behind the master, where known: a standby's replay delay
+    /// (0 when it has replayed all it received), a subscriber's from the master's
+    /// `pg_stat_replication` (its subscription's walsender; 0 when caught up).
+    pub replication_lag_seconds: Option<f64>,
 }
 
 impl StatusReport {
@@ -143,6 +148,19 @@ impl StatusReport {
     pub fn exit_code(&self) -> u8 {
         self.error().map_or(exit::SUCCESS, |e| e.exit_code())
     }
+
+    /// Per node, what `--metrics-file` reports: up, pending, lag.
+    pub fn node_metrics(&self) -> Vec<NodeMetrics> {
+        self.nodes
+            .iter()
+            .map(|n| NodeMetrics {
+                node: n.name.to_string(),
+                up: n.reachable,
+                pending: n.reachable.then_some(n.pending.len()),
+                lag_seconds: n.replication_lag_seconds,
+            })
+            .collect()
+    }
 }
 
 pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
@@ -154,6 +172,8 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
         .buffered(cluster.jobs)
         .collect()
         .await;
+    // Subscribers' lag as the master's walsenders see it, by subscription name.
+    let walsenders = observed[0].walsenders.clone();
     let master_ledger = observed[0].probe.ledger.clone();
     let master_packages = observed[0].packages.clone();
     let nodes = cluster
@@ -167,7 +187,16 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                 subscriptions,
                 replay_lsn,
                 packages: node_packages,
+                replay_lag,
+                walsenders: _,
             } = observed;
+            let replication_lag_seconds = replay_lag.or_else(|| {
+                subscriptions
+                    .iter()
+                    .filter_map(|s| walsenders.iter().find(|w| w.0 == s.name))
+                    .filter_map(|w| w.1)
+                    .reduce(f64::max)
+            });
             let role = node.role();
             let l = &p.ledger;
             let reachable = p.reachable();
@@ -219,6 +248,7 @@ pub async fn status(config: &Config, patches: &PatchSet) -> StatusReport {
                 replay_lsn,
                 packages: node_packages,
                 packages_differ,
+                replication_lag_seconds,
             }
         })
         .collect::<Vec<NodeStatus>>();
@@ -261,7 +291,28 @@ struct Observed {
     subscriptions: Vec<crate::replication::subscriptions::Subscription>,
     replay_lsn: Option<String>,
     packages: Vec<crate::packages::plan::Deployed>,
+    /// A standby's replay delay in seconds.
+    replay_lag: Option<f64>,
+    /// The master: its walsenders' (application name, lag in seconds).
+    walsenders: Vec<(String, Option<f64>)>,
 }
+
+/// A standby's lag: 0 when it streams and has replayed everything it received (an idle
+/// master writes nothing, and the age of the last replayed commit would grow without any
+/// lag), else the age of the last transaction it replayed.
+const STANDBY_LAG: &str = "
+    SELECT pg_last_wal_replay_lsn()::text,
+           CASE WHEN EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')
+                 AND pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
+                ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp())) END::float8";
+
+/// The master's walsenders and their lag (NULL lag columns on a streaming sender: idle
+/// and caught up, so 0).
+const WALSENDERS: &str = "
+    SELECT coalesce(application_name, ''),
+           CASE WHEN coalesce(replay_lag, flush_lag, write_lag) IS NULL AND state = 'streaming' THEN 0
+                ELSE extract(epoch FROM coalesce(replay_lag, flush_lag, write_lag)) END::float8
+      FROM pg_stat_replication";
 
 async fn observe(node: &Node, ledger: &Ledger, book: &PackageBook) -> Observed {
     let (probe, session) = probe_keeping_session(node, ledger).await;
@@ -271,6 +322,8 @@ async fn observe(node: &Node, ledger: &Ledger, book: &PackageBook) -> Observed {
         subscriptions: Vec::new(),
         replay_lsn: None,
         packages: Vec::new(),
+        replay_lag: None,
+        walsenders: Vec::new(),
     };
     let Some(session) = session else {
         return p;
@@ -285,11 +338,15 @@ async fn observe(node: &Node, ledger: &Ledger, book: &PackageBook) -> Observed {
         p.packages = packages;
     }
     if p.probe.in_recovery == Some(true) {
-        if let Ok(row) = session
-            .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-            .await
-        {
+        if let Ok(row) = session.query_one(STANDBY_LAG, &[]).await {
             p.replay_lsn = row.get(0);
+            p.replay_lag = row.get(1);
+        }
+    } else if node.role() == Role::Master {
+        // Reading another role's walsenders needs pg_read_all_stats; without it the
+        // lag is simply unknown.
+        if let Ok(rows) = session.query(WALSENDERS, &[]).await {
+            p.walsenders = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         }
     }
     p
@@ -306,7 +363,6 @@ mod tests {
             role: Role::Replica,
             endpoint: "h:5432/app".into(),
             reachable,
-            error: (!reachable).then(|| "connection refused".into()),
             database: "app".into(),
             hosts: vec!["h:5432".into()],
             host: reachable.then(|| "h:5432".into()),
@@ -315,6 +371,9 @@ mod tests {
             sslmode: SslMode::Prefer,
             tls_warning: None,
             ledger_unreadable: None,
+            error: (!reachable).then(|| {
+                crate::error::ErrorObject::plain("node-unreachable", "connection refused")
+            }),
             server_version: None,
             in_recovery: None,
             ledger_exists: false,
@@ -328,6 +387,7 @@ mod tests {
             replay_lsn: None,
             packages: Vec::new(),
             packages_differ: Vec::new(),
+            replication_lag_seconds: None,
         }
     }
 

@@ -152,7 +152,7 @@ fn upgrade_smuggled(f: &Fixture, smuggle: &str, into: &str) -> pgconvoy::upgrade
         wait: false,
         nodes: Vec::new(),
     };
-    let reporter = pgconvoy::progress::for_stderr();
+    let reporter = pgconvoy::progress::for_stderr(pgconvoy::progress::ProgressMode::Plain, 3);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

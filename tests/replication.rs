@@ -616,6 +616,19 @@ fn physical_standby_waits_for_replay() {
     for n in nodes {
         assert_eq!(n["pending"], serde_json::json!([]), "{v:#}");
     }
+    // The standby's lag is known (it has replayed all it received: 0, or a little).
+    let lag = nodes[1]["replication_lag_seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no lag for the standby: {v:#}"));
+    assert!(lag >= 0.0, "{v:#}");
+    let prom = f.scratch.path().join("standby.prom");
+    f.run(&["status", "--metrics-file", prom.to_str().unwrap()])
+        .expect(0);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains("pgconvoy_replication_lag_seconds{node=\"node1\"}"),
+        "{text}"
+    );
     drop(f);
     drop(standby);
     drop(primary);

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Overrides;
 use crate::output::{ReportFormat, StatusFormat};
 use crate::patches::patch::{PatchType, PatchVersion};
+use crate::progress::ProgressMode;
 use crate::upgrade::plan::Selection;
 
 const AFTER_HELP: &str = "\
@@ -21,6 +22,7 @@ Exit codes:
   3  another coordinator holds the cluster
   130  interrupted (SIGINT/Ctrl-C or SIGTERM): waits ended, running statements cancelled,
        the claim rolled back, the summary printed
+With --format json the document on stdout carries the same `exit_code`, also on failure.
 
 Patch files are named patch-MAJOR-MINOR-POINT-TYPE.sql, TYPE one of:
   std         the master only, inside the claim transaction (replication carries it)
@@ -117,13 +119,85 @@ pub enum Command {
     /// Start a throwaway local 3-node cluster from the installed PostgreSQL binaries,
     /// upgrade it with the example patches (--all), show its status, and clean up.
     Demo(DemoArgs),
+
+    /// Print a shell completion script (needs no cluster.yaml).
+    ///
+    /// bash: `pgconvoy completions bash > ~/.local/share/bash-completion/completions/pgconvoy`;
+    /// zsh: into a directory on $fpath as `_pgconvoy`; fish:
+    /// `pgconvoy completions fish > ~/.config/fish/completions/pgconvoy.fish`.
+    Completions(CompletionsArgs),
+
+    /// Print the manual page as roff (needs no cluster.yaml).
+    ///
+    /// `pgconvoy man > ~/.local/share/man/man1/pgconvoy.1`, then `man pgconvoy`;
+    /// `pgconvoy man upgrade` prints the page pgconvoy-upgrade(1).
+    Man(ManArgs),
+}
+
+impl Command {
+    /// The subcommand's name, as typed and as JSON documents call it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Check(_) => "check",
+            Command::Status(_) => "status",
+            Command::Upgrade(_) => "upgrade",
+            Command::Deploy(_) => "deploy",
+            Command::Recover => "recover",
+            Command::Stamp(_) => "stamp",
+            Command::Repair(_) => "repair",
+            Command::History(_) => "history",
+            Command::Unlock(_) => "unlock",
+            Command::Demo(_) => "demo",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
+        }
+    }
+
+    /// Where the command was asked to write Prometheus metrics.
+    pub fn metrics_file(&self) -> Option<&std::path::Path> {
+        match self {
+            Command::Status(a) => a.metrics_file.as_deref(),
+            Command::Upgrade(a) => a.metrics_file.as_deref(),
+            Command::Deploy(a) => a.metrics_file.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the command was asked for a JSON document on stdout.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Status(a) => a.format == StatusFormat::Json,
+            Command::Upgrade(a) => a.format == ReportFormat::Json,
+            Command::Deploy(a) => a.format == StatusFormat::Json,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A command's own page (e.g. `upgrade`) instead of pgconvoy(1).
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Output format; `json` prints an object with a `nodes` array.
+    /// Output format; `json` prints an object with a `nodes` array (docs/schema/status.json).
     #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
     pub format: StatusFormat,
+
+    /// Also write Prometheus metrics (text format) to PATH, atomically, for node_exporter's
+    /// textfile collector: pending patches, node up, replication lag, this run's outcome.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -194,9 +268,21 @@ pub struct UpgradeArgs {
     #[arg(long = "node", value_name = "NAME", conflicts_with = "dry_run")]
     pub nodes: Vec<String>,
 
-    /// Format of the summary printed on stdout (progress goes to stderr).
+    /// Format of the summary printed on stdout (progress goes to stderr); `json`:
+    /// docs/schema/upgrade.json.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub format: ReportFormat,
+
+    /// Progress on stderr: `auto` (live lines per node on a terminal, timestamped lines
+    /// otherwise), `plain` (timestamped lines), `json` (one JSON object per event and line).
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+
+    /// Also write Prometheus metrics (text format) to PATH, atomically, for node_exporter's
+    /// textfile collector: this run's outcome and duration, patches applied, and per node
+    /// pending patches, up, replication lag, read after the run.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -243,9 +329,21 @@ pub struct DeployArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,
 
-    /// Format of the summary printed on stdout (progress goes to stderr).
+    /// Format of the summary printed on stdout (progress goes to stderr); `json`:
+    /// docs/schema/deploy.json.
     #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
     pub format: StatusFormat,
+
+    /// Progress on stderr: `auto` (live lines per node on a terminal, timestamped lines
+    /// otherwise), `plain` (timestamped lines), `json` (one JSON object per event and line).
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+
+    /// Also write Prometheus metrics (text format) to PATH, atomically, for node_exporter's
+    /// textfile collector: this run's outcome and duration, and per node pending patches,
+    /// up and replication lag, read after the run.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl DeployArgs {
@@ -333,6 +431,10 @@ pub struct DemoArgs {
     /// Leave the cluster running and print how to use and stop it.
     #[arg(long)]
     pub keep: bool,
+
+    /// Start the three servers on ports N, N+1 and N+2 (default: free ports).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1024..65534))]
+    pub port_base: Option<u16>,
 }
 
 #[derive(Debug, Args)]

@@ -5,12 +5,14 @@ use crate::config::{Config, Overrides};
 use crate::demo::DemoCluster;
 use crate::error::Error;
 use crate::output::{self, ReportFormat};
+use crate::progress::ProgressMode;
 use crate::upgrade::plan::Selection;
 
-use super::{load_patches, runtime};
+use super::args::DemoArgs;
+use super::{load_patches, runtime, Invocation};
 
-pub fn demo(keep: bool) -> Result<(), Error> {
-    let demo = DemoCluster::start()?;
+pub fn demo(args: &DemoArgs) -> Result<(), Error> {
+    let demo = DemoCluster::start(args.port_base)?;
     let config_path = demo.config_path().display().to_string();
     let config = Config::load(demo.config_path(), &Overrides::default())?;
     let set = load_patches(&config)?;
@@ -20,7 +22,15 @@ pub fn demo(keep: bool) -> Result<(), Error> {
         all: true,
         ..Selection::default()
     };
-    super::upgrade::upgrade(&config, &set, &all, false, Vec::new(), ReportFormat::Text)?;
+    let inv = Invocation::new("upgrade", false, None);
+    let run = super::upgrade::Run {
+        selection: all,
+        wait: false,
+        nodes: Vec::new(),
+        format: ReportFormat::Text,
+        progress: ProgressMode::Auto,
+    };
+    super::upgrade::upgrade(&config, &set, &run, &inv)?;
 
     let status = runtime().block_on(crate::status::status(&config, &set));
     output::to_stdout(|out| {
@@ -29,7 +39,7 @@ pub fn demo(keep: bool) -> Result<(), Error> {
     })
     .map_err(Error::Output)?;
 
-    if keep {
+    if args.keep {
         demo.keep_running()?;
     }
     demo.stop();

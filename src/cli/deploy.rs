@@ -11,10 +11,10 @@ use crate::output::StatusFormat;
 use crate::packages::deploy::DeployOptions;
 use crate::packages::discover::{discover, PackageSet};
 use crate::packages::report::{DeployReport, NodeOutcome};
-use crate::progress::{self, Reporter};
+use crate::progress;
 
 use super::args::DeployArgs;
-use super::runtime;
+use super::{runtime, Invocation};
 
 /// Discovers the packages directory; any finding refuses the run (each is printed on stderr).
 pub fn load_packages(config: &Config) -> Result<PackageSet, Error> {
@@ -31,8 +31,9 @@ pub fn load_packages(config: &Config) -> Result<PackageSet, Error> {
     Ok(set)
 }
 
-/// `deploy`: the run, then its summary on stdout; the run's error, if any.
-pub fn deploy(config: &Config, args: &DeployArgs) -> Result<(), Error> {
+/// `deploy`: the run, then (when asked) the metrics, then its summary on stdout; the
+/// run's error, if any.
+pub fn deploy(config: &Config, args: &DeployArgs, inv: &Invocation) -> Result<(), Error> {
     let set = load_packages(config)?;
     let opts = DeployOptions {
         names: args.packages.clone(),
@@ -40,20 +41,52 @@ pub fn deploy(config: &Config, args: &DeployArgs) -> Result<(), Error> {
         wait: args.wait,
         dry_run: args.dry_run,
     };
-    let reporter: Box<dyn Reporter> = progress::for_stderr();
+    let reporter = progress::for_stderr(args.progress, config.nodes().count());
     let mut report = runtime().block_on(crate::packages::deploy::deploy(
         config, &set, &opts, &*reporter,
     ));
+    let failure = report.failure.take();
+    if inv.metrics_file.is_some() {
+        inv.write_metrics(failure.as_ref(), deployed(&report), nodes_after(config));
+    }
+    if args.format == StatusFormat::Json {
+        return inv.finish_json(Some(&report), failure);
+    }
     output::to_stdout(|out| render(&report, args.format, out)).map_err(Error::Output)?;
-    match report.failure.take() {
-        Some(e) => Err(e),
-        None => Ok(()),
+    failure.map_or(Ok(()), Err)
+}
+
+/// For `pgconvoy_patches_applied`: the packages this run deployed (committed on some node).
+fn deployed(r: &DeployReport) -> usize {
+    if r.dry_run {
+        return 0;
+    }
+    let mut names: Vec<&str> = r
+        .nodes
+        .iter()
+        .filter(|n| n.outcome == NodeOutcome::Committed)
+        .flat_map(|n| n.steps.iter().map(|s| s.step.package.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.len()
+}
+
+/// Every node as `status` sees it after the deploy (pending patches, up, lag); nothing
+/// when the patch directory cannot be read.
+fn nodes_after(config: &Config) -> Vec<crate::output::metrics::NodeMetrics> {
+    match crate::patches::discover::discover(&config.patches, config.strict) {
+        Ok(patches) => runtime()
+            .block_on(crate::status::status(config, &patches))
+            .node_metrics(),
+        Err(_) => Vec::new(),
     }
 }
 
 /// The summary: node × package, what was (or would be) done, how each node ended.
 pub fn render(r: &DeployReport, format: StatusFormat, out: &mut dyn Write) -> io::Result<()> {
     if format == StatusFormat::Json {
+        // The JSON document is written by `Invocation::finish_json`, envelope and all.
         return output::json(out, r);
     }
     let rows: Vec<Vec<String>> = r

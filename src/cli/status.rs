@@ -10,6 +10,8 @@ use crate::output::StatusFormat;
 use crate::patches::discover::PatchSet;
 use crate::status::{NodeStatus, StatusReport};
 
+use super::Invocation;
+
 /// The report as text: a table, then one line per problem.
 pub fn render_text(report: &StatusReport, out: &mut dyn Write) -> io::Result<()> {
     writeln!(
@@ -64,7 +66,7 @@ pub fn render_text(report: &StatusReport, out: &mut dyn Write) -> io::Result<()>
     )?;
     for n in &report.nodes {
         if let Some(e) = &n.error {
-            writeln!(out, "node `{}`: {e}", n.name)?;
+            writeln!(out, "{e}")?;
         }
         if let Some(w) = &n.tls_warning {
             writeln!(out, "warning: node `{}`: {w}", n.name)?;
@@ -168,12 +170,20 @@ fn list(v: &[String]) -> String {
 }
 
 /// `pgconvoy status`: reads every node, prints the report, exits by what it found.
-pub fn status(config: &Config, patches: &PatchSet, format: StatusFormat) -> Result<(), Error> {
+pub fn status(
+    config: &Config,
+    patches: &PatchSet,
+    format: StatusFormat,
+    inv: &Invocation,
+) -> Result<(), Error> {
     let report = super::runtime().block_on(crate::status::status(config, patches));
-    output::to_stdout(|out| match format {
-        StatusFormat::Text => render_text(&report, out),
-        StatusFormat::Json => output::json(out, &report),
-    })
-    .map_err(Error::Output)?;
-    report.error().map_or(Ok(()), Err)
+    let error = report.error();
+    inv.write_metrics(error.as_ref(), 0, report.node_metrics());
+    match format {
+        StatusFormat::Json => inv.finish_json(Some(&report), error),
+        StatusFormat::Text => {
+            output::to_stdout(|out| render_text(&report, out)).map_err(Error::Output)?;
+            error.map_or(Ok(()), Err)
+        }
+    }
 }

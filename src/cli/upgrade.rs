@@ -9,41 +9,62 @@ use crate::output::table::{markdown_table, text_table};
 use crate::output::ReportFormat;
 use crate::output::{self, human};
 use crate::patches::discover::PatchSet;
-use crate::progress::{self, Reporter};
+use crate::progress::{self, ProgressMode};
 use crate::replication::slony::error::SlonyError;
 use crate::upgrade::plan::Selection;
 use crate::upgrade::{RunReport, UpgradeOptions};
 
 use super::args::UpgradeArgs;
-use super::runtime;
+use super::{runtime, Invocation};
 
-/// `upgrade`: the run, then its summary on stdout; the run's error, if any.
+/// What the command line asked of a real run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub selection: Selection,
+    pub wait: bool,
+    /// `--node`: the indexes of the only nodes that run anything (empty: all).
+    pub nodes: Vec<usize>,
+    pub format: ReportFormat,
+    pub progress: ProgressMode,
+}
+
+/// `upgrade`: the run, then (when asked) the metrics, then its summary on stdout; the
+/// run's error, if any.
 pub fn upgrade(
     config: &Config,
     patches: &PatchSet,
-    selection: &Selection,
-    wait: bool,
-    nodes: Vec<usize>,
-    format: ReportFormat,
+    run: &Run,
+    inv: &Invocation,
 ) -> Result<(), Error> {
     let opts = UpgradeOptions {
-        selection: selection.clone(),
-        wait,
-        nodes,
+        selection: run.selection.clone(),
+        wait: run.wait,
+        nodes: run.nodes.clone(),
     };
-    let reporter: Box<dyn Reporter> = progress::for_stderr();
+    let reporter = progress::for_stderr(run.progress, config.nodes().count());
     let mut result =
         runtime().block_on(crate::upgrade::upgrade(config, patches, &opts, &*reporter));
-    output::to_stdout(|out| render_run(&result, format, out)).map_err(Error::Output)?;
-    match result.failure.take() {
-        Some(e) => Err(e),
-        None => Ok(()),
+    let failure = result.failure.take();
+    if inv.metrics_file.is_some() {
+        // Pending patches, node up and lag as the cluster is now, after the run.
+        let after = runtime().block_on(crate::status::status(config, patches));
+        inv.write_metrics(failure.as_ref(), result.applied.len(), after.node_metrics());
     }
+    if run.format == ReportFormat::Json {
+        return inv.finish_json(Some(&result), failure);
+    }
+    output::to_stdout(|out| render_run(&result, run.format, out)).map_err(Error::Output)?;
+    failure.map_or(Ok(()), Err)
 }
 
 /// `upgrade --dry-run`: the report on stdout, then exit 1 (something blocks) or 2 (refused).
-pub fn dry_run(config: &Config, patches: &PatchSet, args: &UpgradeArgs) -> Result<(), Error> {
-    let reporter: Box<dyn Reporter> = progress::for_stderr();
+pub fn dry_run(
+    config: &Config,
+    patches: &PatchSet,
+    args: &UpgradeArgs,
+    inv: &Invocation,
+) -> Result<(), Error> {
+    let reporter = progress::for_stderr(args.progress, config.nodes().count());
     let report = runtime().block_on(crate::dryrun::dry_run(
         config,
         patches,
@@ -52,6 +73,9 @@ pub fn dry_run(config: &Config, patches: &PatchSet, args: &UpgradeArgs) -> Resul
     ));
     reporter.finish();
     let report = report?;
+    if args.format == ReportFormat::Json {
+        return inv.finish_json(Some(&report), report.error());
+    }
     output::to_stdout(|out| crate::dryrun::render::render(&report, args.format, out))
         .map_err(Error::Output)?;
     report.error().map_or(Ok(()), Err)
@@ -98,7 +122,7 @@ pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) -> i
                 human::duration(std::time::Duration::from_millis(n.duration_ms as u64)),
                 match &n.error {
                     None => "ok".into(),
-                    Some(e) => format!("FAILED: {e}"),
+                    Some(e) => format!("FAILED: {}", e.message),
                 },
             ]
         })
@@ -135,6 +159,7 @@ pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) -> i
         }))
         .collect();
     match format {
+        // The JSON document is written by `Invocation::finish_json`, envelope and all.
         ReportFormat::Json => output::json(out, r),
         ReportFormat::Text if !r.planned => Ok(()),
         ReportFormat::Text => {

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod connect;
+pub mod index_progress;
 pub mod ledger;
 pub mod libpq;
 pub mod lock;

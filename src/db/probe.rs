@@ -5,12 +5,13 @@ use crate::db::cluster::{Node, Session};
 use crate::db::connect::Reached;
 use crate::db::ledger::{Ledger, NodeLedger};
 use crate::db::pgerror::{LedgerUnreadable, PgFailure};
+use crate::error::{Error, ErrorObject};
 
 /// What a first look at a node found.
 #[derive(Debug, Default)]
 pub struct NodeProbe {
     /// Why the node cannot be used: unreachable, or its ledger unreadable.
-    pub error: Option<String>,
+    pub error: Option<ErrorObject>,
     /// The host the session went to, and its TLS.
     pub reached: Option<Reached>,
     /// The node answered (even if its ledger could not be read).
@@ -41,7 +42,7 @@ pub async fn probe_keeping_session(node: &Node, ledger: &Ledger) -> (NodeProbe, 
     let session = match node.session().await {
         Ok(s) => s,
         Err(e) => {
-            p.error = Some(e.to_string());
+            p.error = Some(node.unreachable(e).to_object());
             return (p, None);
         }
     };
@@ -60,7 +61,7 @@ pub async fn probe_keeping_session(node: &Node, ledger: &Ledger) -> (NodeProbe, 
             p.in_recovery = Some(row.get(1));
         }
         Err(e) => {
-            p.error = Some(PgFailure::from_pg(&e).to_string());
+            p.error = Some(read_failed(node, "read the server version", e.into()));
             return (p, None);
         }
     }
@@ -68,10 +69,26 @@ pub async fn probe_keeping_session(node: &Node, ledger: &Ledger) -> (NodeProbe, 
         Ok(l) => p.ledger = l,
         Err(e) => {
             let why = ledger.unreadable(&e, session.client()).await;
-            p.error = Some(why.to_string());
+            let mut error = Error::LedgerUnreadable {
+                node: node.name().clone(),
+                unreadable: Box::new(why.clone()),
+            }
+            .to_object();
+            error.sqlstate.clone_from(&why.sqlstate);
+            p.error = Some(error);
             p.ledger_unreadable = Some(why);
             return (p, None);
         }
     }
     (p, Some(session))
+}
+
+fn read_failed(node: &Node, action: &'static str, failure: PgFailure) -> ErrorObject {
+    Error::Node {
+        node: node.name().clone(),
+        master: node.role() == crate::config::Role::Master,
+        action,
+        failure: Box::new(failure),
+    }
+    .to_object()
 }

@@ -294,6 +294,9 @@ async fn rehearse_and_inspect(
         .await;
     for (n, e) in report.nodes.iter_mut().zip(examined) {
         n.patches = e.patches;
+        for error in n.patches.iter_mut().filter_map(|p| p.error.as_mut()) {
+            error.node.get_or_insert_with(|| n.name.clone());
+        }
         n.preflight = e.inspection;
         report.findings.extend(e.findings);
     }
@@ -354,7 +357,7 @@ fn node_findings(report: &mut DryRunReport) {
                 FindingKind::Unreachable,
                 node,
                 None,
-                format!("node `{}` ({}) is unreachable: {e}", n.name, n.endpoint),
+                e.message.clone(),
             ));
         }
         for v in &n.ledger.unfinished {

@@ -77,9 +77,9 @@ pub struct NodeReport {
     pub role: Role,
     pub endpoint: String,
     pub reachable: bool,
-    pub error: Option<String>,
     /// `sslmode` below `verify-full` to a host on another machine.
     pub tls_warning: Option<String>,
+    pub error: Option<crate::error::ErrorObject>,
     pub server_version: Option<String>,
     pub in_recovery: Option<bool>,
     pub ledger: LedgerView,
@@ -122,7 +122,6 @@ pub enum Verdict {
 pub struct DryRunReport {
     pub dry_run: bool,
     pub verdict: Verdict,
-    pub exit_code: u8,
     pub config: String,
     pub patch_dir: String,
     pub ledger_table: String,
@@ -178,7 +177,6 @@ impl DryRunReport {
         DryRunReport {
             dry_run: true,
             verdict: Verdict::Ready,
-            exit_code: exit::SUCCESS,
             config: config.path.display().to_string(),
             patch_dir: patches.dir.display().to_string(),
             ledger_table: ledger.name(),
@@ -235,6 +233,10 @@ impl DryRunReport {
             Verdict::Ready
         };
         self.summary = s;
-        self.exit_code = self.error().map_or(exit::SUCCESS, |e| e.exit_code());
+    }
+
+    /// The exit code the report gives the process (the JSON envelope's `exit_code`).
+    pub fn exit_code(&self) -> u8 {
+        self.error().map_or(exit::SUCCESS, |e| e.exit_code())
     }
 }

@@ -39,6 +39,9 @@ pub struct ServerOptions {
     pub netns: Option<PathBuf>,
     /// Serve TLS with this certificate.
     pub tls: Option<ServerTls>,
+    /// Listen on this port instead of a free one (`pgconvoy demo --port-base`); a port in
+    /// use is an error, not retried elsewhere.
+    pub port: Option<u16>,
 }
 
 /// A server's TLS: its certificate, the CA its clients' certificates must chain to, and
@@ -62,6 +65,7 @@ impl Default for ServerOptions {
             listen_address: None,
             netns: None,
             tls: None,
+            port: None,
         }
     }
 }
@@ -96,6 +100,17 @@ fn free_port() -> Result<u16> {
         path: PathBuf::from("127.0.0.1"),
         source: io::Error::new(io::ErrorKind::AddrInUse, "every port tried was taken"),
     })
+}
+
+/// A chosen port must be free on 127.0.0.1 (a clear error instead of pg_ctl's log).
+fn check_port_free(port: u16) -> Result<()> {
+    TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .map_err(|source| LocalPgError::Io {
+            what: "listen on",
+            path: PathBuf::from(format!("127.0.0.1:{port}")),
+            source,
+        })
 }
 
 fn default_base_dir() -> PathBuf {
@@ -164,9 +179,19 @@ pub struct LocalServer {
 impl LocalServer {
     /// initdb's a fresh data dir in a new temp dir and starts a server on a free port.
     pub fn start(bins: &PgBinaries, opts: &ServerOptions) -> Result<LocalServer> {
+        if let Some(port) = opts.port {
+            // Before initdb: a taken port fails at once, not seconds later.
+            check_port_free(port)?;
+        }
         let mut server = LocalServer::prepare(bins, opts)?;
         server.initdb(opts)?;
-        server.start_on_a_free_port()?;
+        match opts.port {
+            Some(port) => {
+                server.set_port(port)?;
+                server.pg_ctl_start()?;
+            }
+            None => server.start_on_a_free_port()?,
+        }
         Ok(server)
     }
 

@@ -1,7 +1,9 @@
 //! Command output, below every command and service: the output formats the command
 //! line offers, aligned and Markdown tables, human-readable units and RFC 3339 times.
 
+pub mod document;
 pub mod human;
+pub mod metrics;
 pub mod table;
 pub mod timestamp;
 

@@ -8,10 +8,22 @@ pub fn rfc3339(t: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    seconds_z(secs, "")
+}
+
+/// RFC 3339 UTC, milliseconds precision: what JSON documents carry, since a patch's
+/// part on a node often takes less than a second.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    seconds_z(since.as_secs(), &format!(".{:03}", since.subsec_millis()))
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SS{fraction}Z`.
+fn seconds_z(secs: u64, fraction: &str) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{fraction}Z",
         rem / 3600,
         (rem / 60) % 60,
         rem % 60
@@ -44,5 +56,7 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-22T01:01:01Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_millis(951_782_400_042);
+        assert_eq!(rfc3339_millis(t), "2000-02-29T00:00:00.042Z");
     }
 }

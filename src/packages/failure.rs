@@ -85,6 +85,8 @@ impl serde::Serialize for DeployFailure {
         struct Object<'a> {
             kind: &'static str,
             node: &'a NodeName,
+            /// Always null: a package is not a patch (the error object has every key).
+            patch: Option<&'a str>,
             package: Option<&'a str>,
             sqlstate: Option<&'a str>,
             message: String,
@@ -97,6 +99,7 @@ impl serde::Serialize for DeployFailure {
         Object {
             kind: "deploy-failed",
             node: &self.node,
+            patch: None,
             package: self.package.as_deref(),
             sqlstate: pg.and_then(PgFailure::sqlstate),
             message: self.to_string(),

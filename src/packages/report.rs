@@ -12,15 +12,19 @@ pub struct DeployReport {
     pub dry_run: bool,
     pub mode: Mode,
     pub atomic: bool,
-    /// RFC 3339, UTC.
+    /// RFC 3339, UTC. In JSON, the envelope's (`docs/json.md`) carries these four.
+    #[serde(skip)]
     pub started_at: String,
+    #[serde(skip)]
     pub finished_at: String,
+    #[serde(skip)]
     pub exit_code: u8,
     /// The packages of the run, in deploy order (dependencies included).
     pub packages: Vec<PackageView>,
     pub nodes: Vec<NodeDeploy>,
     pub notes: Vec<String>,
     /// The run's error as an object (`kind`, `node`, `package`, `sqlstate`, `message`, …).
+    #[serde(skip)]
     pub error: Option<serde_json::Value>,
     #[serde(skip)]
     pub failure: Option<Error>,

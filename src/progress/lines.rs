@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use super::{Event, Reporter};
+use super::{first_line, Event, Reporter, StatementAt};
 use crate::output::human;
 use crate::output::timestamp::rfc3339;
 
@@ -15,6 +15,18 @@ impl Reporter for LineReporter {
             Event::Note(text) => text.to_string(),
             Event::GroupStart { kind, versions } => format!("group: {kind} patch(es) {versions}"),
             Event::NodeStart { version, node } => format!("{version} on {node}: started"),
+            // One line per statement of a concurrent patch (each may take long); a body
+            // sent whole is said by its start line already.
+            Event::Statement {
+                version,
+                node,
+                text,
+                at: StatementAt::One { number, of },
+            } => format!(
+                "{version} on {node}: statement {number}/{of}: {}",
+                first_line(text, 100)
+            ),
+            Event::Statement { .. } | Event::IndexProgress { .. } => return,
             Event::NodeDone {
                 version,
                 node,

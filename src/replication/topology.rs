@@ -17,10 +17,14 @@ impl fmt::Display for TopologyProblem {
     }
 }
 
-/// In JSON, a problem is its message (the node is named in it).
+/// In JSON, a problem is an object: `node` and `message`.
 impl serde::Serialize for TopologyProblem {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.message)
+        use serde::ser::SerializeStruct;
+        let mut o = s.serialize_struct("TopologyProblem", 2)?;
+        o.serialize_field("node", &self.node)?;
+        o.serialize_field("message", &self.message)?;
+        o.end()
     }
 }
 

@@ -19,7 +19,6 @@ use crate::db::transaction::Transaction;
 use crate::error::Error;
 use crate::output::human;
 use crate::patches::patch::{Patch, PatchOrder, PatchType};
-use crate::progress::Event;
 use crate::replication;
 
 /// Why a patch was not applied, for what the run reports about it.
@@ -136,11 +135,7 @@ impl Coordinator<'_> {
         report: &mut RunReport,
     ) -> Result<(), Refused> {
         let params = RowParams::new(patch, &self.applied_by);
-        let master = self.cluster.master();
-        self.reporter.event(&Event::NodeStart {
-            version: patch.version,
-            node: master.name(),
-        });
+        self.node_start(patch, 0);
         let t = Instant::now();
         let r = match self
             .committed_transaction(

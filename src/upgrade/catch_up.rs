@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 
-use super::coordinator::{Coordinator, NodeFailure, Outcome};
+use super::coordinator::{Coordinator, NodeFailure, Outcome, Timing};
 use super::{CaughtUp, RunReport};
 use crate::db::ledger::Book;
 use crate::error::Error;
@@ -85,7 +85,7 @@ impl Coordinator<'_> {
                     line: None,
                     pg: None,
                 };
-                out.push((patch, (i, Duration::ZERO, Err(failure))));
+                out.push((patch, (i, Timing::now(Duration::ZERO), Err(failure))));
                 break;
             }
             let outcome = match patch.kind {

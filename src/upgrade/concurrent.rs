@@ -9,7 +9,7 @@ use crate::db::retry::{self, RetryPolicy, Target};
 use crate::output::human;
 use crate::patches::patch::Patch;
 use crate::patches::sql;
-use crate::progress::Event;
+use crate::progress::{Event, StatementAt};
 
 impl Coordinator<'_> {
     /// A `concurrent` patch on one node: outside any transaction, statement by
@@ -30,7 +30,14 @@ impl Coordinator<'_> {
             .record_start(client, book, patch, &self.applied_by)
             .await
             .map_err(self.fail(i))?;
+        let of = patch.statement_texts().count();
         for (k, (text, span)) in patch.statement_texts().enumerate() {
+            self.reporter.event(&Event::Statement {
+                version: patch.version,
+                node: node.name(),
+                text,
+                at: StatementAt::One { number: k + 1, of },
+            });
             match sql::create_index_concurrently_name(text) {
                 Some(name) => {
                     self.build_index(client, i, patch, (k, text, span.line), &name, resuming)
@@ -93,9 +100,8 @@ impl Coordinator<'_> {
                         return Ok(Err(x));
                     }
                 }
-                Ok::<_, NodeFailure>(
-                    retry::execute(Target::Session(client), node_ref, Step::Sql(text), &once, &|_, _| {}, 0).await,
-                )
+                let build = retry::execute(Target::Session(client), node_ref, Step::Sql(text), &once, &|_, _| {}, 0);
+                Ok::<_, NodeFailure>(self.watching_index(i, patch, client, build).await)
             }
             .await?;
             match r {

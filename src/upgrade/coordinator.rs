@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::stream::{self, StreamExt};
 use tokio_postgres::error::SqlState;
@@ -19,8 +19,9 @@ use crate::db::ledger::{Book, Ledger, NodeLedger, RowParams};
 use crate::db::pgerror::PgFailure;
 use crate::db::retry::RetryPolicy;
 use crate::error::{Error, PatchFailure};
-use crate::patches::patch::Patch;
-use crate::progress::{Event, Reporter};
+use crate::output::timestamp::rfc3339_millis;
+use crate::patches::patch::{Patch, PatchType};
+use crate::progress::{Event, Reporter, StatementAt};
 use crate::replication::slony::ops::SlonyOps;
 
 /// The state of one run, shared by the per-patch steps.
@@ -79,8 +80,25 @@ impl NodeFailure {
     }
 }
 
-/// One node's part of a patch: node index, how long it took, how it ended.
-pub(super) type Outcome = (usize, Duration, Result<(), NodeFailure>);
+/// One node's part of a patch: node index, when and how long, how it ended.
+pub(super) type Outcome = (usize, Timing, Result<(), NodeFailure>);
+
+/// When a node's part of a patch finished, and how long it took.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    pub(super) elapsed: Duration,
+    pub(super) finished: SystemTime,
+}
+
+impl Timing {
+    /// A part that took `elapsed` and finished now.
+    pub(super) fn now(elapsed: Duration) -> Timing {
+        Timing {
+            elapsed,
+            finished: SystemTime::now(),
+        }
+    }
+}
 
 impl Coordinator<'_> {
     pub(super) fn node(&self, i: usize) -> &Node {
@@ -185,17 +203,22 @@ impl Coordinator<'_> {
     ) -> Option<PatchFailure> {
         results.sort_by_key(|(i, _, _)| *i);
         let mut first_failure = None;
-        for (i, elapsed, r) in &results {
+        for (i, timing, r) in &results {
             let failure = r.as_ref().err().map(|f| f.for_patch(patch));
-            let error = failure.as_ref().map(ToString::to_string);
+            let error = failure
+                .as_ref()
+                .map(|f| Error::PatchFailed(Box::new(f.clone())).to_object());
             if first_failure.is_none() {
                 first_failure = failure;
             }
+            let started = timing.finished.checked_sub(timing.elapsed);
             report.results.push(NodeResult {
                 patch: patch.version.to_string(),
                 patch_type: patch.kind,
                 node: self.node(*i).name().to_string(),
-                duration_ms: elapsed.as_millis(),
+                started_at: rfc3339_millis(started.unwrap_or(timing.finished)),
+                finished_at: rfc3339_millis(timing.finished),
+                duration_ms: timing.elapsed.as_millis(),
                 ok: error.is_none(),
                 error,
             });
@@ -237,7 +260,28 @@ impl Coordinator<'_> {
             elapsed,
             error: error.as_deref(),
         });
-        (i, elapsed, r)
+        (i, Timing::now(elapsed), r)
+    }
+
+    /// Reports a node's part as started (and, for a body sent whole, its first
+    /// statement; a `concurrent` patch reports each of its statements as it runs it).
+    pub(super) fn node_start(&self, patch: &Patch, i: usize) {
+        let node = self.node(i).name();
+        self.reporter.event(&Event::NodeStart {
+            version: patch.version,
+            node,
+        });
+        if patch.kind != PatchType::Concurrent {
+            let statements = patch.statement_texts().count();
+            if let Some((text, _)) = patch.statement_texts().next() {
+                self.reporter.event(&Event::Statement {
+                    version: patch.version,
+                    node,
+                    text,
+                    at: StatementAt::Body { statements },
+                });
+            }
+        }
     }
 
     /// Reports a node's part as started, runs it, reports it as finished.
@@ -247,10 +291,7 @@ impl Coordinator<'_> {
         i: usize,
         work: impl Future<Output = Result<(), NodeFailure>>,
     ) -> Outcome {
-        self.reporter.event(&Event::NodeStart {
-            version: patch.version,
-            node: self.node(i).name(),
-        });
+        self.node_start(patch, i);
         let started = Instant::now();
         let r = work.await;
         self.node_done(patch, i, started, r)

@@ -19,7 +19,7 @@ use crate::db::cluster::Cluster;
 use crate::db::ledger::{Book, Ledger, NodeLedger};
 use crate::db::lock::{acquire_lock, release_lock};
 use crate::db::retry::RetryPolicy;
-use crate::error::Error;
+use crate::error::{Error, ErrorObject};
 use crate::output::human;
 use crate::patches::discover::PatchSet;
 use crate::patches::patch::{Patch, PatchType};
@@ -38,6 +38,7 @@ mod body;
 mod catch_up;
 mod concurrent;
 mod coordinator;
+mod index_watch;
 pub mod offline;
 pub mod plan;
 pub mod recover;
@@ -60,9 +61,12 @@ pub struct NodeResult {
     pub patch: String,
     pub patch_type: PatchType,
     pub node: String,
+    /// When the node's part started and finished (RFC 3339 UTC, milliseconds).
+    pub started_at: String,
+    pub finished_at: String,
     pub duration_ms: u128,
     pub ok: bool,
-    pub error: Option<String>,
+    pub error: Option<ErrorObject>,
 }
 
 /// What a run brought one node up to date with: patches the cluster had finished
@@ -89,6 +93,8 @@ pub struct Baselined {
 /// Everything a run did, for the summary.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RunReport {
+    /// Always false: the dry run's document says true (one `upgrade` schema for both).
+    pub dry_run: bool,
     /// Patches stamped done on the master, in order.
     pub applied: Vec<String>,
     /// New nodes given the newest baseline, before anything else.
@@ -96,12 +102,14 @@ pub struct RunReport {
     /// Nodes brought up to date with patches the cluster had finished, before new ones.
     pub caught_up: Vec<CaughtUp>,
     pub results: Vec<NodeResult>,
-    /// Patches still pending on the cluster after the run.
+    /// Patches still pending on the cluster after the run (also when the run refused:
+    /// drift, `--patch-type`; empty only when the ledgers could not be read).
     pub pending: Vec<String>,
     pub notes: Vec<String>,
     /// Whether the run got as far as planning (false: refused or failed before).
     pub planned: bool,
-    /// Why the run failed, when it did.
+    /// Why the run failed, in words (the JSON document carries it as its `error` object).
+    #[serde(skip)]
     pub error: Option<String>,
     #[serde(skip)]
     pub failure: Option<Error>,
@@ -193,7 +201,12 @@ async fn upgrade_inner(
     let ledger = Ledger::new(config.ledger.clone());
     let lock = acquire_lock(cluster, &ledger, opts.wait, reporter).await?;
 
-    let mut ledgers = refuse_or_read(config, cluster, patches, &ledger).await?;
+    let (mut ledgers, refusal) = read_and_judge(config, cluster, patches, &ledger).await?;
+    // Pending is reported also when the run refuses.
+    report.pending = pending_versions(patches, &ledgers[0]);
+    if let Some(refusal) = refusal {
+        return Err(refusal);
+    }
     let selected: Vec<bool> = (0..cluster.nodes.len())
         .map(|i| opts.nodes.is_empty() || opts.nodes.contains(&i))
         .collect();
@@ -230,6 +243,7 @@ async fn upgrade_inner(
         }
     }
     let pending = plan::pending(patches, &ledgers[0]);
+    report.pending = pending.iter().map(|p| p.version.to_string()).collect();
     let mut schedule =
         plan::schedule(plan::groups(&pending), &opts.selection).map_err(Error::Refused)?;
     // Without the master, the run stops where the master must act first.
@@ -251,7 +265,6 @@ async fn upgrade_inner(
         .filter(|(i, c)| selected[*i] && !c.is_empty())
         .collect();
     report.planned = true;
-    report.pending = pending.iter().map(|p| p.version.to_string()).collect();
     let scheduled: usize = schedule.groups.iter().map(|g| g.patches.len()).sum();
     let applied_by = applied_by();
     let slony_ops = config
@@ -378,14 +391,35 @@ fn coordinator<'a>(
     }
 }
 
-/// Reads every node; refuses (before anything is written) a topology that contradicts
-/// the config and applied patches whose files changed. Returns the ledgers.
+/// [`read_and_judge`], its refusal an error.
 async fn refuse_or_read(
     config: &Config,
     cluster: &Cluster,
     patches: &PatchSet,
     ledger: &Ledger,
 ) -> Result<Vec<NodeLedger>, Error> {
+    match read_and_judge(config, cluster, patches, ledger).await? {
+        (_, Some(refusal)) => Err(refusal),
+        (ledgers, None) => Ok(ledgers),
+    }
+}
+
+fn pending_versions(patches: &PatchSet, master: &NodeLedger) -> Vec<String> {
+    plan::pending(patches, master)
+        .iter()
+        .map(|p| p.version.to_string())
+        .collect()
+}
+
+/// Reads every node; judges (before anything is written) a topology that contradicts
+/// the config and applied patches whose files changed, which refuse the run. Returns the
+/// ledgers and the refusal, so that a refused run still reports what is pending.
+async fn read_and_judge(
+    config: &Config,
+    cluster: &Cluster,
+    patches: &PatchSet,
+    ledger: &Ledger,
+) -> Result<(Vec<NodeLedger>, Option<Error>), Error> {
     let (ledgers, in_recovery) = read_nodes(cluster, ledger).await?;
     let recovery = cluster
         .nodes
@@ -394,7 +428,7 @@ async fn refuse_or_read(
         .map(|(n, r)| (&n.config, Some(*r)));
     let problems = topology_problems(config.replication, recovery);
     if !problems.is_empty() {
-        return Err(Error::Topology { problems });
+        return Ok((ledgers, Some(Error::Topology { problems })));
     }
     let drift: Vec<Drift> = cluster
         .nodes
@@ -403,9 +437,9 @@ async fn refuse_or_read(
         .flat_map(|(n, l)| plan::drift(patches, n.name(), l))
         .collect();
     if !drift.is_empty() {
-        return Err(Error::Drift { drift });
+        return Ok((ledgers, Some(Error::Drift { drift })));
     }
-    Ok(ledgers)
+    Ok((ledgers, None))
 }
 
 /// The master's ledger tables, created if need be (by the lock holder only).

@@ -52,10 +52,24 @@ impl Drift {
     }
 }
 
-/// In JSON, drift is its message (node and patch are named in it).
+/// In JSON, drift is an object (`docs/schema/common.json#/$defs/drift`): `node`, `patch`,
+/// `kind` (`changed` or `missing`), `file` and `message`.
 impl serde::Serialize for Drift {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        use serde::ser::SerializeStruct;
+        let mut o = s.serialize_struct("Drift", 5)?;
+        o.serialize_field("node", &self.node)?;
+        o.serialize_field("patch", &self.version.to_string())?;
+        o.serialize_field(
+            "kind",
+            match self.kind {
+                DriftKind::Changed { .. } => "changed",
+                DriftKind::Missing => "missing",
+            },
+        )?;
+        o.serialize_field("file", &self.file())?;
+        o.serialize_field("message", &self.to_string())?;
+        o.end()
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod contract;
 pub mod corpus;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -57,13 +57,20 @@ pub enum Outcome {
     NotRehearsed,
 }
 
-/// A server error, with the line of the patch file it points at.
+/// Why a patch's rehearsal failed on a node, with the line of the patch file it points
+/// at: an error object of the JSON contract (`docs/schema/common.json`), plus `text`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RehearsalError {
+    /// `rehearsal-failed` (the server refused a statement) or `not-rehearsed`.
+    pub kind: &'static str,
+    pub node: Option<String>,
+    pub patch: Option<String>,
     pub sqlstate: Option<String>,
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// The patch file's name.
+    pub file: Option<String>,
     /// 1-based line in the patch file, when the server reported a position.
     pub line: Option<usize>,
     /// The whole error in one line, as the text report prints it.
@@ -219,10 +226,15 @@ pub fn not_rehearsed(patches: &[&Patch], why: &str) -> Vec<PatchRehearsal> {
             }
             let mut r = PatchRehearsal::new(p, Outcome::NotRehearsed);
             r.error = Some(RehearsalError {
+                kind: "not-rehearsed",
+                // The node is filled in when the node's report is assembled.
+                node: None,
+                patch: Some(p.version.to_string()),
                 sqlstate: None,
                 message: why.to_string(),
                 detail: None,
                 hint: None,
+                file: Some(p.file_name()),
                 line: None,
                 text: why.to_string(),
             });
@@ -763,10 +775,14 @@ impl Rehearsal<'_> {
             ));
         }
         RehearsalError {
+            kind: "rehearsal-failed",
+            node: Some(self.node.name().to_string()),
+            patch: Some(patch.version.to_string()),
             sqlstate: what.sqlstate().map(str::to_string),
             message: what.message.clone(),
             detail: what.detail.clone(),
             hint: what.hint.clone(),
+            file: Some(patch.file_name()),
             line: Some(line),
             text,
         }
