@@ -101,7 +101,8 @@ impl Coordinator<'_> {
                     }
                 }
                 let build = retry::execute(Target::Session(client), node_ref, Step::Sql(text), &once, &|_, _| {}, 0);
-                Ok::<_, NodeFailure>(self.watching_index(i, patch, client, build).await)
+                // Boxed, so that watching adds a pointer to the run's future, not its size.
+                Ok::<_, NodeFailure>(Box::pin(self.watching_index(i, patch, client, build)).await)
             }
             .await?;
             match r {

@@ -31,7 +31,9 @@ impl Coordinator<'_> {
             return build.await;
         };
         let pid: i32 = row.get(0);
-        let watch = async {
+        // Boxed: a session's connect future is large, and this one would sit inside
+        // every run's future (a debug build's test thread has a 2 MiB stack).
+        let watch = Box::pin(async move {
             // A second session of the node; none to spare means no progress, not a failure.
             let Ok(session) = self.node(i).session().await else {
                 return;
@@ -49,9 +51,8 @@ impl Coordinator<'_> {
                     Err(_) => return,
                 }
             }
-        };
+        });
         futures::pin_mut!(build);
-        futures::pin_mut!(watch);
         match select(build, watch).await {
             Either::Left((done, _)) => done,
             Either::Right(((), build)) => build.await,
