@@ -180,11 +180,16 @@ impl Results {
         if goal != "—" {
             let ratio = ratio.replace("**", "");
             let result = if ratio == "—" { ours.clone() } else { ratio };
+            // A ditto row ("〃 …") names what it repeats: the README line stands alone.
+            let what = match (what.strip_prefix('〃'), self.rows.last()) {
+                (Some(rest), Some(prev)) => format!("{} —{rest}", without_parentheses(&prev[1])),
+                _ => what.to_string(),
+            };
             self.summary.push((
                 fig.to_string(),
                 format!(
                     "{}: {result}; goal {}",
-                    without_parentheses(what),
+                    without_parentheses(&what),
                     goal.replace("**", "")
                 ),
             ));
