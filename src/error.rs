@@ -206,6 +206,19 @@ pub enum Error {
     /// The run stopped between patches because it was interrupted.
     #[error("stopped before patch `{patch}`")]
     Stopped { patch: PatchVersion },
+    /// The run's cluster lock session ended under it (a terminated backend, `unlock
+    /// --force`, a restarted master, a dropped connection): it started nothing new after
+    /// it noticed; `before` is the patch it stopped before, `cause` what failed with it.
+    #[error(
+        "cluster lock on master node `{node}` lost during the run{}{}; nothing new was started after that (the patch in flight finished or rolled back under its claim)",
+        before.map(|p| format!(": stopped before patch `{p}`")).unwrap_or_default(),
+        cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+    )]
+    LockLost {
+        node: NodeName,
+        before: Option<PatchVersion>,
+        cause: Option<Box<Error>>,
+    },
     /// Ctrl-C or SIGTERM during an upgrade: what it stopped with.
     #[error("interrupted: {cause}")]
     Interrupted { cause: Box<Error> },
@@ -228,10 +241,6 @@ pub enum Error {
         "{signal}: dry run stopped; its statements were cancelled and its transactions roll back; nothing was changed"
     )]
     DryRunInterrupted { signal: &'static str },
-    /// The run's cluster lock session ended under it (`unlock --force`, or a lost
-    /// connection): it stopped writing; `cause` is where it noticed.
-    #[error("cluster lock on master node `{node}` lost: {cause}")]
-    LockLost { node: NodeName, cause: Box<Error> },
     /// `unlock --force` could not end every session of the holder, or the lock stayed held.
     #[error("unlock: {what}")]
     Unlock { node: NodeName, what: String },
@@ -491,7 +500,10 @@ impl Error {
             Error::Drift { drift } => drift.first().map(|d| d.version),
             Error::Refused(r) => Some(r.version),
             Error::Slony(error) => error.patch(),
-            Error::Interrupted { cause } | Error::LockLost { cause, .. } => cause.patch(),
+            Error::Interrupted { cause } => cause.patch(),
+            Error::LockLost { before, cause, .. } => {
+                before.or_else(|| cause.as_ref().and_then(|c| c.patch()))
+            }
             _ => None,
         }
     }
@@ -510,7 +522,8 @@ impl Error {
                 SlonyError::Db { failure, .. } => Some(failure),
                 _ => None,
             },
-            Error::Interrupted { cause } | Error::LockLost { cause, .. } => cause.pg(),
+            Error::Interrupted { cause } => cause.pg(),
+            Error::LockLost { cause, .. } => cause.as_ref().and_then(|c| c.pg()),
             _ => None,
         }
     }

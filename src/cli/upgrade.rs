@@ -166,7 +166,7 @@ pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) -> i
             if !rows.is_empty() {
                 text_table(&header, &rows, out)?;
             }
-            for line in &caught_up {
+            for line in caught_up.iter().chain(&r.commit_retries) {
                 writeln!(out, "{line}")?;
             }
             writeln!(
@@ -193,6 +193,9 @@ pub fn render_run(r: &RunReport, format: ReportFormat, out: &mut dyn Write) -> i
             }
             if !rows.is_empty() {
                 markdown_table(&header, &rows, out)?;
+            }
+            for line in &r.commit_retries {
+                writeln!(out, "\n- {line}")?;
             }
             Ok(())
         }

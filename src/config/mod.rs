@@ -44,6 +44,9 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_LOCK_RETRIES: u32 = 5;
 /// Default bound on waiting for subscribers or standbys to catch up.
 pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default bound on retrying `COMMIT PREPARED` on a node that did not confirm it: long
+/// enough for a server restart or a failover, short enough for a run to report.
+pub const DEFAULT_COMMIT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default age from which the dry run reports another session's transaction or query.
 pub const DEFAULT_LONG_RUNNING_THRESHOLD: Duration = Duration::from_secs(60);
 /// Default replication lag above which the dry run reports a blocking finding.
@@ -168,6 +171,9 @@ pub struct Config {
     pub slony: Option<SlonyConfig>,
     /// How long to wait for subscribers or standbys to catch up.
     pub replication_timeout: Duration,
+    /// `--atomic`: how long `COMMIT PREPARED` is retried on a node that did not confirm
+    /// it, once every node prepared, before `recover` is left to finish.
+    pub commit_retry_timeout: Duration,
     /// Dry run: other sessions whose transaction (or query) is older than this are reported.
     pub long_running_threshold: Duration,
     /// Dry run: replication lag above this is a blocking finding.
@@ -306,6 +312,7 @@ impl Config {
             publication,
             slony,
             replication_timeout: t.replication,
+            commit_retry_timeout: t.commit_retry,
             long_running_threshold: t.long_running,
             lag_threshold: t.lag,
             warnings,
@@ -363,6 +370,7 @@ struct Timeouts {
     lock: Duration,
     statement: Option<Duration>,
     replication: Duration,
+    commit_retry: Duration,
     long_running: Duration,
     lag: Duration,
 }
@@ -400,6 +408,11 @@ impl Timeouts {
                 "replication_timeout",
                 &raw.replication_timeout,
                 DEFAULT_REPLICATION_TIMEOUT,
+            )?,
+            commit_retry: duration(
+                "commit_retry_timeout",
+                &raw.commit_retry_timeout,
+                DEFAULT_COMMIT_RETRY_TIMEOUT,
             )?,
             long_running: duration(
                 "long_running_threshold",
@@ -502,6 +515,7 @@ struct RawConfig {
     publication: Option<String>,
     slony: Option<slony::RawSlony>,
     replication_timeout: Option<RawDuration>,
+    commit_retry_timeout: Option<RawDuration>,
     long_running_threshold: Option<RawDuration>,
     lag_threshold: Option<RawDuration>,
 }
@@ -719,6 +733,11 @@ mod tests {
         assert_eq!(c.statement_timeout, Some(Duration::from_secs(60)));
         assert!(c.atomic_direct);
         assert_eq!(c.master.conn.connect_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(c.commit_retry_timeout, DEFAULT_COMMIT_RETRY_TIMEOUT);
+        let c = load(&d, &format!("commit_retry_timeout: 5s\n{OK}")).unwrap();
+        assert_eq!(c.commit_retry_timeout, Duration::from_secs(5));
+        let e = load(&d, &format!("commit_retry_timeout: soon\n{OK}")).unwrap_err();
+        assert!(e.contains("commit_retry_timeout"), "{e}");
         let e = load(&d, &format!("lock_timeout: 0s\n{OK}")).unwrap_err();
         assert!(e.contains("lock_timeout"), "{e}");
     }

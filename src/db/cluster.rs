@@ -42,7 +42,7 @@ fn session_setup() -> &'static str {
 }
 
 /// Why a coordinator stops once its cluster lock session is gone.
-pub const LOCK_LOST: &str = "this coordinator's cluster lock session on the master has ended (`pgconvoy unlock --force`, or the connection dropped); it writes nothing more";
+pub const LOCK_LOST: &str = "this coordinator's cluster lock session on the master has ended (`pgconvoy unlock --force`, a terminated backend, a restarted master or a dropped connection); it starts nothing more";
 
 /// One node: its config and its pool.
 pub struct Node {
@@ -282,9 +282,12 @@ impl Node {
     }
 
     /// A pooled session with pgconvoy's settings. Refused once the run's cluster lock
-    /// session has ended: a coordinator that was stopped (SIGSTOP, a frozen VM) and whose
-    /// sessions `unlock --force` ended must not start anything when it resumes. Opening a
-    /// connection takes round trips, so the lock session's end is seen by then.
+    /// session has ended: a coordinator that no longer holds the lock starts nothing new
+    /// (another may hold it by now; a coordinator stopped by SIGSTOP or a frozen VM
+    /// whose sessions `unlock --force` ended must not start anything when it resumes).
+    /// Opening a connection takes round trips, so the lock session's end is seen by
+    /// then. Finishing what a decision already committed to (the `COMMIT PREPARED`s of
+    /// a two-phase commit) goes through [`Node::dedicated`].
     pub async fn session(&self) -> Result<Session, PgFailure> {
         let object = self.pool.get().await.map_err(PgFailure::from)?;
         if self.inflight.lock_lost() {
@@ -318,7 +321,9 @@ impl Node {
 
     /// The dedicated session that will hold the cluster lock: when it ends while the
     /// run still holds it (before it is dropped), every later [`Node::session`] of the
-    /// run is refused.
+    /// run is refused. The connection's task ends as soon as the server says the
+    /// backend is terminated (or the socket fails), so the flag is set within the time
+    /// a message takes to arrive; a dead network is noticed by the keepalives.
     pub async fn lock_session(&self) -> Result<Dedicated, PgFailure> {
         let c = connect::connect(&self.endpoint, Some(self.watch("lock session")))
             .await
@@ -326,6 +331,7 @@ impl Node {
         c.client.batch_execute(session_setup()).await?;
         let tracked = self.inflight.track(self.name(), &c.client, &c.tls);
         self.inflight.lock_released.store(false, Ordering::SeqCst);
+        self.inflight.lock_lost.store(false, Ordering::SeqCst);
         let inflight = Arc::clone(&self.inflight);
         let driver = c.task;
         tokio::spawn(async move {

@@ -146,6 +146,41 @@ pub async fn holder(
     }))
 }
 
+/// Proves the run still holds the cluster lock right now: a round trip on the lock's
+/// own session (a session advisory lock lives exactly as long as its session). Asked
+/// before a decision that another coordinator holding the lock could contradict — the
+/// first `COMMIT PREPARED` of a two-phase commit, which `recover` would otherwise be
+/// free to roll back. `Err` names the master; the run must stop.
+pub async fn confirm_held(lock: &Dedicated, cluster: &Cluster) -> Result<(), Error> {
+    let master = cluster.master();
+    let lost = |cause: Option<Box<Error>>| Error::LockLost {
+        node: master.name().clone(),
+        before: None,
+        cause,
+    };
+    if cluster.inflight.lock_lost() || lock.client.is_closed() {
+        return Err(lost(None));
+    }
+    // The same comment as the lock's query: `pg_stat_activity.query` of the lock's
+    // session keeps naming this coordinator (`pgconvoy unlock` reads it back).
+    let probe = format!(
+        "/* {} */ SELECT 1",
+        Identity::current().lock_comment(&command_line())
+    );
+    lock.client
+        .simple_query(&probe)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            lost(Some(Box::new(Error::Node {
+                node: master.name().clone(),
+                master: true,
+                action: "check the cluster lock",
+                failure: Box::new(master.explain(e.into())),
+            })))
+        })
+}
+
 pub async fn release_lock(lock: Dedicated, ledger: &Ledger) {
     let _ = lock
         .client

@@ -117,6 +117,16 @@ pub async fn resolve(node: &Node, gid: &str, commit: bool) -> Result<(), PgFailu
     Ok(())
 }
 
+/// As [`resolve`], on a connection of its own rather than a pooled session (which a run
+/// whose cluster lock session ended may no longer take).
+pub async fn resolve_fresh(node: &Node, gid: &str, commit: bool) -> Result<(), PgFailure> {
+    let c = node.dedicated().await?;
+    c.client
+        .batch_execute(&format!("{} {}", verb(commit), quote_literal(gid)))
+        .await?;
+    Ok(())
+}
+
 /// `COMMIT PREPARED` or `ROLLBACK PREPARED`.
 pub fn verb(commit: bool) -> &'static str {
     if commit {

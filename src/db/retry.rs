@@ -29,10 +29,16 @@ impl RetryPolicy {
     /// The pause before retry `n` (1-based): exponential from 100 ms, capped at
     /// 2 s, with ±50 % jitter so coordinators and app traffic do not fall into step.
     pub fn backoff(&self, n: u32) -> Duration {
-        let base = Duration::from_millis(100).saturating_mul(1u32 << n.saturating_sub(1).min(5));
-        let base = base.min(Duration::from_secs(2));
-        base.mul_f64(0.5 + jitter())
+        backoff(n)
     }
+}
+
+/// The pause before retry `n` (1-based) of anything pgconvoy retries: exponential from
+/// 100 ms, capped at 2 s, with ±50 % jitter.
+pub fn backoff(n: u32) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1u32 << n.saturating_sub(1).min(5));
+    let base = base.min(Duration::from_secs(2));
+    base.mul_f64(0.5 + jitter())
 }
 
 /// A pseudo-random number in [0, 1): no crate needed for jitter.

@@ -6,7 +6,9 @@ use std::time::Instant;
 use super::coordinator::{Coordinator, NodeFailure};
 use super::RunReport;
 use crate::db::cluster::Cluster;
+use crate::db::decision::{commit_stages, evidence, Part};
 use crate::db::ledger::{Book, Ledger};
+use crate::db::lock::confirm_held;
 use crate::db::prepared;
 use crate::db::transaction::Transaction;
 use crate::error::Error;
@@ -115,7 +117,7 @@ impl Coordinator<'_> {
             if let Some(more) = self.unclaim(patch).await {
                 failure.what = format!("{}; {more}", failure.what);
             }
-            let unresolved = self.resolve_all(patch, prepared, false).await;
+            let unresolved = self.rollback_all(patch, prepared).await;
             self.patch_done(patch, started, false);
             return Err(Error::AtomicRolledBack {
                 failure: Box::new(failure),
@@ -123,27 +125,76 @@ impl Coordinator<'_> {
             });
         }
 
-        // Every node has prepared: the decision is commit, the master's claim last.
+        // Every node has prepared. Before the first COMMIT PREPARED makes the decision
+        // binding, prove the lock is still ours: `recover`, run by whoever holds it, would
+        // roll back what no node has committed yet.
         let mut order: Vec<usize> = replicas;
-        order.push(0);
-        let unresolved = self.resolve_all(patch, order, true).await;
-        if !unresolved.is_empty() {
+        if let Err(lost) = confirm_held(self.lock, self.cluster).await {
+            order.push(0);
+            for u in self.rollback_all(patch, order).await {
+                self.note(format!(
+                    "{}: left prepared for `pgconvoy recover`: {u}",
+                    patch.version
+                ));
+            }
+            self.patch_done(patch, started, false);
+            return Err(lost);
+        }
+        // The decision is commit: driven to completion, the master's claim last.
+        let stage = |nodes: &[usize]| -> Vec<Part<'_>> {
+            nodes
+                .iter()
+                .map(|&i| Part {
+                    node: self.node(i),
+                    gid: prepared::gid(self.ledger, patch.version, &self.node(i).config),
+                })
+                .collect()
+        };
+        let ledger = self.ledger.clone();
+        let version = patch.version;
+        let evidence = evidence(move |c| {
+            let ledger = ledger.clone();
+            Box::pin(async move {
+                let l = ledger.read(c).await?;
+                Ok(l.main.get(&version).is_some_and(|r| r.is_done()))
+            })
+        });
+        let completion = commit_stages(
+            vec![stage(&order), stage(&[0])],
+            self.commit_retry,
+            &evidence,
+            self.reporter,
+        )
+        .await;
+        for n in completion.notes(&patch.version.to_string()) {
+            self.note(n.clone());
+            report.commit_retries.push(n);
+        }
+        if !completion.unresolved.is_empty() {
             return Err(Error::CommitPrepared {
                 patch: patch.version,
-                unresolved,
+                unresolved: completion.unresolved_lines(),
             });
         }
         self.patch_done(patch, started, true);
         Ok(())
     }
 
-    /// Commits or rolls back the prepared parts of `patch` on `nodes`; returns the ones
-    /// that could not be resolved (`pgconvoy recover` finishes them).
-    async fn resolve_all(&self, patch: &Patch, nodes: Vec<usize>, commit: bool) -> Vec<String> {
+    /// Rolls back the prepared parts of `patch` on `nodes` (nothing committed anywhere:
+    /// the decision is rollback); returns the ones that could not be resolved
+    /// (`pgconvoy recover` finishes them). Once the run's lock session has ended the
+    /// pool refuses sessions, so each gets a connection of its own: rolling back is what
+    /// `recover` would decide too.
+    async fn rollback_all(&self, patch: &Patch, nodes: Vec<usize>) -> Vec<String> {
         let mut left = Vec::new();
         for i in nodes {
             let gid = prepared::gid(self.ledger, patch.version, &self.node(i).config);
-            if let Err(e) = prepared::resolve(self.node(i), &gid, commit).await {
+            let r = if self.cluster.inflight.lock_lost() {
+                prepared::resolve_fresh(self.node(i), &gid, false).await
+            } else {
+                prepared::resolve(self.node(i), &gid, false).await
+            };
+            if let Err(e) = r {
                 left.push(format!("'{gid}' on node `{}` ({e})", self.node(i).name()));
             }
         }

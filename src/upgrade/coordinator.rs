@@ -14,7 +14,7 @@ use tokio_postgres::GenericClient;
 use super::plan;
 use super::{NodeResult, RunReport};
 use crate::config::{NodeName, Replication, Role};
-use crate::db::cluster::{Cluster, Node};
+use crate::db::cluster::{Cluster, Dedicated, Node};
 use crate::db::ledger::{Book, Ledger, NodeLedger, RowParams};
 use crate::db::pgerror::PgFailure;
 use crate::db::retry::RetryPolicy;
@@ -30,6 +30,8 @@ pub(super) struct Coordinator<'a> {
     pub(super) ledger: &'a Ledger,
     /// Ledgers as read at the start (index = node index).
     pub(super) ledgers: &'a [NodeLedger],
+    /// The cluster lock's session, held for the whole run.
+    pub(super) lock: &'a Dedicated,
     pub(super) reporter: &'a dyn Reporter,
     pub(super) applied_by: String,
     pub(super) policy: RetryPolicy,
@@ -38,6 +40,8 @@ pub(super) struct Coordinator<'a> {
     pub(super) replication_timeout: Duration,
     /// With `replication: slony`: the Slony steps of `std` patches.
     pub(super) slony: Option<&'a SlonyOps<'a>>,
+    /// How long a decided commit is retried on a node that did not confirm it.
+    pub(super) commit_retry: Duration,
     /// Nodes whose ledger table is known to exist.
     pub(super) ensured: Mutex<HashSet<(usize, bool)>>,
     /// Notes from node tasks (repairs), moved into the report after each patch.

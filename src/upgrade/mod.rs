@@ -15,9 +15,9 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 
 use crate::config::Config;
-use crate::db::cluster::Cluster;
+use crate::db::cluster::{Cluster, Dedicated};
 use crate::db::ledger::{Book, Ledger, NodeLedger};
-use crate::db::lock::{acquire_lock, release_lock};
+use crate::db::lock::{acquire_lock, confirm_held, release_lock};
 use crate::db::retry::RetryPolicy;
 use crate::error::{Error, ErrorObject};
 use crate::output::human;
@@ -106,6 +106,8 @@ pub struct RunReport {
     /// drift, `--patch-type`; empty only when the ledgers could not be read).
     pub pending: Vec<String>,
     pub notes: Vec<String>,
+    /// `--atomic`: the nodes whose `COMMIT PREPARED` had to be retried, in words.
+    pub commit_retries: Vec<String>,
     /// Whether the run got as far as planning (false: refused or failed before).
     pub planned: bool,
     /// Why the run failed, in words (the JSON document carries it as its `error` object).
@@ -167,6 +169,16 @@ pub async fn upgrade(
             }
         }
     };
+    let result = match result {
+        // The lock's session ended during the last patch, which finished under its claim:
+        // the run held the cluster alone until then, not to its end, so it says so.
+        Ok(()) if cluster.inflight.lock_lost() => Err(Error::LockLost {
+            node: cluster.master().name().clone(),
+            before: None,
+            cause: None,
+        }),
+        r => r,
+    };
     if let Err(e) = result {
         let e = match (signalled, e) {
             (
@@ -176,9 +188,13 @@ pub async fn upgrade(
                 | Error::CutOff { .. }),
             ) => e,
             (Some(_), e) => Error::Interrupted { cause: Box::new(e) },
+            (None, e @ Error::LockLost { .. }) => e,
+            // Whatever failed after the lock's session ended (a refused session, most
+            // likely) failed because of it.
             (None, e) if cluster.inflight.lock_lost() => Error::LockLost {
                 node: cluster.master().name().clone(),
-                cause: Box::new(e),
+                before: None,
+                cause: Some(Box::new(e)),
             },
             (None, e) => e,
         };
@@ -228,7 +244,7 @@ async fn upgrade_inner(
         };
         if !new.is_empty() {
             let c = coordinator(
-                config, cluster, &ledger, &ledgers, reporter, &selected, None,
+                config, cluster, &ledger, &ledgers, &lock, reporter, &selected, None,
             );
             let r = c.baseline(file, patches, &new, report).await;
             report
@@ -329,6 +345,7 @@ async fn upgrade_inner(
         cluster,
         &ledger,
         &ledgers,
+        &lock,
         reporter,
         &selected,
         slony_ops.as_ref(),
@@ -362,11 +379,13 @@ async fn upgrade_inner(
 }
 
 /// The run's shared state, on the ledgers as read.
+#[allow(clippy::too_many_arguments)] // each is one piece of the run's state, passed once
 fn coordinator<'a>(
     config: &Config,
     cluster: &'a Cluster,
     ledger: &'a Ledger,
     ledgers: &'a [NodeLedger],
+    lock: &'a Dedicated,
     reporter: &'a dyn Reporter,
     selected: &[bool],
     slony: Option<&'a SlonyOps<'a>>,
@@ -375,6 +394,7 @@ fn coordinator<'a>(
         cluster,
         ledger,
         ledgers,
+        lock,
         reporter,
         applied_by: applied_by(),
         policy: RetryPolicy {
@@ -385,6 +405,7 @@ fn coordinator<'a>(
         replication: config.replication,
         replication_timeout: config.replication_timeout,
         slony,
+        commit_retry: config.commit_retry_timeout,
         ensured: Mutex::new(HashSet::new()),
         notes: Mutex::new(Vec::new()),
         selected: selected.to_vec(),
@@ -472,6 +493,20 @@ async fn apply_groups(
             if crate::signal::tripped().is_some() {
                 return Err(Error::Stopped {
                     patch: patch.version,
+                });
+            }
+            // Exclusion for the whole run: without the lock, another coordinator may
+            // hold the cluster by now, so nothing new starts. A round trip on the lock's
+            // session proves it, where the flag alone waits for the connection's task to
+            // see the session end (late on a loaded machine).
+            if let Err(e) = confirm_held(coordinator.lock, coordinator.cluster).await {
+                return Err(match e {
+                    Error::LockLost { node, cause, .. } => Error::LockLost {
+                        node,
+                        before: Some(patch.version),
+                        cause,
+                    },
+                    e => e,
                 });
             }
             let r = coordinator.apply(patch, report).await;

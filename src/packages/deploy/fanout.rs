@@ -3,6 +3,8 @@
 //! checks two-phase commit needs first.
 
 use super::*;
+use crate::db::decision::{commit_stages, evidence, Part};
+use crate::db::lock::confirm_held;
 
 impl Run<'_> {
     /// One transaction per node, concurrently; a node that fails rolls back
@@ -85,21 +87,67 @@ impl Run<'_> {
             }
             return fail_if_any(failures, AfterFailure::AllRolledBack { unresolved: left });
         }
-        // Every node has prepared: the decision is commit, the master last.
-        prepared_nodes.sort_by_key(|&i| (i == 0, i));
-        let mut left = Vec::new();
-        for i in prepared_nodes {
-            match prepared::resolve(self.node(i), &self.gid(i), true).await {
-                Ok(()) => report.nodes[i].outcome = NodeOutcome::Committed,
-                Err(e) => left.push(format!(
-                    "'{}' on node `{}` ({e})",
-                    self.gid(i),
-                    self.node(i).name()
-                )),
+        // Every node has prepared. Before the first COMMIT PREPARED makes the decision
+        // binding, prove the lock is still ours (`recover`, run by whoever holds it,
+        // would roll back what no node has committed yet).
+        if let Some(lock) = self.lock {
+            if let Err(lost) = confirm_held(lock, self.cluster).await {
+                for &i in &prepared_nodes {
+                    report.nodes[i].outcome = NodeOutcome::RolledBackWithOthers;
+                    if let Err(e) = prepared::resolve_fresh(self.node(i), &self.gid(i), false).await
+                    {
+                        note(
+                            self.reporter,
+                            report,
+                            format!(
+                                "left prepared for `pgconvoy recover`: '{}' on node `{}` ({e})",
+                                self.gid(i),
+                                self.node(i).name()
+                            ),
+                        );
+                    }
+                }
+                return Err(lost);
             }
         }
-        if !left.is_empty() {
-            return Err(Error::DeployCommitPrepared { unresolved: left });
+        // The decision is commit: driven to completion, the master last.
+        let (masters, replicas): (Vec<usize>, Vec<usize>) =
+            prepared_nodes.iter().partition(|&&i| i == 0);
+        let stage = |nodes: &[usize]| -> Vec<Part<'_>> {
+            nodes
+                .iter()
+                .map(|&i| Part {
+                    node: self.node(i),
+                    gid: self.gid(i),
+                })
+                .collect()
+        };
+        let book = self.book.clone();
+        let id = self.deploy_id.clone();
+        let evidence = evidence(move |c| {
+            let (book, id) = (book.clone(), id.clone());
+            Box::pin(async move { book.committed(c, &id).await })
+        });
+        let completion = commit_stages(
+            vec![stage(&replicas), stage(&masters)],
+            self.commit_retry,
+            &evidence,
+            self.reporter,
+        )
+        .await;
+        for n in completion.notes("deploy") {
+            note(self.reporter, report, n);
+        }
+        for i in prepared_nodes {
+            let gid = self.gid(i);
+            if !completion.unresolved.iter().any(|u| u.gid == gid) {
+                report.nodes[i].outcome = NodeOutcome::Committed;
+            }
+        }
+        if !completion.unresolved.is_empty() {
+            return Err(Error::DeployCommitPrepared {
+                unresolved: completion.unresolved_lines(),
+            });
         }
         Ok(())
     }

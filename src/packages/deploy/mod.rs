@@ -17,7 +17,7 @@ use super::record::{missing_roles, PackageBook};
 use super::report::{DeployReport, ModeView, NodeDeploy, NodeOutcome, PackageView, StepView};
 use super::script::{self, Work};
 use crate::config::{Config, Replication};
-use crate::db::cluster::{Cluster, Node};
+use crate::db::cluster::{Cluster, Dedicated, Node, LOCK_LOST};
 use crate::db::ledger::Ledger;
 use crate::db::lock::{acquire_lock, release_lock};
 use crate::db::pgerror::PgFailure;
@@ -87,9 +87,22 @@ pub async fn deploy(
             }
         }
     };
+    let lost = |cause: Option<Box<Error>>| Error::LockLost {
+        node: cluster.master().name().clone(),
+        before: None,
+        cause,
+    };
+    let result = match result {
+        // The lock's session ended while the last nodes finished: the run did not hold
+        // the cluster alone to its end, so it says so.
+        Ok(()) if cluster.inflight.lock_lost() => Err(lost(None)),
+        r => r,
+    };
     if let Err(e) = result {
         let e = if interrupted.load(Ordering::SeqCst) {
             Error::Interrupted { cause: Box::new(e) }
+        } else if cluster.inflight.lock_lost() && !matches!(e, Error::LockLost { .. }) {
+            lost(Some(Box::new(e)))
         } else {
             e
         };
@@ -116,8 +129,12 @@ struct Run<'a> {
     packages: Vec<&'a Package>,
     book: PackageBook,
     ledger: Ledger,
+    /// The cluster lock's session (none for the dry run, which takes no lock).
+    lock: Option<&'a Dedicated>,
     mode: Mode,
     policy: RetryPolicy,
+    /// `--atomic`: how long a decided commit is retried on a node that did not confirm it.
+    commit_retry: Duration,
     reporter: &'a dyn Reporter,
     deploy_id: String,
     deployed_by: String,
@@ -147,30 +164,33 @@ async fn run(
     }
     report.packages = packages.iter().map(|p| view(p)).collect();
     let ledger = Ledger::new(config.ledger.clone());
+    // The dry run writes nothing and takes no lock, as `upgrade --dry-run`.
+    let lock = if opts.dry_run {
+        None
+    } else {
+        Some(acquire_lock(cluster, &ledger, opts.wait, reporter).await?)
+    };
     let r = Run {
         cluster,
         set,
         packages,
         book: PackageBook::new(&config.ledger.schema),
-        ledger,
+        ledger: ledger.clone(),
+        lock: lock.as_ref(),
         mode: opts.mode,
         policy: RetryPolicy {
             lock_timeout: config.lock_timeout,
             retries: config.lock_retries,
         },
+        commit_retry: config.commit_retry_timeout,
         reporter,
         deploy_id: deploy_id(),
         deployed_by: deployed_by(),
     };
-    // The dry run writes nothing and takes no lock, as `upgrade --dry-run`.
-    let lock = if opts.dry_run {
-        None
-    } else {
-        Some(acquire_lock(cluster, &r.ledger, opts.wait, reporter).await?)
-    };
     let result = r.plan_and_apply(config, opts, report).await;
+    drop(r);
     if let Some(lock) = lock {
-        release_lock(lock, &r.ledger).await;
+        release_lock(lock, &ledger).await;
     }
     result
 }

@@ -101,6 +101,14 @@ impl Run<'_> {
                     .map_err(|e| failure(node, Some(&step.package), e))?;
             }
         }
+        if !rehearsal && self.cluster.inflight.lock_lost() {
+            // Another coordinator may hold the cluster by now: this node's part rolls
+            // back rather than land beside whatever that one does.
+            if let NodeTx::Real(tx) = tx {
+                tx.rollback().await;
+            }
+            return Err(failure(node, None, PgFailure::other(LOCK_LOST)));
+        }
         match (tx, finish) {
             (NodeTx::Real(tx), Finish::Commit) => tx.commit().await,
             (NodeTx::Real(tx), Finish::Prepare(gid)) => tx.prepare(gid).await,
