@@ -51,8 +51,14 @@ impl Scratch {
     }
 }
 
+/// The binary under test: cargo's build, or `PGCONVOY_TEST_BIN` (a copy that a long
+/// campaign runs while the tree is rebuilt).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_pgconvoy")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("PGCONVOY_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_pgconvoy").to_string())
+    })
 }
 
 /// The binary in `dir`, with none of libpq's environment variables of the test process
