@@ -5,16 +5,30 @@ mod common;
 
 use std::net::TcpListener;
 use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
 
-/// Three consecutive ports nobody listens on right now.
+/// Where the next search for free ports starts: the tests of this binary run in
+/// parallel, and a port checked free is free for all of them until a demo binds it, so
+/// each call takes its own range (and each process its own start, for parallel runs).
+static NEXT_BASE: AtomicU16 = AtomicU16::new(0);
+
+/// Three consecutive ports nobody listens on right now, and no other test of this
+/// binary was given.
 fn free_port_base() -> u16 {
-    for base in (20000..60000).step_by(97) {
+    let _ = NEXT_BASE.compare_exchange(
+        0,
+        20000 + (std::process::id() % 200) as u16 * 97,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let base = NEXT_BASE.fetch_add(97, Ordering::SeqCst);
+        assert!(base < 60000, "no three free consecutive ports");
         let free = (0..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if free {
             return base;
         }
     }
-    panic!("no three free consecutive ports");
 }
 
 #[test]
