@@ -319,3 +319,32 @@ fn deploy_documents_success_failure_and_a_missing_package() {
     let doc = document(f.run(&["deploy", "nosuch", "--format", "json"]).expect(2));
     assert_eq!(doc["error"]["kind"], "unknown-package");
 }
+
+#[test]
+fn lifecycle_documents_share_the_envelope() {
+    let f = Fixture::new(2);
+    f.patch("patch-1-0-0-direct.sql", "CREATE TABLE lc (id int);\n");
+    f.run(&["upgrade"]).expect(0);
+    for (args, command) in [
+        (vec!["history", "--format", "json"], "history"),
+        (
+            vec!["stamp", "1-0-0", "--dry-run", "--format", "json"],
+            "stamp",
+        ),
+        (vec!["repair", "1-0-0", "--format", "json"], "repair"),
+        (vec!["unlock", "--format", "json"], "unlock"),
+    ] {
+        let run = f.run(&args);
+        let doc = document(&run);
+        assert_eq!(doc["schema_version"], 1, "{command}: {doc}");
+        assert_eq!(doc["command"], command);
+        assert!(doc["started_at"].as_str().unwrap() <= doc["finished_at"].as_str().unwrap());
+    }
+    // history's body: every node's rows, beside the envelope.
+    let doc = document(f.run(&["history", "--format", "json"]).expect(0));
+    assert!(doc["error"].is_null());
+    // A refusal prints the document too, its error an object.
+    let doc = document(f.run(&["stamp", "9-9-9", "--format", "json"]).expect(2));
+    assert_eq!(doc["command"], "stamp");
+    assert!(doc["error"]["kind"].is_string(), "{doc}");
+}

@@ -169,6 +169,10 @@ impl Command {
             Command::Status(a) => a.format == StatusFormat::Json,
             Command::Upgrade(a) => a.format == ReportFormat::Json,
             Command::Deploy(a) => a.format == StatusFormat::Json,
+            Command::Stamp(a) => a.format == StatusFormat::Json,
+            Command::Repair(a) => a.format == StatusFormat::Json,
+            Command::History(a) => a.format == StatusFormat::Json,
+            Command::Unlock(a) => a.format == StatusFormat::Json,
             _ => false,
         }
     }

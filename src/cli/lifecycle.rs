@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
-use crate::error::{exit, Error};
+use crate::error::Error;
 use crate::lifecycle::adopt::{self, AdoptReport, AdoptRequest};
 use crate::lifecycle::history::History;
 use crate::lifecycle::repair::RepairReport;
@@ -17,50 +17,31 @@ use crate::patches::discover::PatchSet;
 use crate::patches::patch::PatchVersion;
 
 use super::args::{HistoryArgs, StampArgs, UnlockArgs};
-use super::runtime;
+use super::{runtime, Invocation};
 
-/// A JSON document: the report's fields, `exit_code` (the process's), `generated_at`
-/// (RFC 3339 UTC) and `error` as an object (`null` on success).
-fn document(
-    out: &mut dyn Write,
-    report: &impl serde::Serialize,
-    error: Option<&Error>,
-) -> io::Result<()> {
-    let mut doc = serde_json::to_value(report).map_err(io::Error::from)?;
-    if let Some(map) = doc.as_object_mut() {
-        map.insert(
-            "exit_code".into(),
-            error.map_or(exit::SUCCESS, Error::exit_code).into(),
-        );
-        map.insert(
-            "generated_at".into(),
-            crate::output::timestamp::rfc3339(std::time::SystemTime::now()).into(),
-        );
-        map.insert(
-            "error".into(),
-            error.map_or(serde_json::Value::Null, Error::to_json_object),
-        );
-    }
-    output::json(out, &doc)
-}
-
-/// Prints a report and returns its error, if any.
+/// Prints a report and returns its error, if any: as text, or as the JSON document every
+/// command shares (the envelope of [`Invocation::finish_json`] around the report).
 fn finish<R: serde::Serialize>(
+    inv: &Invocation,
     format: StatusFormat,
     report: &R,
     error: Option<Error>,
     text: impl FnOnce(&R, &mut dyn Write) -> io::Result<()>,
 ) -> Result<(), Error> {
-    output::to_stdout(|out| match format {
-        StatusFormat::Json => document(out, report, error.as_ref()),
-        StatusFormat::Text => text(report, out),
-    })
-    .map_err(Error::Output)?;
+    if format == StatusFormat::Json {
+        return inv.finish_json(Some(report), error);
+    }
+    output::to_stdout(|out| text(report, out)).map_err(Error::Output)?;
     error.map_or(Ok(()), Err)
 }
 
 /// `stamp VERSION` or `stamp --from-lazr`.
-pub fn stamp(config: &Config, patches: &PatchSet, args: &StampArgs) -> Result<(), Error> {
+pub fn stamp(
+    config: &Config,
+    patches: &PatchSet,
+    args: &StampArgs,
+    inv: &Invocation,
+) -> Result<(), Error> {
     if args.from_lazr {
         let table = args
             .lazr_table
@@ -78,7 +59,7 @@ pub fn stamp(config: &Config, patches: &PatchSet, args: &StampArgs) -> Result<()
             dry_run: args.dry_run,
         };
         let report = runtime().block_on(adopt::adopt(config, patches, &req))?;
-        return finish(args.format, &report, None, render_adopt);
+        return finish(inv, args.format, &report, None, render_adopt);
     }
     let version = args
         .version
@@ -89,7 +70,7 @@ pub fn stamp(config: &Config, patches: &PatchSet, args: &StampArgs) -> Result<()
         dry_run: args.dry_run,
     };
     let report = runtime().block_on(crate::lifecycle::stamp::stamp(config, patches, &req))?;
-    finish(args.format, &report, None, render_stamp)
+    finish(inv, args.format, &report, None, render_stamp)
 }
 
 fn short(checksum: &str) -> String {
@@ -199,9 +180,10 @@ pub fn repair(
     patches: &PatchSet,
     version: PatchVersion,
     format: StatusFormat,
+    inv: &Invocation,
 ) -> Result<(), Error> {
     let report = runtime().block_on(crate::lifecycle::repair::repair(config, patches, version))?;
-    finish(format, &report, None, render_repair)
+    finish(inv, format, &report, None, render_repair)
 }
 
 fn render_repair(r: &RepairReport, out: &mut dyn Write) -> io::Result<()> {
@@ -247,10 +229,10 @@ fn render_repair(r: &RepairReport, out: &mut dyn Write) -> io::Result<()> {
 }
 
 /// `history`.
-pub fn history(config: &Config, args: &HistoryArgs) -> Result<(), Error> {
+pub fn history(config: &Config, args: &HistoryArgs, inv: &Invocation) -> Result<(), Error> {
     let mut report = runtime().block_on(crate::lifecycle::history::history(config, &args.nodes))?;
     let error = report.error();
-    finish(args.format, &report, error, |r, out| {
+    finish(inv, args.format, &report, error, |r, out| {
         render_history(r, &report.failures, out)
     })
 }
@@ -347,10 +329,10 @@ fn render_history(r: &History, failures: &[Error], out: &mut dyn Write) -> io::R
 }
 
 /// `unlock [--force]`.
-pub fn unlock(config: &Config, args: &UnlockArgs) -> Result<(), Error> {
+pub fn unlock(config: &Config, args: &UnlockArgs, inv: &Invocation) -> Result<(), Error> {
     let report = runtime().block_on(crate::lifecycle::unlock::unlock(config, args.force))?;
     let error = report.error();
-    finish(args.format, &report, error, render_unlock)
+    finish(inv, args.format, &report, error, render_unlock)
 }
 
 fn render_unlock(r: &UnlockReport, out: &mut dyn Write) -> io::Result<()> {

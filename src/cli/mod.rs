@@ -99,20 +99,20 @@ fn dispatch(cli: Cli, inv: &Invocation) -> Result<(), Error> {
         Command::Stamp(args) => {
             let config = load_config(&cli.config, &Overrides::default())?;
             let patches = load_patches(&config)?;
-            lifecycle::stamp(&config, &patches, &args)
+            lifecycle::stamp(&config, &patches, &args, inv)
         }
         Command::Repair(args) => {
             let config = load_config(&cli.config, &Overrides::default())?;
             let patches = load_patches(&config)?;
-            lifecycle::repair(&config, &patches, args.version, args.format)
+            lifecycle::repair(&config, &patches, args.version, args.format, inv)
         }
         Command::History(args) => {
             let config = load_config(&cli.config, &Overrides::default())?;
-            lifecycle::history(&config, &args)
+            lifecycle::history(&config, &args, inv)
         }
         Command::Unlock(args) => {
             let config = load_config(&cli.config, &Overrides::default())?;
-            lifecycle::unlock(&config, &args)
+            lifecycle::unlock(&config, &args, inv)
         }
         Command::Demo(args) => demo::demo(&args),
         Command::Completions(args) => usage::completions(args.shell),
