@@ -32,18 +32,6 @@ fn fixture_with_own_node2() -> (Fixture, LocalServer) {
     (f, own)
 }
 
-/// Prepared transactions of the fixture's database on a node.
-fn prepared(f: &Fixture, node: usize) -> Vec<String> {
-    f.psql(
-        node,
-        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid",
-    )
-    .lines()
-    .filter(|l| !l.is_empty())
-    .map(str::to_string)
-    .collect()
-}
-
 /// A base patch applied, then an `--atomic` direct patch whose body sleeps 3 s on the
 /// master only (a table only the master has), so that the replicas have prepared long
 /// before the decision. Returns the running coordinator once node2 has prepared.
@@ -68,7 +56,7 @@ fn atomic_run_with_node2_prepared(
     args.extend_from_slice(extra_args);
     let child = spawn(f, &args);
     assert!(
-        wait_for(20, || prepared(f, 2).len() == 1),
+        wait_for(20, || f.prepared_xacts(2).len() == 1),
         "node2 never prepared its part"
     );
     child
@@ -96,7 +84,11 @@ fn a_replica_restarted_before_commit_prepared_gets_it_retried_and_the_run_exits_
             "node{n}"
         );
         assert!(f.has_relation(n, "atomic_t"), "atomic_t on node{n}");
-        assert!(prepared(&f, n).is_empty(), "node{n}: {:?}", prepared(&f, n));
+        assert!(
+            f.prepared_xacts(n).is_empty(),
+            "node{n}: {:?}",
+            f.prepared_xacts(n)
+        );
     }
     f.run(&["upgrade", "--atomic"])
         .expect(0)
@@ -128,17 +120,17 @@ fn a_replica_that_stays_down_past_the_retry_window_is_named_and_recover_finishes
             strings(&["2-0-0:direct:done", "2-1-0:direct:done"]),
             "node{n}"
         );
-        assert!(prepared(&f, n).is_empty(), "node{n}");
+        assert!(f.prepared_xacts(n).is_empty(), "node{n}");
     }
     node2.start_again().expect("start node2 again");
-    assert_eq!(prepared(&f, 2).len(), 1, "node2 kept its part prepared");
+    assert_eq!(f.prepared_xacts(2).len(), 1, "node2 kept its part prepared");
     f.run(&["recover"]).expect(0).says("COMMIT PREPARED");
     assert_eq!(
         f.ledger(2),
         strings(&["2-0-0:direct:done", "2-1-0:direct:done"])
     );
     assert!(f.has_relation(2, "atomic_t"));
-    assert!(prepared(&f, 2).is_empty());
+    assert!(f.prepared_xacts(2).is_empty());
     f.run(&["upgrade", "--atomic"])
         .expect(0)
         .says("nothing to do");

@@ -42,19 +42,6 @@ fn has_column(f: &Fixture, node: usize, table: &str, column: &str) -> bool {
     ) == "1"
 }
 
-/// Prepared transactions of the fixture's database on a node (the servers are
-/// shared by every test of this binary, so other databases' are not counted).
-fn prepared_xacts(f: &Fixture, node: usize) -> Vec<String> {
-    f.psql(
-        node,
-        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid",
-    )
-    .lines()
-    .filter(|l| !l.is_empty())
-    .map(str::to_string)
-    .collect()
-}
-
 fn status_json(f: &Fixture) -> serde_json::Value {
     let run = f.run(&["status", "--format", "json"]);
     serde_json::from_str(&run.stdout()).unwrap_or_else(|e| {
@@ -246,9 +233,9 @@ fn ctrl_c_during_a_long_direct_patch_cancels_everywhere_and_records_nothing() {
         );
         assert!(!f.has_relation(n, "ctrlc_t"), "ctrlc_t kept on node{n}");
         assert!(
-            prepared_xacts(&f, n).is_empty(),
+            f.prepared_xacts(n).is_empty(),
             "node{n}: {:?}",
-            prepared_xacts(&f, n)
+            f.prepared_xacts(n)
         );
     }
 
@@ -559,7 +546,7 @@ fn atomic_failure_leaves_nothing_anywhere(major: u32, failing: usize) {
             "node{n} recorded part of the failed atomic patch"
         );
         assert_eq!(
-            prepared_xacts(&f, n),
+            f.prepared_xacts(n),
             Vec::<String>::new(),
             "node{n} keeps a prepared transaction"
         );
@@ -575,7 +562,7 @@ fn atomic_failure_leaves_nothing_anywhere(major: u32, failing: usize) {
         assert!(f.has_relation(n, "atomic_t"), "atomic_t on node{n}");
         assert!(f.has_relation(n, "clash"), "clash on node{n}");
         assert_eq!(f.ledger(n), vec![base.clone(), atomic.clone()], "node{n}");
-        assert!(prepared_xacts(&f, n).is_empty(), "node{n}");
+        assert!(f.prepared_xacts(n).is_empty(), "node{n}");
     }
     f.run(&["upgrade", "--atomic"])
         .expect(0)
@@ -605,7 +592,7 @@ fn atomic_direct_by_config_key_on_a_fresh_cluster() {
     for n in 0..3 {
         assert!(!f.has_relation(n, "atomic_t"), "node{n} kept atomic_t");
         assert!(f.ledger(n).is_empty(), "node{n}: {:?}", f.ledger(n));
-        assert!(prepared_xacts(&f, n).is_empty(), "node{n}");
+        assert!(f.prepared_xacts(n).is_empty(), "node{n}");
     }
     f.psql(1, "DROP TABLE clash");
     f.run(&["upgrade"]).expect(0);
@@ -645,7 +632,7 @@ fn atomic_gids_of_two_clusters_sharing_servers_do_not_collide() {
         assert!(b.has_relation(n, "b_t"), "b_t on node{n}");
     }
     assert_eq!(
-        prepared_xacts(&a, 1),
+        a.prepared_xacts(1),
         strings(&[gid]),
         "cluster a's is untouched"
     );
@@ -714,7 +701,7 @@ fn leftover_prepared_transaction_committed_nowhere_blocks_upgrade_and_recover_ro
              PREPARE TRANSACTION '{GID_999_NODE1}';"
         ),
     );
-    assert_eq!(prepared_xacts(&f, 1), strings(&[GID_999_NODE1]));
+    assert_eq!(f.prepared_xacts(1), strings(&[GID_999_NODE1]));
 
     assert_eq!(
         status_prepared(&f),
@@ -738,7 +725,7 @@ fn leftover_prepared_transaction_committed_nowhere_blocks_upgrade_and_recover_ro
         .says(GID_999_NODE1)
         .never_says("COMMIT PREPARED");
     for n in 0..3 {
-        assert!(prepared_xacts(&f, n).is_empty(), "node{n}");
+        assert!(f.prepared_xacts(n).is_empty(), "node{n}");
     }
     assert_eq!(f.ledger(1), strings(&["1-0-0:direct:done"]));
     assert_eq!(status_prepared(&f), vec![Vec::<String>::new(); 3]);
@@ -809,7 +796,7 @@ fn leftover_committed_somewhere_is_committed(major: u32, committed: &[usize], pr
         format!("{major}-1-0:direct:done"),
     ];
     for n in 0..3 {
-        assert!(prepared_xacts(&f, n).is_empty(), "node{n}");
+        assert!(f.prepared_xacts(n).is_empty(), "node{n}");
         assert!(f.has_relation(n, "t_m10"), "t_m10 on node{n}");
         assert_eq!(f.ledger(n), want, "node{n}");
     }

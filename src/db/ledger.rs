@@ -129,13 +129,23 @@ impl Ledger {
         i64::from_str_radix(&digest[..15], 16).unwrap_or(0x5047_434f_4e56)
     }
 
-    /// Creates the schema and tables unless they exist. Only ever called by a
-    /// coordinator holding the advisory lock, so `IF NOT EXISTS` cannot race.
-    pub async fn ensure(&self, client: &impl GenericClient, book: Book) -> Result<(), PgFailure> {
+    /// Whether a book's table exists on the node, and whether it has the current shape
+    /// (the columns that count retries); reads only.
+    async fn shape(
+        &self,
+        client: &impl GenericClient,
+        book: Book,
+    ) -> Result<(bool, bool), PgFailure> {
         let row = client
             .query_one(SHAPE_SQL, &[&self.qualified(book)])
             .await?;
-        let (exists, current): (bool, bool) = (row.get(0), row.get(1));
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// Creates the schema and tables unless they exist. Only ever called by a
+    /// coordinator holding the advisory lock, so `IF NOT EXISTS` cannot race.
+    pub async fn ensure(&self, client: &impl GenericClient, book: Book) -> Result<(), PgFailure> {
+        let (exists, current) = self.shape(client, book).await?;
         if exists {
             if !current {
                 client.batch_execute(&self.migration_sql(book)).await?;
@@ -275,8 +285,7 @@ impl Ledger {
         let mut out = NodeLedger::default();
         for book in [Book::Main, Book::Local] {
             let name = self.qualified(book);
-            let shape = client.query_one(SHAPE_SQL, &[&name]).await?;
-            let (exists, current): (bool, bool) = (shape.get(0), shape.get(1));
+            let (exists, current) = self.shape(client, book).await?;
             if !exists {
                 continue;
             }
@@ -324,8 +333,7 @@ impl Ledger {
         let mut out = Vec::new();
         for book in [Book::Main, Book::Local] {
             let name = self.qualified(book);
-            let shape = client.query_one(SHAPE_SQL, &[&name]).await?;
-            let (exists, current): (bool, bool) = (shape.get(0), shape.get(1));
+            let (exists, current) = self.shape(client, book).await?;
             if !exists {
                 continue;
             }

@@ -14,17 +14,16 @@ use futures::stream::{self, StreamExt};
 
 use crate::config::{Config, LedgerTable, NodeName};
 use crate::db::cluster::Cluster;
-use crate::db::ledger::{version_of, Ledger};
-use crate::db::lock::{acquire_lock, release_lock};
+use crate::db::ledger::version_of;
+use crate::db::lock::release_lock;
 use crate::db::pgerror::PgFailure;
 use crate::db::quote::quote_ident;
 use crate::error::Error;
 use crate::identity::Identity;
 use crate::patches::discover::PatchSet;
 use crate::patches::patch::PatchVersion;
-use crate::progress::Silent;
 
-use super::{books, done, read, select, write_all, Write, Written};
+use super::{books, done, open, write_all, Start, Write, Written};
 
 /// lazr.postgresql's table name, as its upgrade.py creates it (in schema `public`).
 pub const DEFAULT_LAZR_TABLE: &str = "public.lazrdatabaserevision";
@@ -89,15 +88,12 @@ pub async fn adopt(
     patches: &PatchSet,
     req: &AdoptRequest,
 ) -> Result<AdoptReport, Error> {
-    let nodes = select(config, &req.nodes)?;
-    let cluster = Cluster::new(config);
-    let ledger = Ledger::new(config.ledger.clone());
-    let lock = if req.dry_run {
-        None
-    } else {
-        Some(acquire_lock(&cluster, &ledger, false, &Silent).await?)
-    };
-    let reads = read(config, &cluster, &ledger, &nodes).await?;
+    let Start {
+        cluster,
+        ledger,
+        lock,
+        reads,
+    } = open(config, &req.nodes, req.dry_run).await?;
     let writable: Vec<usize> = reads
         .iter()
         .filter(|r| !r.is_standby())

@@ -12,12 +12,14 @@ use std::time::SystemTime;
 use futures::stream::{self, StreamExt};
 
 use crate::config::{Config, NodeName, Replication, Role};
-use crate::db::cluster::Cluster;
+use crate::db::cluster::{Cluster, Dedicated};
 use crate::db::ledger::{Book, Ledger, NodeLedger};
+use crate::db::lock::acquire_lock;
 use crate::db::pgerror::PgFailure;
 use crate::db::transaction::Transaction;
 use crate::error::Error;
 use crate::patches::patch::{Patch, PatchOrder, PatchType};
+use crate::progress::Silent;
 use crate::replication::topology::topology_problems;
 
 pub mod adopt;
@@ -67,6 +69,37 @@ impl NodeRead {
     pub fn is_standby(&self) -> bool {
         self.in_recovery
     }
+}
+
+/// What a ledger-writing lifecycle command (`stamp`, `stamp --from-lazr`, `repair`)
+/// starts from: the cluster, its ledger, the cluster lock (none for a dry run, which
+/// writes nothing) and the selected nodes, each read before anything is written.
+pub struct Start {
+    pub cluster: Cluster,
+    pub ledger: Ledger,
+    pub lock: Option<Dedicated>,
+    pub reads: Vec<NodeRead>,
+}
+
+/// Selects the nodes `names` asks for (all when empty), takes the cluster lock unless
+/// `dry_run`, and reads every selected node. A failed read drops the lock's session,
+/// which frees the lock.
+pub async fn open(config: &Config, names: &[String], dry_run: bool) -> Result<Start, Error> {
+    let nodes = select(config, names)?;
+    let cluster = Cluster::new(config);
+    let ledger = Ledger::new(config.ledger.clone());
+    let lock = if dry_run {
+        None
+    } else {
+        Some(acquire_lock(&cluster, &ledger, false, &Silent).await?)
+    };
+    let reads = read(config, &cluster, &ledger, &nodes).await?;
+    Ok(Start {
+        cluster,
+        ledger,
+        lock,
+        reads,
+    })
 }
 
 /// Reads each node's recovery state and ledger, all before anything is written; an

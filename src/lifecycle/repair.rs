@@ -3,15 +3,13 @@
 //! books), and nothing else is written. Drift of that patch ends.
 
 use crate::config::{Config, NodeName};
-use crate::db::cluster::Cluster;
-use crate::db::ledger::{Book, Ledger};
-use crate::db::lock::{acquire_lock, release_lock};
+use crate::db::ledger::Book;
+use crate::db::lock::release_lock;
 use crate::error::Error;
 use crate::patches::discover::PatchSet;
 use crate::patches::patch::PatchVersion;
-use crate::progress::Silent;
 
-use super::{read, select, write_all, Write, Written};
+use super::{open, write_all, Start, Write, Written};
 
 /// One node whose ledger `repair` changed.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -49,11 +47,12 @@ pub async fn repair(
             dir: patches.dir.display().to_string(),
         });
     };
-    let nodes = select(config, &[])?;
-    let cluster = Cluster::new(config);
-    let ledger = Ledger::new(config.ledger.clone());
-    let lock = acquire_lock(&cluster, &ledger, false, &Silent).await?;
-    let reads = read(config, &cluster, &ledger, &nodes).await?;
+    let Start {
+        cluster,
+        ledger,
+        lock,
+        reads,
+    } = open(config, &[], false).await?;
     let mut report = RepairReport {
         version,
         checksum: patch.checksum.clone(),
@@ -103,7 +102,9 @@ pub async fn repair(
     } else {
         write_all(&cluster, &ledger, "", work).await
     };
-    release_lock(lock, &ledger).await;
+    if let Some(lock) = lock {
+        release_lock(lock, &ledger).await;
+    }
     for ((i, written), (_, books)) in written?.into_iter().zip(books) {
         for (w, book) in written.into_iter().zip(books) {
             if let Written::Repaired { old } = w {

@@ -3,16 +3,14 @@
 //! current checksums and `applied_by` saying stamp.
 
 use crate::config::{Config, NodeName, Replication, Role};
-use crate::db::cluster::Cluster;
-use crate::db::ledger::{Book, Ledger, NodeLedger};
-use crate::db::lock::{acquire_lock, release_lock};
+use crate::db::ledger::{Book, NodeLedger};
+use crate::db::lock::release_lock;
 use crate::error::Error;
 use crate::identity::Identity;
 use crate::patches::discover::PatchSet;
 use crate::patches::patch::{Patch, PatchType, PatchVersion};
-use crate::progress::Silent;
 
-use super::{books, done, read, select, write_all, Write, Written};
+use super::{books, done, open, write_all, Start, Write, Written};
 
 /// What `stamp` was asked.
 #[derive(Debug, Clone)]
@@ -80,15 +78,12 @@ pub async fn stamp(
             dir: patches.dir.display().to_string(),
         });
     }
-    let nodes = select(config, &req.nodes)?;
-    let cluster = Cluster::new(config);
-    let ledger = Ledger::new(config.ledger.clone());
-    let lock = if req.dry_run {
-        None
-    } else {
-        Some(acquire_lock(&cluster, &ledger, false, &Silent).await?)
-    };
-    let reads = read(config, &cluster, &ledger, &nodes).await?;
+    let Start {
+        cluster,
+        ledger,
+        lock,
+        reads,
+    } = open(config, &req.nodes, req.dry_run).await?;
     let mut report = StampReport {
         version: req.version,
         dry_run: req.dry_run,

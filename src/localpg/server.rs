@@ -18,6 +18,7 @@ use super::command::{
     command_failed, describe, io_err, run_checked, scrub_pg_env, server_user, RunAs,
 };
 use super::{LocalPgError, Result};
+use crate::db::libpq::conninfo::quote_value;
 use crate::db::quote::quote_ident;
 
 /// How to start a server.
@@ -120,23 +121,6 @@ fn default_base_dir() -> PathBuf {
     } else {
         PathBuf::from("/tmp")
     }
-}
-
-/// Quotes a value for a libpq key/value connection string when needed.
-fn dsn_value(v: &str) -> String {
-    if !v.is_empty() && !v.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
-        return v.to_string();
-    }
-    let mut s = String::with_capacity(v.len() + 2);
-    s.push('\'');
-    for c in v.chars() {
-        if c == '\'' || c == '\\' {
-            s.push('\\');
-        }
-        s.push(c);
-    }
-    s.push('\'');
-    s
 }
 
 /// Last `max` bytes of a file from byte `from` on, as text.
@@ -315,7 +299,7 @@ impl LocalServer {
             "host={} port={} user=postgres dbname={}",
             self.host(),
             self.port,
-            dsn_value(dbname)
+            quote_value(dbname)
         )
     }
 
@@ -326,9 +310,9 @@ impl LocalServer {
             "host={} port={} user={} password={} dbname={}",
             self.host(),
             self.port,
-            dsn_value(user),
-            dsn_value(password),
-            dsn_value(dbname)
+            quote_value(user),
+            quote_value(password),
+            quote_value(dbname)
         )
     }
 
@@ -705,14 +689,6 @@ impl Drop for LocalServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dsn_quoting() {
-        assert_eq!(dsn_value("app"), "app");
-        assert_eq!(dsn_value(""), "''");
-        assert_eq!(dsn_value("a b"), "'a b'");
-        assert_eq!(dsn_value("it's"), r"'it\'s'");
-    }
 
     #[test]
     fn port_conflicts_are_recognised() {

@@ -3,7 +3,7 @@
 //! holds a patch's schema (and suggests `stamp`) from one that does not.
 
 use super::patch::Patch;
-use super::sql::{tokens, TokenKind, Tokens};
+use super::sql::{tokens, Tokens};
 
 /// The name of the relation `statement` creates, as the server would resolve it (bare
 /// words folded to lower case, quoted names unquoted, a schema kept as `schema.name`);
@@ -57,19 +57,7 @@ pub fn created_relation(statement: &str) -> Option<String> {
         // An index without a name.
         return None;
     }
-    let mut name = first.ident()?;
-    loop {
-        let mut look = toks.clone();
-        match look.next() {
-            Some(t) if t.kind == TokenKind::Punct && t.text == "." => {
-                name.push('.');
-                name.push_str(&look.next()?.ident()?);
-                toks = look;
-            }
-            _ => break,
-        }
-    }
-    Some(name)
+    toks.qualified_name(&first)
 }
 
 /// Every relation `patch` creates, in statement order.

@@ -85,6 +85,19 @@ impl Fixture {
         &servers().servers[node]
     }
 
+    /// Prepared transactions of the fixture's database on a node (the servers are
+    /// shared by every test of a binary, so other databases' are not counted).
+    pub fn prepared_xacts(&self, node: usize) -> Vec<String> {
+        self.psql(
+            node,
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid",
+        )
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+    }
+
     /// Runs SQL on a node's database through psql; returns its unaligned output.
     pub fn psql(&self, node: usize, sql: &str) -> String {
         self.try_psql(node, sql).expect("psql")

@@ -498,6 +498,14 @@ mod tests {
     }
 
     #[test]
+    fn values_are_quoted_only_when_needed() {
+        assert_eq!(quote_value("app"), "app");
+        assert_eq!(quote_value(""), "''");
+        assert_eq!(quote_value("a b"), "'a b'");
+        assert_eq!(quote_value("it's"), r"'it\'s'");
+    }
+
+    #[test]
     fn key_value_errors_do_not_quote_values() {
         assert_eq!(parse(""), Ok(Options::default()));
         assert_eq!(parse("   "), Ok(Options::default()));

@@ -106,6 +106,26 @@ enum Unclosed {
 }
 
 impl Tokens<'_> {
+    /// A possibly schema-qualified name whose first part is `first`, the `.part`s that
+    /// follow it read from here (after a dot any keyword is a valid name part, ON
+    /// included): the parts joined by `.`, each folded or unquoted as the server does.
+    pub fn qualified_name(&mut self, first: &Token<'_>) -> Option<String> {
+        let mut name = first.ident()?;
+        loop {
+            let mut look = self.clone();
+            match look.next() {
+                Some(t) if t.kind == TokenKind::Punct && t.text == "." => {
+                    let part = look.next()?.ident()?;
+                    name.push('.');
+                    name.push_str(&part);
+                    *self = look;
+                }
+                _ => break,
+            }
+        }
+        Some(name)
+    }
+
     /// Goes on at byte `pos`: the splitter skips a `COPY ... FROM stdin` data block, which
     /// is data, not SQL.
     pub(super) fn resume_at(&mut self, pos: usize) {

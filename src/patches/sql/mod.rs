@@ -447,20 +447,7 @@ pub fn create_index_concurrently_name(statement: &str) -> Option<String> {
     if first.is_keyword("on") {
         return None;
     }
-    let mut name = first.ident()?;
-    loop {
-        let mut look = toks.clone();
-        match look.next() {
-            Some(t) if t.kind == TokenKind::Punct && t.text == "." => {
-                // After a dot any keyword is a valid name part, ON included.
-                let part = look.next()?.ident()?;
-                name.push('.');
-                name.push_str(&part);
-                toks = look;
-            }
-            _ => break,
-        }
-    }
+    let name = toks.qualified_name(&first)?;
     if toks.error().is_some() {
         return None;
     }
