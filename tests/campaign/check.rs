@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::common::cli::Run;
 use crate::common::Fixture;
 use crate::lab::Lab;
+use crate::mode::{self, Mode};
 use crate::trials::{self, PatchSpec};
 
 /// pgconvoy's prepared transactions in the trial's database on each node: (node, gid).
@@ -36,13 +37,16 @@ fn gid_version(gid: &str) -> Option<&str> {
 /// `window_ran_out`: a run said the commit retry window ran out (`recover` left to finish).
 /// `joined_late`: patches node2 may lack (it joined after the cluster applied them, and
 /// catching it up is what the fault interrupted).
+/// A standby (physical) is checked as a copy of the master: whatever it replayed so far
+/// keeps the master's invariants.
 pub fn after_fault(
     lab: &Lab,
+    mode: Mode,
     clients: &[tokio_postgres::Client],
     window_ran_out: bool,
     joined_late: &[PatchSpec],
 ) -> Vec<String> {
-    let states = trials::states(&lab.pg, clients);
+    let states = mode::states(lab, mode, clients);
     let excused: Vec<String> = joined_late
         .iter()
         .flat_map(|p| {
@@ -58,10 +62,22 @@ pub fn after_fault(
             ]
         })
         .collect();
-    let mut v = trials::violations(&states);
+    let mut v = match mode {
+        Mode::Physical => {
+            let mut v = trials::violations(&states[..1]);
+            v.extend(
+                trials::violations(&states[1..])
+                    .into_iter()
+                    .map(|s| format!("on the standby (node1), as a copy of node0: {s}")),
+            );
+            v
+        }
+        _ => trials::violations(&states),
+    };
     v.retain(|s| !excused.contains(s));
     if !window_ran_out {
-        for (n, gid) in prepared(lab, clients) {
+        // A standby shows the master's prepared transactions as far as it replayed.
+        for (n, gid) in prepared(lab, &clients[..mode.writable()]) {
             let Some(ver) = gid_version(&gid) else {
                 continue;
             };
@@ -84,18 +100,24 @@ pub fn after_fault(
 }
 
 /// Invariants 2 and 3 after recovery: everything done everywhere, one marker each, every
-/// index valid, `status` clean.
+/// index valid, `status` clean. Physical: the master's books complete, and the standby,
+/// once it replayed, holds exactly the master's.
 pub fn completed(
     lab: &Lab,
+    mode: Mode,
     f: &Fixture,
     clients: &[tokio_postgres::Client],
     patches: &[PatchSpec],
 ) -> Vec<String> {
-    let states = trials::states(&lab.pg, clients);
-    let mut v: Vec<String> = trials::completion_violations(&states, patches)
+    let states = mode::states(lab, mode, clients);
+    let writable = &states[..mode.writable()];
+    let mut v: Vec<String> = trials::completion_violations(writable, patches)
         .into_iter()
         .map(|s| format!("invariant 2/3: {s}"))
         .collect();
+    if mode == Mode::Physical {
+        v.extend(mode::standby_is_master(&states));
+    }
     v.extend(
         trials::status_violations(f)
             .into_iter()

@@ -7,6 +7,7 @@ use crate::check;
 use crate::common::cli::Run;
 use crate::common::{self, Fixture};
 use crate::lab::Lab;
+use crate::mode::{self, Mode};
 use crate::packages;
 use crate::trials::{PatchSpec, Rng, PATCHES};
 
@@ -150,19 +151,33 @@ pub struct Outcome {
     pub skipped: Option<String>,
 }
 
-/// One trial of `kind` from `seed`.
+/// One trial of `kind` from `seed`, in the replication mode the seed draws.
 pub fn trial(lab: &mut Lab, kind: Kind, seed: u64) -> Outcome {
+    let mode = Mode::of(seed);
+    if let Some(why) = mode.unfit(kind) {
+        return Outcome::skipped(format!("not in {} mode: {why}", mode.name()));
+    }
     if kind == Kind::Blackhole {
         if let Some(why) = &lab.no_ns {
             return Outcome::skipped(why.clone());
         }
     }
     if kind == Kind::DeployKill {
-        return packages::trial(lab, seed);
+        return packages::trial(lab, mode, seed);
     }
-    let mut plan = Plan::draw(kind, seed, lab.full);
+    let mut plan = Plan::draw(kind, seed, lab.full[mode as usize]);
+    if mode == Mode::Physical {
+        // The standby runs no body and prepares nothing: targeted moments are on node0,
+        // and the replica a fault hits is the standby.
+        plan.moment = match plan.moment {
+            Moment::Sleeping(_) => Moment::Sleeping(0),
+            Moment::Prepared(_) => Moment::Prepared(0),
+            m => m,
+        };
+        plan.replica = 1;
+    }
     let patches = &PATCHES[..plan.patches];
-    let mut f = lab.cluster(patches, "fc");
+    let mut f = lab.cluster_in(mode, patches, "fc");
     if kind == Kind::CatchUpRestart {
         // node2 joins a cluster that finished the first patches without it.
         let all = f.dsns.clone();
@@ -170,7 +185,7 @@ pub fn trial(lab: &mut Lab, kind: Kind, seed: u64) -> Outcome {
         for p in &patches[plan.before_join..] {
             f.scratch.remove_patch(&p.file());
         }
-        f.write_config("");
+        f.write_config(mode.config());
         let run = f.run(&["upgrade", "--all"]);
         if run.code() != 0 {
             return Outcome::failed(
@@ -185,13 +200,21 @@ pub fn trial(lab: &mut Lab, kind: Kind, seed: u64) -> Outcome {
             f.patch(&p.file(), p.body);
         }
         f.dsns = all;
-        f.write_config("");
+        f.write_config(mode.config());
     }
     if kind == Kind::LockStorm && plan.rng.below(2) == 0 {
         // Short lock timeouts and few retries, so that the storm also fails runs.
-        f.write_config("lock_timeout: 200ms\nlock_retries: 2\n");
+        f.write_config(&format!(
+            "{}lock_timeout: 200ms\nlock_retries: 2\n",
+            mode.config()
+        ));
     }
 
+    // Logical: node0's own traffic goes on through the run, the fault and recovery.
+    let feeding = mode == Mode::Logical;
+    if feeding {
+        mode::feed(lab, &f, 0, 50);
+    }
     let started = Instant::now();
     let first = common::spawn(&f, &plan.args());
     let pid = first.id() as libc::pid_t;
@@ -199,7 +222,10 @@ pub fn trial(lab: &mut Lab, kind: Kind, seed: u64) -> Outcome {
     let mut others: Vec<std::process::Child> = Vec::new();
     let mut ended: Vec<Option<Run>> = Vec::new();
     if running {
-        inject(lab, &f, kind, &mut plan, pid, &mut others, &mut ended);
+        inject(lab, &f, mode, kind, &mut plan, pid, &mut others, &mut ended);
+    }
+    if feeding {
+        mode::feed(lab, &f, 1, 50);
     }
     let mut runs = vec![wait_run(&mut first, 180)];
     runs.append(&mut ended);
@@ -207,6 +233,9 @@ pub fn trial(lab: &mut Lab, kind: Kind, seed: u64) -> Outcome {
         runs.push(wait_run(&mut o, 180));
     }
     lab.heal();
+    if feeding {
+        mode::feed(lab, &f, 2, 50);
+    }
     let joined_late = match kind {
         Kind::CatchUpRestart => &patches[..plan.before_join],
         _ => &[],
@@ -218,6 +247,7 @@ pub fn trial(lab: &mut Lab, kind: Kind, seed: u64) -> Outcome {
         running,
         runs,
         Expect {
+            mode,
             patches,
             recovery: &["upgrade", "--all"],
             joined_late,
@@ -276,9 +306,11 @@ fn signal(pid: libc::pid_t, sig: libc::c_int) {
 }
 
 /// The fault itself, on a running coordinator `pid`.
+#[allow(clippy::too_many_arguments)]
 fn inject(
     lab: &mut Lab,
     f: &Fixture,
+    mode: Mode,
     kind: Kind,
     plan: &mut Plan,
     pid: libc::pid_t,
@@ -315,7 +347,9 @@ fn inject(
             } else {
                 plan.replica
             };
-            lab.servers[n].restart().expect("restart a replica");
+            lab.server_mut(mode, n)
+                .restart()
+                .expect("restart a replica");
         }
         Kind::Second => {
             let mut args = plan.args();
@@ -326,9 +360,12 @@ fn inject(
         }
         Kind::LockStorm => {
             // For 1-4 s, sessions on random nodes take the patches' table in ACCESS
-            // EXCLUSIVE mode for 50-1500 ms at a time.
+            // EXCLUSIVE mode for 50-1500 ms at a time (not on a standby: it cannot).
             let until = Instant::now() + Duration::from_millis(1000 + plan.rng.below(3000));
-            let clients: Vec<_> = f.dsns.iter().map(|d| lab.pg.connect(d)).collect();
+            let clients: Vec<_> = f.dsns[..mode.writable()]
+                .iter()
+                .map(|d| lab.pg.connect(d))
+                .collect();
             while Instant::now() < until {
                 let c = &clients[plan.rng.below(clients.len() as u64) as usize];
                 let hold = 50 + plan.rng.below(1450);
@@ -397,6 +434,7 @@ pub fn wait_run(child: &mut std::process::Child, secs: u64) -> Option<Run> {
 
 /// What recovery expects of a trial's cluster.
 pub struct Expect<'a> {
+    pub mode: Mode,
     /// The patches a complete run leaves done (none: a deploy trial).
     pub patches: &'a [PatchSpec],
     /// The command that completes the cluster (`upgrade --all`, `deploy`).
@@ -416,6 +454,7 @@ pub fn finish_trial(
     expect: Expect<'_>,
 ) -> Outcome {
     let Expect {
+        mode,
         patches,
         recovery,
         joined_late,
@@ -441,10 +480,21 @@ pub fn finish_trial(
     if !patches.is_empty() {
         v.extend(check::after_fault(
             lab,
+            mode,
             &clients,
             window_ran_out,
             joined_late,
         ));
+    }
+    if mode == Mode::Logical {
+        // As an operator would, recovery waits for the subscribers to be back (pgconvoy
+        // refuses to start while a subscription is down); one that does not come back is
+        // a broken cluster.
+        v.extend(
+            mode::wait_subscribers(lab, f, mode::CONVERGE.as_secs())
+                .into_iter()
+                .map(|p| format!("invariant 2 (logical): after the fault, {p}")),
+        );
     }
     if check::status_says_prepared(f) {
         v.extend(check::recovery_run("recover", &f.run(&["recover"])));
@@ -452,12 +502,25 @@ pub fn finish_trial(
     let rec = f.run(recovery);
     v.extend(check::recovery_run(&recovery.join(" "), &rec));
     let clients = lab.clients(f);
+    match mode {
+        Mode::Physical if !mode::wait_replayed(lab, f, mode::CONVERGE.as_secs()) => {
+            v.push(format!(
+                "invariant 2 (physical): the standby did not replay the master's WAL within {} s",
+                mode::CONVERGE.as_secs()
+            ))
+        }
+        Mode::Logical => v.extend(mode::fed_everywhere(lab, f, mode::CONVERGE.as_secs())),
+        _ => {}
+    }
     if patches.is_empty() {
         v.extend(packages::completed(lab, &clients));
     } else {
-        v.extend(check::completed(lab, f, &clients, patches));
+        v.extend(check::completed(lab, mode, f, &clients, patches));
     }
     v.extend(check::nothing_left(lab, &clients, 10));
+    if mode == Mode::Logical {
+        mode::unsubscribe(lab, f);
+    }
     if !v.is_empty() {
         for (i, r) in runs.iter().enumerate() {
             if let Some(r) = r {

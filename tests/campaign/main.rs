@@ -1,12 +1,14 @@
 //! The fault campaign (issue 18), run by `scripts/faults`, not by a plain `cargo test`
-//! (its one test is ignored): seeded trials against three PostgreSQL servers of its own,
-//! each a random patch set (or a package deploy) and ONE fault at a random moment or on
-//! a targeted event, then the five invariants (`check`). Every trial prints the
-//! `KIND:SEED` that replays it. See docs/faults.md.
+//! (its one test is ignored): seeded trials against PostgreSQL servers of its own, each
+//! in a replication mode (none, logical, physical: `mode`) drawn from its seed, a random
+//! patch set (or a package deploy) and ONE fault at a random moment or on a targeted
+//! event, then the five invariants (`check`, `mode`). Every trial prints the `KIND:SEED`
+//! that replays it. See docs/faults.md.
 //!
 //! Environment (set by scripts/faults): `FAULTS_TRIALS` (default 20), `FAULTS_SEED`
 //! (decimal or 0x-hex; default from the clock), `FAULTS_KINDS` (comma-separated; default
-//! all), `FAULTS_REPLAY` (`KIND:SEED`: that one trial), `FAULTS_REPORT` (a file for the
+//! all), `FAULTS_MODES` (comma-separated replication modes; default all),
+//! `FAULTS_REPLAY` (`KIND:SEED`: that one trial), `FAULTS_REPORT` (a file for the
 //! per-kind table in Markdown, rewritten after every trial), `FAULTS_MINUTES` (start no
 //! trial after this many minutes).
 
@@ -18,6 +20,7 @@ mod trials;
 mod check;
 mod fault;
 mod lab;
+mod mode;
 mod packages;
 
 use std::collections::BTreeMap;
@@ -25,6 +28,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use fault::Kind;
+use mode::Mode;
 use trials::{Rng, PATCHES};
 
 /// What `scripts/faults` asked for.
@@ -32,6 +36,7 @@ struct Settings {
     trials: u64,
     seed: u64,
     kinds: Vec<Kind>,
+    modes: Vec<Mode>,
     replay: Option<(Kind, u64)>,
     report: Option<String>,
     minutes: Option<u64>,
@@ -68,6 +73,17 @@ impl Settings {
             Some(k) => k.split(',').map(parse_kind).collect(),
             None => Kind::ALL.to_vec(),
         };
+        let modes = match var("FAULTS_MODES") {
+            Some(m) => m
+                .split(',')
+                .map(|m| {
+                    Mode::parse(m.trim()).unwrap_or_else(|| {
+                        panic!("unknown replication mode {m:?}; modes: none, logical, physical")
+                    })
+                })
+                .collect(),
+            None => Mode::ALL.to_vec(),
+        };
         let replay = var("FAULTS_REPLAY").map(|r| {
             let (k, s) = r
                 .split_once(':')
@@ -80,6 +96,7 @@ impl Settings {
                 .unwrap_or(20),
             seed,
             kinds,
+            modes,
             replay,
             report: var("FAULTS_REPORT"),
             minutes: var("FAULTS_MINUTES").map(|m| parse_u64("FAULTS_MINUTES", &m)),
@@ -87,14 +104,25 @@ impl Settings {
     }
 
     /// The trials: kinds in turn (so that every kind gets its share), each with a seed
-    /// of its own drawn from the campaign's.
+    /// of its own drawn from the campaign's: the next one whose replication mode
+    /// (`Mode::of`) was asked for and makes sense for the kind. A kind that fits none of
+    /// the modes asked for gets no trials.
     fn schedule(&self) -> Vec<(Kind, u64)> {
         if let Some(r) = self.replay {
             return vec![r];
         }
         let mut rng = Rng::new(self.seed);
         (0..self.trials)
-            .map(|i| (self.kinds[i as usize % self.kinds.len()], rng.next()))
+            .filter_map(|i| {
+                let kind = self.kinds[i as usize % self.kinds.len()];
+                (0..64)
+                    .map(|_| rng.next())
+                    .find(|&s| {
+                        let m = Mode::of(s);
+                        self.modes.contains(&m) && m.unfit(kind).is_none()
+                    })
+                    .map(|s| (kind, s))
+            })
             .collect()
     }
 }
@@ -123,15 +151,20 @@ fn campaign() {
     if let Some(why) = &lab.no_ns {
         eprintln!("no network namespace ({why}): the blackhole kind is skipped");
     }
-    lab.full = calibrate(&lab);
+    for m in Mode::ALL {
+        if settings.modes.contains(&m) || settings.replay.is_some() {
+            lab.full[m as usize] = calibrate(&lab, m);
+        }
+    }
     lab.deploy_full = packages::calibrate(&lab);
     eprintln!(
-        "an undisturbed upgrade --all takes {:?}, a deploy {:?}; random moments fall within them",
+        "an undisturbed upgrade --all takes {:?} (none, logical, physical), a deploy {:?}; \
+         random moments fall within them",
         lab.full, lab.deploy_full
     );
 
     let started = Instant::now();
-    let mut tally: BTreeMap<Kind, Tally> = BTreeMap::new();
+    let mut tally: BTreeMap<(Kind, Mode), Tally> = BTreeMap::new();
     let mut failed = Vec::new();
     for (i, (kind, seed)) in schedule.iter().enumerate() {
         if let Some(m) = settings.minutes {
@@ -146,7 +179,8 @@ fn campaign() {
         let t0 = Instant::now();
         let out = fault::trial(&mut lab, *kind, *seed);
         let took = t0.elapsed();
-        let t = tally.entry(*kind).or_default();
+        let mode = Mode::of(*seed);
+        let t = tally.entry((*kind, mode)).or_default();
         let replay = format!("{}:{seed:#018x}", kind.name());
         if let Some(why) = out.skipped {
             t.skipped += 1;
@@ -165,7 +199,8 @@ fn campaign() {
             format!("{} VIOLATION(S)", out.violations.len())
         };
         eprintln!(
-            "trial {i:4} {replay}: {}; fault {}; exit {}; {verdict} ({:.1}s)",
+            "trial {i:4} {replay}: {}, {}; fault {}; exit {}; {verdict} ({:.1}s)",
+            mode.name(),
             out.plan,
             if out.landed {
                 "landed"
@@ -199,40 +234,71 @@ fn campaign() {
     );
 }
 
-/// How long an undisturbed `upgrade --all` of the whole patch set takes.
-fn calibrate(lab: &lab::Lab) -> Duration {
-    let f = lab.cluster(PATCHES, "fcal");
+/// How long an undisturbed `upgrade --all` of the whole patch set takes in `mode`.
+fn calibrate(lab: &lab::Lab, mode: Mode) -> Duration {
+    let f = lab.cluster_in(mode, PATCHES, "fcal");
     let started = Instant::now();
     let run = f.run(&["upgrade", "--all"]);
+    let took = started.elapsed();
     assert_eq!(run.code(), 0, "calibration run failed:\n{}", run.all());
-    started.elapsed()
+    if mode == Mode::Logical {
+        mode::unsubscribe(lab, &f);
+    }
+    took
 }
 
-/// The per-kind table (Markdown).
-fn render(tally: &BTreeMap<Kind, Tally>, seed: u64, took: Duration) -> String {
+/// The per-kind table (Markdown): trials per replication mode (`n/a`: the kind makes no
+/// sense in that mode), then the kind's totals.
+fn render(tally: &BTreeMap<(Kind, Mode), Tally>, seed: u64, took: Duration) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| kind | trials | fault landed mid-run | violations | exit codes (trials) | mean trial |"
+        "| kind | none | logical | physical | trials | fault landed mid-run | violations | exit codes (trials) | mean trial |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|---:|");
+    let mut kinds: Vec<Kind> = tally.keys().map(|(k, _)| *k).collect();
+    kinds.dedup();
     let mut total = Tally::default();
-    for (kind, t) in tally {
+    let mut per_mode: BTreeMap<Mode, u64> = BTreeMap::new();
+    for kind in kinds {
+        let mut t = Tally::default();
+        let mut cells = Vec::new();
+        for m in Mode::ALL {
+            let cell = match tally.get(&(kind, m)) {
+                _ if m.unfit(kind).is_some() => "n/a".to_string(),
+                None => "0".to_string(),
+                Some(k) => {
+                    t.trials += k.trials;
+                    t.landed += k.landed;
+                    t.violations += k.violations;
+                    t.skipped += k.skipped;
+                    t.took += k.took;
+                    for (e, n) in &k.exits {
+                        *t.exits.entry(e.clone()).or_default() += n;
+                    }
+                    *per_mode.entry(m).or_default() += k.trials;
+                    if k.skipped > 0 {
+                        format!("{} ({} skipped)", k.trials, k.skipped)
+                    } else {
+                        k.trials.to_string()
+                    }
+                }
+            };
+            cells.push(cell);
+        }
         let exits: Vec<String> = t.exits.iter().map(|(e, n)| format!("{e}: {n}")).collect();
         let mean = if t.trials > 0 {
             format!("{:.1} s", t.took.as_secs_f64() / t.trials as f64)
         } else {
             "-".into()
         };
-        let skipped = if t.skipped > 0 {
-            format!(" ({} skipped)", t.skipped)
-        } else {
-            String::new()
-        };
         let _ = writeln!(
             s,
-            "| {} | {}{skipped} | {} | {} | {} | {mean} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {mean} |",
             kind.name(),
+            cells[0],
+            cells[1],
+            cells[2],
             t.trials,
             t.landed,
             t.violations,
@@ -242,10 +308,16 @@ fn render(tally: &BTreeMap<Kind, Tally>, seed: u64, took: Duration) -> String {
         total.landed += t.landed;
         total.violations += t.violations;
     }
+    let mode_total = |m: Mode| per_mode.get(&m).copied().unwrap_or(0);
     let _ = writeln!(
         s,
-        "| **all** | **{}** | **{}** | **{}** | | |",
-        total.trials, total.landed, total.violations
+        "| **all** | **{}** | **{}** | **{}** | **{}** | **{}** | **{}** | | |",
+        mode_total(Mode::None),
+        mode_total(Mode::Logical),
+        mode_total(Mode::Physical),
+        total.trials,
+        total.landed,
+        total.violations
     );
     let _ = writeln!(
         s,

@@ -9,6 +9,7 @@ use crate::check;
 use crate::common::{self, Fixture};
 use crate::fault::{finish_trial, wait_run, Expect, Outcome};
 use crate::lab::Lab;
+use crate::mode::Mode;
 use crate::trials::Rng;
 
 const FUNCTIONS: usize = 40;
@@ -46,11 +47,12 @@ fn write_packages(f: &Fixture) {
     );
 }
 
-/// The roles the packages name, on every server (roles are per server).
-fn ensure_roles(lab: &Lab, f: &Fixture) {
-    for c in lab.clients(f) {
+/// The roles the packages name, on every writable server (roles are per server; a
+/// standby has its primary's).
+fn ensure_roles(lab: &Lab, mode: Mode, f: &Fixture) {
+    for c in lab.clients(f).iter().take(mode.writable()) {
         lab.pg.rows(
-            &c,
+            c,
             "DO $$ BEGIN \
                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'fc_owner') THEN \
                  CREATE ROLE fc_owner NOLOGIN; END IF; \
@@ -64,7 +66,7 @@ fn ensure_roles(lab: &Lab, f: &Fixture) {
 /// How long an undisturbed deploy of the packages takes (once per campaign).
 pub fn calibrate(lab: &Lab) -> Duration {
     let f = lab.cluster(&[], "fcal");
-    ensure_roles(lab, &f);
+    ensure_roles(lab, Mode::None, &f);
     write_packages(&f);
     let started = Instant::now();
     let run = f.run(&["deploy"]);
@@ -72,10 +74,10 @@ pub fn calibrate(lab: &Lab) -> Duration {
     started.elapsed()
 }
 
-pub fn trial(lab: &mut Lab, seed: u64) -> Outcome {
+pub fn trial(lab: &mut Lab, mode: Mode, seed: u64) -> Outcome {
     let mut rng = Rng::new(seed);
-    let f = lab.cluster(&[], "fd");
-    ensure_roles(lab, &f);
+    let f = lab.cluster_in(mode, &[], "fd");
+    ensure_roles(lab, mode, &f);
     write_packages(&f);
     let atomic = rng.below(10) < 4;
     let full = lab.deploy_full.as_millis() as u64;
@@ -100,7 +102,7 @@ pub fn trial(lab: &mut Lab, seed: u64) -> Outcome {
     let run = wait_run(&mut child, 60);
     let clients = lab.clients(&f);
     let _ = crate::trials::wait_quiet(&lab.pg, &clients, check::SETTLE.as_secs());
-    let mut early = whole_or_nothing(lab, &clients);
+    let mut early = whole_or_nothing(lab, mode, &clients);
     let mut out = finish_trial(
         lab,
         &f,
@@ -108,6 +110,7 @@ pub fn trial(lab: &mut Lab, seed: u64) -> Outcome {
         landed,
         vec![run],
         Expect {
+            mode,
             patches: &[],
             recovery: &["deploy"],
             joined_late: &[],
@@ -120,7 +123,7 @@ pub fn trial(lab: &mut Lab, seed: u64) -> Outcome {
 
 /// Invariant 1 for packages: on each node a package's schema exists exactly when a live
 /// record says so, and no node records a deploy whose part another node holds prepared.
-fn whole_or_nothing(lab: &Lab, clients: &[tokio_postgres::Client]) -> Vec<String> {
+fn whole_or_nothing(lab: &Lab, mode: Mode, clients: &[tokio_postgres::Client]) -> Vec<String> {
     let mut v = Vec::new();
     let mut recorded_ids = Vec::new();
     for (n, c) in clients.iter().enumerate() {
@@ -150,7 +153,8 @@ fn whole_or_nothing(lab: &Lab, clients: &[tokio_postgres::Client]) -> Vec<String
             }
         }
     }
-    for (n, gid) in check::prepared(lab, clients) {
+    // A standby shows the master's prepared transactions as far as it replayed.
+    for (n, gid) in check::prepared(lab, &clients[..mode.writable()]) {
         if recorded_ids
             .iter()
             .any(|id| gid.contains(&format!(":deploy-{id}:")))

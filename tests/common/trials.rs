@@ -406,7 +406,7 @@ pub fn violations(states: &[NodeState]) -> Vec<String> {
         }
         prefix &= done0;
         if done0 {
-            for n in (0..NODES).filter(|&n| p.runs_on(n)) {
+            for n in (0..states.len()).filter(|&n| p.runs_on(n)) {
                 let row_done = if n == 0 && p.kind == Kind::Concurrent {
                     states[0].local.get(p.version) == Some(&true)
                 } else {
