@@ -31,12 +31,12 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub fn start() -> Lab {
+    /// A lab whose namespace (if any) is this process's number `ns_index` (0..=3).
+    pub fn start(ns_index: u8) -> Lab {
         let bins = PgBinaries::locate().expect("locate the PostgreSQL binaries");
         let (ns, no_ns) = match netns::unavailable() {
             Some(why) => (None, Some(why)),
-            // Index 3: the other tests' namespaces use the low indexes.
-            None => match NetNamespace::create(3) {
+            None => match NetNamespace::create(ns_index) {
                 Ok(ns) => (Some(ns), None),
                 Err(e) => (None, Some(e.to_string())),
             },

@@ -10,7 +10,8 @@
 //! all), `FAULTS_MODES` (comma-separated replication modes; default all),
 //! `FAULTS_REPLAY` (`KIND:SEED`: that one trial), `FAULTS_REPORT` (a file for the
 //! per-kind table in Markdown, rewritten after every trial), `FAULTS_MINUTES` (start no
-//! trial after this many minutes).
+//! trial after this many minutes), `FAULTS_LANES` (labs running trials side by side,
+//! 1-4; default 1).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -25,6 +26,8 @@ mod packages;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fault::Kind;
@@ -40,6 +43,8 @@ struct Settings {
     replay: Option<(Kind, u64)>,
     report: Option<String>,
     minutes: Option<u64>,
+    /// Labs running trials side by side (1-4).
+    lanes: usize,
 }
 
 fn parse_u64(what: &str, s: &str) -> u64 {
@@ -100,6 +105,9 @@ impl Settings {
             replay,
             report: var("FAULTS_REPORT"),
             minutes: var("FAULTS_MINUTES").map(|m| parse_u64("FAULTS_MINUTES", &m)),
+            lanes: var("FAULTS_LANES")
+                .map(|l| parse_u64("FAULTS_LANES", &l).clamp(1, 4) as usize)
+                .unwrap_or(1),
         }
     }
 
@@ -137,19 +145,76 @@ struct Tally {
     took: Duration,
 }
 
+/// What the lanes share: the next trial to take, the tally, the failures.
+struct Shared<'a> {
+    settings: &'a Settings,
+    schedule: &'a [(Kind, u64)],
+    next: AtomicUsize,
+    started: Instant,
+    results: Mutex<Results>,
+}
+
+#[derive(Default)]
+struct Results {
+    tally: BTreeMap<(Kind, Mode), Tally>,
+    failed: Vec<String>,
+}
+
 #[test]
 #[ignore = "the fault campaign: run it with scripts/faults"]
 fn campaign() {
     let settings = Settings::from_env();
     let schedule = settings.schedule();
+    let lanes = if settings.replay.is_some() {
+        1
+    } else {
+        settings.lanes
+    };
     eprintln!(
-        "fault campaign: {} trial(s), FAULTS_SEED={:#x}",
+        "fault campaign: {} trial(s), FAULTS_SEED={:#x}, {lanes} lane(s)",
         schedule.len(),
         settings.seed
     );
-    let mut lab = lab::Lab::start();
+    let shared = Shared {
+        settings: &settings,
+        schedule: &schedule,
+        next: AtomicUsize::new(0),
+        started: Instant::now(),
+        results: Mutex::new(Results::default()),
+    };
+    // Each lane is a lab of its own (servers, namespace) taking the next trial in turn:
+    // trials mostly wait on servers and timeouts, so two labs use the cores better.
+    std::thread::scope(|s| {
+        for lane in 0..lanes {
+            let shared = &shared;
+            s.spawn(move || run_lane(lane, shared));
+        }
+    });
+    let results = shared
+        .results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    let table = render(&results.tally, settings.seed, shared.started.elapsed());
+    eprintln!("\n{table}");
+    if let Some(path) = &settings.report {
+        std::fs::write(path, &table).unwrap_or_else(|e| panic!("write {path}: {e}"));
+    }
+    assert!(
+        results.failed.is_empty(),
+        "{} trial(s) violated an invariant; replay each with scripts/faults --replay: {}",
+        results.failed.len(),
+        results.failed.join(" ")
+    );
+}
+
+/// One lane: its own lab, calibrated, then trials taken from the shared schedule until
+/// it is done or the time is up.
+fn run_lane(lane: usize, shared: &Shared<'_>) {
+    let settings = shared.settings;
+    // Namespace indexes 3, 2, 1, 0 (one per lane; this process makes no others).
+    let mut lab = lab::Lab::start(3 - lane as u8);
     if let Some(why) = &lab.no_ns {
-        eprintln!("no network namespace ({why}): the blackhole kind is skipped");
+        eprintln!("lane {lane}: no network namespace ({why}): the blackhole kind is skipped");
     }
     for m in Mode::ALL {
         if settings.modes.contains(&m) || settings.replay.is_some() {
@@ -158,30 +223,28 @@ fn campaign() {
     }
     lab.deploy_full = packages::calibrate(&lab);
     eprintln!(
-        "an undisturbed upgrade --all takes {:?} (none, logical, physical), a deploy {:?}; \
-         random moments fall within them",
+        "lane {lane}: an undisturbed upgrade --all takes {:?} (none, logical, physical), a \
+         deploy {:?}; random moments fall within them",
         lab.full, lab.deploy_full
     );
-
-    let started = Instant::now();
-    let mut tally: BTreeMap<(Kind, Mode), Tally> = BTreeMap::new();
-    let mut failed = Vec::new();
-    for (i, (kind, seed)) in schedule.iter().enumerate() {
+    loop {
         if let Some(m) = settings.minutes {
-            if started.elapsed() >= Duration::from_secs(m * 60) {
-                eprintln!(
-                    "FAULTS_MINUTES={m} reached: {i} of {} trial(s) run",
-                    schedule.len()
-                );
-                break;
+            if shared.started.elapsed() >= Duration::from_secs(m * 60) {
+                eprintln!("lane {lane}: FAULTS_MINUTES={m} reached");
+                return;
             }
         }
+        let i = shared.next.fetch_add(1, Ordering::SeqCst);
+        let Some((kind, seed)) = shared.schedule.get(i).copied() else {
+            return;
+        };
         let t0 = Instant::now();
-        let out = fault::trial(&mut lab, *kind, *seed);
+        let out = fault::trial(&mut lab, kind, seed);
         let took = t0.elapsed();
-        let mode = Mode::of(*seed);
-        let t = tally.entry((*kind, mode)).or_default();
+        let mode = Mode::of(seed);
         let replay = format!("{}:{seed:#018x}", kind.name());
+        let mut results = shared.results.lock().unwrap_or_else(|e| e.into_inner());
+        let t = results.tally.entry((kind, mode)).or_default();
         if let Some(why) = out.skipped {
             t.skipped += 1;
             eprintln!("trial {i:4} {replay}: skipped ({why})");
@@ -195,11 +258,10 @@ fn campaign() {
             "ok".to_string()
         } else {
             t.violations += 1;
-            failed.push(replay.clone());
             format!("{} VIOLATION(S)", out.violations.len())
         };
-        eprintln!(
-            "trial {i:4} {replay}: {}, {}; fault {}; exit {}; {verdict} ({:.1}s)",
+        let mut line = format!(
+            "trial {i:4} {replay}: {}, {}; fault {}; exit {}; {verdict} ({:.1}s{})",
             mode.name(),
             out.plan,
             if out.landed {
@@ -208,30 +270,26 @@ fn campaign() {
                 "missed (run over)"
             },
             out.exits,
-            took.as_secs_f64()
+            took.as_secs_f64(),
+            if settings.lanes > 1 {
+                format!(", lane {lane}")
+            } else {
+                String::new()
+            }
         );
         for v in &out.violations {
-            eprintln!("    {v}");
+            let _ = write!(line, "\n    {v}");
         }
         if !out.violations.is_empty() {
-            eprintln!("    replay: scripts/faults --replay {replay}");
+            let _ = write!(line, "\n    replay: scripts/faults --replay {replay}");
+            results.failed.push(replay);
         }
+        eprintln!("{line}");
         if let Some(path) = &settings.report {
-            let table = render(&tally, settings.seed, started.elapsed());
+            let table = render(&results.tally, settings.seed, shared.started.elapsed());
             std::fs::write(path, &table).unwrap_or_else(|e| panic!("write {path}: {e}"));
         }
     }
-    let table = render(&tally, settings.seed, started.elapsed());
-    eprintln!("\n{table}");
-    if let Some(path) = &settings.report {
-        std::fs::write(path, &table).unwrap_or_else(|e| panic!("write {path}: {e}"));
-    }
-    assert!(
-        failed.is_empty(),
-        "{} trial(s) violated an invariant; replay each with scripts/faults --replay: {}",
-        failed.len(),
-        failed.join(" ")
-    );
 }
 
 /// How long an undisturbed `upgrade --all` of the whole patch set takes in `mode`.
