@@ -392,6 +392,26 @@ impl Ledger {
         )
     }
 
+    /// The claim of a patch that follows another in the same stream of transactions (a
+    /// batch of `std` patches): it fails on the server (an invalid cast naming
+    /// [`NOT_AFTER_DONE`]) unless the patch before it (`$7`, `$8`, `$9`) is finished in
+    /// the master's ledger. So when that one failed or rolled back, this transaction is
+    /// aborted before its body and commits nothing, and so is every later one, whatever
+    /// was already sent. Parameters: [`RowParams::row`], then the previous patch's
+    /// [`RowParams::key`].
+    pub fn claim_after_sql(&self) -> String {
+        let table = self.qualified(Book::Main);
+        format!(
+            "INSERT INTO {table} (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by)
+             SELECT $1::integer, $2::integer, $3::integer, $4::text, $5::text, clock_timestamp(), NULL, $6::text || ' as ' || session_user
+               FROM (SELECT CASE WHEN count(*) = 0 THEN {} END::integer AS guard
+                       FROM {table}
+                      WHERE major = $7 AND minor = $8 AND patch = $9 AND end_time IS NOT NULL) AS previous
+              WHERE previous.guard IS NULL",
+            quote_literal(NOT_AFTER_DONE)
+        )
+    }
+
     /// Records that a node started the body (replicas; the master's local book):
     /// a row with `end_time` NULL. A retry takes over an earlier unfinished row, keeping
     /// the first attempt's start in `first_start` and counting `attempts`.
@@ -578,6 +598,9 @@ impl Ledger {
     }
 }
 
+/// Why a claim after another patch in the same batch failed ([`Ledger::claim_after_sql`]).
+pub const NOT_AFTER_DONE: &str =
+    "not claimed: the patch before it in the same batch did not commit";
 /// Why a stamp inside the patch's transaction changed no row.
 pub const TRANSACTION_LOST: &str = "the patch ended the transaction pgconvoy ran it in (a COMMIT, ROLLBACK or similar took effect inside it), so what ran before that may be committed while the rest ran outside it; not recorded as applied";
 /// Whether a book (`$1`, its quoted name) exists, and whether it has the current columns.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::db::cluster::{Cluster, Dedicated};
 use crate::db::ledger::Ledger;
 use crate::db::pgerror::PgFailure;
+use crate::db::quote::quote_literal;
 use crate::error::Error;
 use crate::identity::{parse_lock_comment, Identity, RUN_LOCK_CLASS};
 use crate::progress::{Event, Reporter};
@@ -114,8 +115,7 @@ pub async fn holder(
     client: &tokio_postgres::Client,
     key: i64,
 ) -> Result<Option<Holder>, PgFailure> {
-    let hi = key >> 32;
-    let lo = key & 0xffff_ffff;
+    let (hi, lo) = lock_key_parts(key);
     let row = client
         .query_opt(
             "SELECT l.pid, coalesce(a.application_name, '?'),
@@ -146,6 +146,34 @@ pub async fn holder(
     }))
 }
 
+/// The backend pid of the lock's session, for [`held_sql`]. Asked with the lock's
+/// comment, like every query on that session: `pg_stat_activity.query` keeps naming
+/// this coordinator (`pgconvoy unlock` reads it back).
+pub async fn lock_backend_pid(lock: &Dedicated) -> Option<i32> {
+    let probe = format!(
+        "/* {} */ SELECT pg_backend_pid()",
+        Identity::current().lock_comment(&command_line())
+    );
+    let rows = lock.client.simple_query(&probe).await.ok()?;
+    rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+        _ => None,
+    })
+}
+
+/// What the run already knows without asking: the lock's session ended, or its
+/// connection closed. For a claim that checks the lock on the server ([`held_sql`]).
+pub fn confirm_flag(lock: &Dedicated, cluster: &Cluster) -> Result<(), Error> {
+    if cluster.inflight.lock_lost() || lock.client.is_closed() {
+        return Err(Error::LockLost {
+            node: cluster.master().name().clone(),
+            before: None,
+            cause: None,
+        });
+    }
+    Ok(())
+}
+
 /// Proves the run still holds the cluster lock right now: a round trip on the lock's
 /// own session (a session advisory lock lives exactly as long as its session). Asked
 /// before a decision that another coordinator holding the lock could contradict — the
@@ -158,9 +186,7 @@ pub async fn confirm_held(lock: &Dedicated, cluster: &Cluster) -> Result<(), Err
         before: None,
         cause,
     };
-    if cluster.inflight.lock_lost() || lock.client.is_closed() {
-        return Err(lost(None));
-    }
+    confirm_flag(lock, cluster)?;
     // The same comment as the lock's query: `pg_stat_activity.query` of the lock's
     // session keeps naming this coordinator (`pgconvoy unlock` reads it back).
     let probe = format!(
@@ -179,6 +205,31 @@ pub async fn confirm_held(lock: &Dedicated, cluster: &Cluster) -> Result<(), Err
                 failure: Box::new(master.explain(e.into())),
             })))
         })
+}
+
+/// Fails on the server ([`SqlState::INVALID_TEXT_REPRESENTATION`], naming [`NOT_HELD`])
+/// unless the backend `$1` holds the cluster lock (`$2`, `$3`: [`lock_key_parts`]) in
+/// this database. Asked in the claim's transaction just before each claim of a batch: an
+/// error aborts that transaction on the server, so a batch stops where one patch at a
+/// time would have stopped, whatever the coordinator had already sent.
+///
+/// [`SqlState::INVALID_TEXT_REPRESENTATION`]: tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION
+pub fn held_sql() -> String {
+    format!(
+        "SELECT CASE WHEN count(*) = 0 THEN {} END::integer FROM pg_locks
+          WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid = $1
+            AND classid::bigint = $2 AND objid::bigint = $3
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        quote_literal(NOT_HELD)
+    )
+}
+
+/// Why [`held_sql`] failed.
+pub const NOT_HELD: &str = "the cluster lock's session no longer holds the lock";
+
+/// The advisory lock key as `pg_locks` shows it: (`classid`, `objid`).
+pub fn lock_key_parts(key: i64) -> (i64, i64) {
+    (key >> 32, key & 0xffff_ffff)
 }
 
 pub async fn release_lock(lock: Dedicated, ledger: &Ledger) {

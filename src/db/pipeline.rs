@@ -146,8 +146,8 @@ const WINDOW_BYTES: usize = 1 << 20;
 /// Sends `steps` in order, pipelined: a bounded window of requests in flight (enough to
 /// keep the connection busy, never the whole body). After the first failure nothing more
 /// is sent; the requests already in flight are awaited, so the connection is idle again
-/// on return. `seen(step, result)` is told every result, in order (transactions follow
-/// their BEGIN and COMMIT with it). `Err((index, failure))` names the first step that
+/// on return. `seen(index, step, result)` is told every result, in order (transactions
+/// follow their BEGIN and COMMIT with it). `Err((index, failure))` names the first step that
 /// failed.
 ///
 /// Requests reach the server in the order they are first polled: new ones join the
@@ -157,7 +157,7 @@ const WINDOW_BYTES: usize = 1 << 20;
 pub(super) async fn send_all<'a>(
     client: &Client,
     steps: impl IntoIterator<Item = Step<'a>>,
-    mut seen: impl FnMut(&Step<'a>, &Result<(), PgFailure>),
+    mut seen: impl FnMut(usize, &Step<'a>, &Result<(), PgFailure>),
 ) -> Result<(), (usize, PgFailure)> {
     let mut steps = steps.into_iter().enumerate();
     let mut in_flight = FuturesOrdered::new();
@@ -175,7 +175,7 @@ pub(super) async fn send_all<'a>(
                     break;
                 }
                 let r = send_one(client, step).await;
-                seen(&step, &r);
+                seen(i, &step, &r);
                 if let Err(e) = r {
                     failed = Some((i, e));
                 }
@@ -189,7 +189,7 @@ pub(super) async fn send_all<'a>(
             break;
         };
         bytes -= weight;
-        seen(&step, &result);
+        seen(i, &step, &result);
         if let Err(e) = result {
             // Results arrive in order: the first error seen is the earliest.
             failed.get_or_insert((i, e));

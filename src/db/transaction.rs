@@ -151,6 +151,17 @@ impl Transaction<Commit> {
         &self,
         steps: impl IntoIterator<Item = Step<'a>>,
     ) -> Result<(), (usize, PgFailure)> {
+        self.stream_seen(steps, |_, _| {}).await
+    }
+
+    /// [`Transaction::stream`], telling `seen(index, result)` every step's result as it
+    /// arrives, in order: several patches' transactions in one stream learn which of them
+    /// committed, and when.
+    pub async fn stream_seen<'a>(
+        &self,
+        steps: impl IntoIterator<Item = Step<'a>>,
+        mut seen: impl FnMut(usize, &Result<(), PgFailure>),
+    ) -> Result<(), (usize, PgFailure)> {
         if self.poisoned.load(Ordering::SeqCst) {
             let refused = PgFailure::other(
                 "transaction not continued: a savepoint in it was left neither released nor rolled back",
@@ -160,11 +171,14 @@ impl Transaction<Commit> {
             }
             return Err((0, refused));
         }
-        pipeline::send_all(self.client(), steps, |step, r| match (step, r) {
-            (Step::Begin, Ok(())) => self.open.store(true, Ordering::SeqCst),
-            (Step::Commit, Ok(())) => self.ended(),
-            (Step::Commit, Err(e)) => self.ended_unless_lost(e),
-            _ => {}
+        pipeline::send_all(self.client(), steps, |i, step, r| {
+            match (step, r) {
+                (Step::Begin, Ok(())) => self.open.store(true, Ordering::SeqCst),
+                (Step::Commit, Ok(())) => self.ended(),
+                (Step::Commit, Err(e)) => self.ended_unless_lost(e),
+                _ => {}
+            }
+            seen(i, r);
         })
         .await
     }

@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
 use super::body::TxFailure;
@@ -14,6 +15,7 @@ use super::RunReport;
 use crate::config::Replication;
 use crate::db::cluster::Node;
 use crate::db::ledger::{Book, RowParams, TRANSACTION_LOST};
+use crate::db::lock::held_sql;
 use crate::db::pipeline::{first_failure, Step};
 use crate::db::transaction::Transaction;
 use crate::error::Error;
@@ -35,6 +37,27 @@ impl Refused {
             Refused::Claim(e) | Refused::Failed(e) => e,
         }
     }
+}
+
+/// The lock check's parameters as a statement takes them.
+fn held_args<'p>(pid: &'p i32, hi: &'p i64, lo: &'p i64) -> [&'p (dyn ToSql + Sync); 3] {
+    [pid, hi, lo]
+}
+
+/// BEGIN, the lock check on the server when there is one (see
+/// [`crate::db::lock::held_sql`]: the run need not ask its lock's session first), the
+/// claim: one round trip.
+fn claim_steps<'a>(
+    claim: &'a Statement,
+    row: &'a [&'a (dyn ToSql + Sync)],
+    held: Option<(&'a Statement, &'a [&'a (dyn ToSql + Sync); 3])>,
+) -> Vec<Step<'a>> {
+    let mut steps = vec![Step::Begin];
+    if let Some((st, args)) = held {
+        steps.push(Step::Exec(st, args));
+    }
+    steps.push(Step::Exec(claim, row));
+    steps
 }
 
 impl Coordinator<'_> {
@@ -59,14 +82,26 @@ impl Coordinator<'_> {
         }
         .await
         .map_err(|e| master.unreachable(e.into()))?;
+        let held = match self.claim_checks_lock(patch) {
+            true => Some(
+                session
+                    .prepare_cached(&held_sql())
+                    .await
+                    .map_err(|e| master.unreachable(e.into()))?,
+            ),
+            false => None,
+        };
+        let held = held.as_ref();
         let claim = Transaction::on(session);
         let r = if let (PatchType::Std, Some(ops)) = (patch.kind, self.slony) {
             self.apply_slony(ops, &claim, &statements, patch, report)
                 .await
         } else if patch.kind == PatchType::Std {
-            self.apply_std(&claim, &statements, patch, report).await
+            self.apply_std(&claim, &statements, held, patch, report)
+                .await
         } else {
-            self.apply_claimed(&claim, &statements, patch, report).await
+            self.apply_claimed(&claim, &statements, held, patch, report)
+                .await
         };
         match r {
             Ok(()) => self.patch_done(patch, started, true),
@@ -131,10 +166,14 @@ impl Coordinator<'_> {
         &self,
         claim: &Transaction,
         (claim_st, stamp_st): &(Statement, Statement),
+        held_st: Option<&Statement>,
         patch: &Patch,
         report: &mut RunReport,
     ) -> Result<(), Refused> {
         let params = RowParams::new(patch, &self.applied_by);
+        let row = params.row();
+        let held = self.held_params();
+        let held = held.as_ref().map(|(pid, hi, lo)| held_args(pid, hi, lo));
         self.node_start(patch, 0);
         let t = Instant::now();
         let r = match self
@@ -142,7 +181,7 @@ impl Coordinator<'_> {
                 claim,
                 0,
                 patch,
-                &[Step::Begin, Step::Exec(claim_st, &params.row())],
+                &claim_steps(claim_st, &row, held_st.zip(held.as_ref())),
                 &[Step::ExecOne(stamp_st, &params.key(), TRANSACTION_LOST)],
             )
             .await
@@ -164,12 +203,16 @@ impl Coordinator<'_> {
         &self,
         claim: &Transaction,
         (claim_st, stamp_st): &(Statement, Statement),
+        held_st: Option<&Statement>,
         patch: &Patch,
         report: &mut RunReport,
     ) -> Result<(), Refused> {
         let params = RowParams::new(patch, &self.applied_by);
+        let row = params.row();
+        let held = self.held_params();
+        let held = held.as_ref().map(|(pid, hi, lo)| held_args(pid, hi, lo));
         let opened = claim
-            .pipeline(&[Step::Begin, Step::Exec(claim_st, &params.row())])
+            .pipeline(&claim_steps(claim_st, &row, held_st.zip(held.as_ref())))
             .await;
         if let Some((_, e)) = first_failure(&opened) {
             return Err(Refused::Claim(self.claim_error(patch, e.clone())));

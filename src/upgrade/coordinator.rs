@@ -16,6 +16,7 @@ use super::{NodeResult, RunReport};
 use crate::config::{NodeName, Replication, Role};
 use crate::db::cluster::{Cluster, Dedicated, Node};
 use crate::db::ledger::{Book, Ledger, NodeLedger, RowParams};
+use crate::db::lock::lock_key_parts;
 use crate::db::pgerror::PgFailure;
 use crate::db::retry::RetryPolicy;
 use crate::error::{Error, PatchFailure};
@@ -32,6 +33,9 @@ pub(super) struct Coordinator<'a> {
     pub(super) ledgers: &'a [NodeLedger],
     /// The cluster lock's session, held for the whole run.
     pub(super) lock: &'a Dedicated,
+    /// Its backend pid: claims check on the server that it still holds the lock
+    /// ([`crate::db::lock::held_sql`]). `None`: the run checks before each patch instead.
+    pub(super) lock_pid: Option<i32>,
     pub(super) reporter: &'a dyn Reporter,
     pub(super) applied_by: String,
     pub(super) policy: RetryPolicy,
@@ -128,7 +132,14 @@ impl Coordinator<'_> {
     /// Why the claim could not be inserted: another coordinator has it, or worse.
     pub(super) fn claim_error(&self, patch: &Patch, e: PgFailure) -> Error {
         let node = self.cluster.master().name().clone();
-        if e.is(&SqlState::UNIQUE_VIOLATION) || e.is(&SqlState::LOCK_NOT_AVAILABLE) {
+        if e.is(&SqlState::INVALID_TEXT_REPRESENTATION) {
+            // The lock check before the claim (nothing else in a claim's steps casts text).
+            Error::LockLost {
+                node,
+                before: Some(patch.version),
+                cause: None,
+            }
+        } else if e.is(&SqlState::UNIQUE_VIOLATION) || e.is(&SqlState::LOCK_NOT_AVAILABLE) {
             Error::Claimed {
                 patch: patch.version,
                 node,
@@ -175,6 +186,25 @@ impl Coordinator<'_> {
         };
         self.note(format!("{}: {more}", patch.version));
         Some(more)
+    }
+
+    /// Whether `patch`'s claim checks on the server that the run still holds the cluster
+    /// lock ([`crate::db::lock::held_sql`]), so the run need not ask the lock's session first.
+    pub(super) fn claim_checks_lock(&self, patch: &Patch) -> bool {
+        self.lock_pid.is_some()
+            && self.selected[0]
+            && match patch.kind {
+                PatchType::Std => self.slony.is_none(),
+                PatchType::Direct => !self.atomic,
+                PatchType::Concurrent => true,
+            }
+    }
+
+    /// The lock check's parameters ([`crate::db::lock::held_sql`]): the lock session's
+    /// pid and the lock's key as `pg_locks` shows it.
+    pub(super) fn held_params(&self) -> Option<(i32, i64, i64)> {
+        let (hi, lo) = lock_key_parts(self.ledger.advisory_key());
+        self.lock_pid.map(|pid| (pid, hi, lo))
     }
 
     /// Whether the master must still run the patch's body.

@@ -17,7 +17,7 @@ use futures::stream::{self, StreamExt};
 use crate::config::Config;
 use crate::db::cluster::{Cluster, Dedicated};
 use crate::db::ledger::{Book, Ledger, NodeLedger};
-use crate::db::lock::{acquire_lock, confirm_held, release_lock};
+use crate::db::lock::{acquire_lock, confirm_flag, confirm_held, lock_backend_pid, release_lock};
 use crate::db::retry::RetryPolicy;
 use crate::error::{Error, ErrorObject};
 use crate::output::human;
@@ -34,6 +34,7 @@ use watch::ReplicationWatch;
 mod apply;
 mod atomic;
 mod baseline;
+mod batch;
 mod body;
 mod catch_up;
 mod concurrent;
@@ -244,7 +245,14 @@ async fn upgrade_inner(
         };
         if !new.is_empty() {
             let c = coordinator(
-                config, cluster, &ledger, &ledgers, &lock, reporter, &selected, None,
+                config,
+                cluster,
+                &ledger,
+                &ledgers,
+                (&lock, None),
+                reporter,
+                &selected,
+                None,
             );
             let r = c.baseline(file, patches, &new, report).await;
             report
@@ -340,12 +348,13 @@ async fn upgrade_inner(
         None => ensure_master_ledger(cluster, &ledger).await?,
     }
 
+    let lock_pid = lock_backend_pid(&lock).await;
     let coordinator = coordinator(
         config,
         cluster,
         &ledger,
         &ledgers,
-        &lock,
+        (&lock, lock_pid),
         reporter,
         &selected,
         slony_ops.as_ref(),
@@ -385,16 +394,18 @@ fn coordinator<'a>(
     cluster: &'a Cluster,
     ledger: &'a Ledger,
     ledgers: &'a [NodeLedger],
-    lock: &'a Dedicated,
+    lock: (&'a Dedicated, Option<i32>),
     reporter: &'a dyn Reporter,
     selected: &[bool],
     slony: Option<&'a SlonyOps<'a>>,
 ) -> Coordinator<'a> {
+    let (lock, lock_pid) = lock;
     Coordinator {
         cluster,
         ledger,
         ledgers,
         lock,
+        lock_pid,
         reporter,
         applied_by: applied_by(),
         policy: RetryPolicy {
@@ -489,7 +500,10 @@ async fn apply_groups(
             kind: group.kind,
             versions: &group.versions(),
         });
-        for patch in &group.patches {
+        let mut at = 0;
+        // The next patch must run alone (its body hit the lock timeout in a batch).
+        let mut alone = false;
+        while let Some(&patch) = group.patches.get(at) {
             if crate::signal::tripped().is_some() {
                 return Err(Error::Stopped {
                     patch: patch.version,
@@ -498,8 +512,14 @@ async fn apply_groups(
             // Exclusion for the whole run: without the lock, another coordinator may
             // hold the cluster by now, so nothing new starts. A round trip on the lock's
             // session proves it, where the flag alone waits for the connection's task to
-            // see the session end (late on a loaded machine).
-            if let Err(e) = confirm_held(coordinator.lock, coordinator.cluster).await {
+            // see the session end (late on a loaded machine); a claim that checks the
+            // lock on the server, in its own transaction, proves it as well (and later).
+            let held = if coordinator.claim_checks_lock(patch) {
+                confirm_flag(coordinator.lock, coordinator.cluster)
+            } else {
+                confirm_held(coordinator.lock, coordinator.cluster).await
+            };
+            if let Err(e) = held {
                 return Err(match e {
                     Error::LockLost { node, cause, .. } => Error::LockLost {
                         node,
@@ -509,6 +529,25 @@ async fn apply_groups(
                     e => e,
                 });
             }
+            let batch = if alone {
+                0
+            } else {
+                coordinator.batch_len(&group.patches[at..])
+            };
+            alone = false;
+            if batch >= 2 {
+                let r = coordinator
+                    .apply_batch(&group.patches[at..at + batch], report)
+                    .await;
+                report
+                    .notes
+                    .append(&mut coordinator.notes.lock().unwrap_or_else(|p| p.into_inner()));
+                let done = r?;
+                at += done;
+                alone = done < batch;
+                continue;
+            }
+            at += 1;
             let r = coordinator.apply(patch, report).await;
             report
                 .notes
