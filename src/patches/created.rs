@@ -2,62 +2,43 @@
 //! sequences, materialized views), by name: how the dry run tells a database that already
 //! holds a patch's schema (and suggests `stamp`) from one that does not.
 
+use pg_query::protobuf::RangeVar;
+use pg_query::NodeEnum;
+
 use super::patch::Patch;
-use super::sql::{tokens, Tokens};
 
 /// The name of the relation `statement` creates, as the server would resolve it (bare
 /// words folded to lower case, quoted names unquoted, a schema kept as `schema.name`);
-/// `None` for any other statement, and for `CREATE … IF NOT EXISTS` (it tolerates an
-/// existing relation) and temporary tables (they live in the session only).
+/// `None` for any other statement, for `CREATE … IF NOT EXISTS` (it tolerates an existing
+/// relation), temporary relations (they live in the session only), and a statement
+/// PostgreSQL's grammar (libpg_query) rejects.
 pub fn created_relation(statement: &str) -> Option<String> {
-    let mut toks = tokens(statement);
-    let next_is = |toks: &mut Tokens<'_>, keyword: &str| {
-        let mut look = toks.clone();
-        if look.next().is_some_and(|t| t.is_keyword(keyword)) {
-            *toks = look;
-            true
-        } else {
-            false
-        }
+    let parsed = pg_query::parse(statement).ok()?;
+    let node = parsed
+        .protobuf
+        .stmts
+        .first()?
+        .stmt
+        .as_ref()?
+        .node
+        .as_ref()?;
+    let name = |r: &RangeVar| {
+        (r.relpersistence != "t").then(|| match r.schemaname.as_str() {
+            "" => r.relname.clone(),
+            schema => format!("{schema}.{}", r.relname),
+        })
     };
-    if !next_is(&mut toks, "create") {
-        return None;
-    }
-    if next_is(&mut toks, "or") && !next_is(&mut toks, "replace") {
-        return None;
-    }
-    for modifier in ["temporary", "temp"] {
-        if next_is(&mut toks, modifier) {
-            return None;
+    match node {
+        NodeEnum::CreateStmt(c) if !c.if_not_exists => name(c.relation.as_ref()?),
+        NodeEnum::CreateTableAsStmt(c) if !c.if_not_exists => name(c.into.as_ref()?.rel.as_ref()?),
+        NodeEnum::ViewStmt(v) => name(v.view.as_ref()?),
+        NodeEnum::CreateSeqStmt(c) if !c.if_not_exists => name(c.sequence.as_ref()?),
+        // An index lives in its table's schema; the name is what the grammar allows.
+        NodeEnum::IndexStmt(i) if !i.if_not_exists && !i.idxname.is_empty() => {
+            Some(i.idxname.clone())
         }
+        _ => None,
     }
-    for modifier in [
-        "global",
-        "local",
-        "unlogged",
-        "unique",
-        "materialized",
-        "recursive",
-    ] {
-        next_is(&mut toks, modifier);
-    }
-    let kind = toks.next()?;
-    if !["table", "index", "view", "sequence"]
-        .iter()
-        .any(|k| kind.is_keyword(k))
-    {
-        return None;
-    }
-    next_is(&mut toks, "concurrently");
-    if next_is(&mut toks, "if") {
-        return None;
-    }
-    let first = toks.next()?;
-    if first.is_keyword("on") {
-        // An index without a name.
-        return None;
-    }
-    toks.qualified_name(&first)
 }
 
 /// Every relation `patch` creates, in statement order.
@@ -93,6 +74,15 @@ mod tests {
             ),
             ("ALTER TABLE t ADD COLUMN c int;", None),
             ("CREATE OR ALTER TABLE t;", None),
+            // What a lexer finds hard: the grammar reads these right.
+            ("CREATE TABLE t2 AS SELECT '(' AS x;", Some("t2")),
+            ("CREATE TEMPORARY VIEW tv AS SELECT 1;", None),
+            ("CREATE RECURSIVE VIEW r (n) AS SELECT 1;", Some("r")),
+            (
+                "CREATE TABLE \"Quoted \"\"x\"\"\" (body text DEFAULT $$ ); $$);",
+                Some("Quoted \"x\""),
+            ),
+            ("SELECT 1 INTO t3;", None),
         ];
         for (sql, want) in table {
             assert_eq!(created_relation(sql).as_deref(), want, "{sql}");

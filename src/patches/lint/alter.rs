@@ -2,38 +2,24 @@
 //! retyped or set NOT NULL, and the `CHECK (col IS NOT NULL)` constraints that make
 //! `SET NOT NULL` cheap.
 
-use super::cursor::{top_level_actions, Cursor};
-use super::{ColumnRef, Linter, QualName, Rule, Stmt, SERIAL_TYPES, VOLATILE_FUNCTIONS};
+use pg_query::protobuf::{AlterTableCmd, AlterTableStmt, ColumnDef, ConstrType, NullTestType};
+use pg_query::{NodeEnum, NodeRef};
+
+use super::tree::{last_name, qual_name, string, Parsed};
+use super::{ColumnRef, Linter, QualName, Rule, SERIAL_TYPES, VOLATILE_FUNCTIONS};
 use crate::patches::patch::Patch;
-use crate::patches::sql::TokenKind;
+use pg_query::protobuf::AlterTableType as At;
 
 impl Linter {
-    pub(super) fn alter_table(&mut self, patch: &Patch, s: &Stmt<'_>) {
-        let mut c = Cursor::new(&s.toks, 2);
-        c.eat(&["if", "exists"]);
-        c.eat(&["only"]);
-        let Some(table) = c.name() else { return };
+    pub(super) fn alter_table(&mut self, patch: &Patch, s: &Parsed<'_>, a: &AlterTableStmt) {
+        let Some(relation) = &a.relation else { return };
+        let table = qual_name(relation);
         let new = self.is_new(&table);
-        // The schema model follows renames: a new table stays new under its new name, an
-        // existing one stays existing.
-        if new {
-            let mut r = c.clone();
-            if r.eat(&["rename", "to"]) {
-                if let Some(to) = r.ident() {
-                    self.rename(&table, |t| t.name = to);
-                }
-                return;
+        let lines = s.action_lines(relation, a.cmds.len());
+        for (cmd, line) in a.cmds.iter().zip(lines) {
+            if let Some(NodeEnum::AlterTableCmd(cmd)) = &cmd.node {
+                self.alter_action(patch, line, &table, new, cmd);
             }
-            if r.eat(&["set", "schema"]) {
-                if let Some(to) = r.ident() {
-                    self.rename(&table, |t| t.schema = Some(to));
-                }
-                return;
-            }
-        }
-        for (start, end) in top_level_actions(&s.toks, c.pos) {
-            let a = Cursor::new(&s.toks[..end], start);
-            self.alter_action(patch, s, &table, new, a);
         }
     }
 
@@ -41,142 +27,58 @@ impl Linter {
     fn alter_action(
         &mut self,
         patch: &Patch,
-        s: &Stmt<'_>,
-        table: &QualName,
-        new: bool,
-        mut a: Cursor<'_, '_>,
-    ) {
-        let line = s.line_of(a.pos);
-        if a.eat(&["add"]) {
-            self.add(patch, line, table, new, a);
-        } else if a.eat(&["drop"]) {
-            self.drop_column(patch, line, table, new, a);
-        } else if a.eat(&["alter"]) {
-            self.alter_column(patch, line, table, new, a);
-        } else if a.eat(&["validate", "constraint"]) {
-            self.validate_constraint(table, a);
-        }
-    }
-
-    /// `ADD [CONSTRAINT name] CHECK …` (remembered) or `ADD [COLUMN] col … DEFAULT …`.
-    fn add(
-        &mut self,
-        patch: &Patch,
         line: usize,
         table: &QualName,
         new: bool,
-        mut a: Cursor<'_, '_>,
+        cmd: &AlterTableCmd,
     ) {
-        let mut look = a.clone();
-        let named = if look.eat(&["constraint"]) {
-            look.ident()
-        } else {
-            None
-        };
-        if named.is_some() || look.peek_kw("check") {
-            self.remember_not_null_check(table, named, &look);
-            return;
-        }
-        if ["unique", "primary", "foreign", "exclude"]
-            .iter()
-            .any(|k| a.peek_kw(k))
-        {
-            return;
-        }
-        a.eat(&["column"]);
-        a.eat(&["if", "not", "exists"]);
-        let Some(column) = a.ident() else { return };
-        if new {
-            return;
-        }
-        if let Some(why) = volatile_default(&a) {
+        let def = cmd.def.as_deref().and_then(|d| d.node.as_ref());
+        let subtype = cmd.subtype;
+        if subtype == At::AtAddConstraint as i32 {
+            if let Some(NodeEnum::Constraint(c)) = def {
+                self.remember_not_null_check(table, c);
+            }
+        } else if subtype == At::AtValidateConstraint as i32 {
+            self.validate_constraint(table, &cmd.name);
+        } else if new {
+            // A table the pending patches create is empty: nothing to rewrite or lose.
+        } else if subtype == At::AtAddColumn as i32 {
+            let Some(NodeEnum::ColumnDef(col)) = def else {
+                return;
+            };
+            if let Some(why) = volatile_default(col) {
+                self.push(
+                    patch,
+                    Rule::AddingFieldWithDefault,
+                    line,
+                    format!(
+                        "ADD COLUMN `{}` with {why} rewrites all of `{table}` under an ACCESS EXCLUSIVE lock (reads and writes wait); add the column without it (or with a constant default), then backfill in batches",
+                        col.colname
+                    ),
+                );
+            }
+        } else if subtype == At::AtDropColumn as i32 {
             self.push(
                 patch,
-                Rule::AddingFieldWithDefault,
+                Rule::BanDropColumn,
                 line,
                 format!(
-                    "ADD COLUMN `{column}` with {why} rewrites all of `{table}` under an ACCESS EXCLUSIVE lock (reads and writes wait); add the column without it (or with a constant default), then backfill in batches"
+                    "DROP COLUMN `{table}.{}` destroys that column's data and cannot be undone; make sure no deployed code still reads or writes it (ship the code change first)",
+                    cmd.name
                 ),
             );
-        }
-    }
-
-    /// A `CHECK (col IS NOT NULL)` constraint: validated now, or once `VALIDATE
-    /// CONSTRAINT name` runs when it was added `NOT VALID`.
-    fn remember_not_null_check(
-        &mut self,
-        table: &QualName,
-        named: Option<String>,
-        look: &Cursor<'_, '_>,
-    ) {
-        let Some(column) = not_null_check(look) else {
-            return;
-        };
-        let col = ColumnRef {
-            table: table.clone(),
-            column,
-        };
-        if look.rest_has("valid") {
-            if let Some(name) = named {
-                self.unvalidated.push((name, col));
-            }
-        } else {
-            self.checked_not_null.push(col);
-        }
-    }
-
-    /// `DROP [COLUMN] [IF EXISTS] col` on an existing table.
-    fn drop_column(
-        &mut self,
-        patch: &Patch,
-        line: usize,
-        table: &QualName,
-        new: bool,
-        mut a: Cursor<'_, '_>,
-    ) {
-        if a.peek_kw("constraint") || new {
-            return;
-        }
-        a.eat(&["column"]);
-        a.eat(&["if", "exists"]);
-        let Some(column) = a.ident() else { return };
-        self.push(
-            patch,
-            Rule::BanDropColumn,
-            line,
-            format!(
-                "DROP COLUMN `{table}.{column}` destroys that column's data and cannot be undone; make sure no deployed code still reads or writes it (ship the code change first)"
-            ),
-        );
-    }
-
-    /// `ALTER [COLUMN] col TYPE …` or `… SET NOT NULL` on an existing table.
-    fn alter_column(
-        &mut self,
-        patch: &Patch,
-        line: usize,
-        table: &QualName,
-        new: bool,
-        mut a: Cursor<'_, '_>,
-    ) {
-        if a.peek_kw("constraint") {
-            return;
-        }
-        a.eat(&["column"]);
-        let Some(column) = a.ident() else { return };
-        if new {
-            return;
-        }
-        if a.eat(&["type"]) || a.eat(&["set", "data", "type"]) {
+        } else if subtype == At::AtAlterColumnType as i32 {
             self.push(
                 patch,
                 Rule::ChangingColumnType,
                 line,
                 format!(
-                    "ALTER COLUMN `{column}` TYPE rewrites `{table}` and rebuilds its indexes under an ACCESS EXCLUSIVE lock (reads and writes wait), unless the new type is binary-compatible (e.g. varchar(n) to text)"
+                    "ALTER COLUMN `{}` TYPE rewrites `{table}` and rebuilds its indexes under an ACCESS EXCLUSIVE lock (reads and writes wait), unless the new type is binary-compatible (e.g. varchar(n) to text)",
+                    cmd.name
                 ),
             );
-        } else if a.eat(&["set", "not", "null"]) {
+        } else if subtype == At::AtSetNotNull as i32 {
+            let column = &cmd.name;
             let col = ColumnRef {
                 table: table.clone(),
                 column: column.clone(),
@@ -198,13 +100,29 @@ impl Linter {
         }
     }
 
+    /// A `CHECK (col IS NOT NULL)` constraint: validated now, or once `VALIDATE
+    /// CONSTRAINT name` runs when it was added `NOT VALID`.
+    fn remember_not_null_check(&mut self, table: &QualName, c: &pg_query::protobuf::Constraint) {
+        let Some(column) = not_null_check(c) else {
+            return;
+        };
+        let col = ColumnRef {
+            table: table.clone(),
+            column,
+        };
+        if !c.skip_validation {
+            self.checked_not_null.push(col);
+        } else if !c.conname.is_empty() {
+            self.unvalidated.push((c.conname.clone(), col));
+        }
+    }
+
     /// `VALIDATE CONSTRAINT name`: a pending `CHECK (col IS NOT NULL)` now counts.
-    fn validate_constraint(&mut self, table: &QualName, mut a: Cursor<'_, '_>) {
-        let Some(name) = a.ident() else { return };
+    fn validate_constraint(&mut self, table: &QualName, name: &str) {
         if let Some(i) = self
             .unvalidated
             .iter()
-            .position(|(n, c)| *n == name && c.table.same(table))
+            .position(|(n, c)| n == name && c.table.same(table))
         {
             let (_, col) = self.unvalidated.remove(i);
             self.checked_not_null.push(col);
@@ -212,48 +130,53 @@ impl Linter {
     }
 }
 
-/// `CHECK ( [(] col IS NOT NULL [)] )` right at the cursor: the column.
-pub(super) fn not_null_check(c: &Cursor<'_, '_>) -> Option<String> {
-    let mut c = c.clone();
-    if !c.eat(&["check"]) || !c.eat_punct("(") {
+/// The column of a `CHECK (col IS NOT NULL)` constraint.
+fn not_null_check(c: &pg_query::protobuf::Constraint) -> Option<String> {
+    if c.contype != ConstrType::ConstrCheck as i32 {
         return None;
     }
-    let extra = c.eat_punct("(");
-    let column = c.ident()?;
-    if !c.eat(&["is", "not", "null"]) {
+    let Some(NodeEnum::NullTest(test)) = c.raw_expr.as_deref().and_then(|e| e.node.as_ref()) else {
+        return None;
+    };
+    if test.nulltesttype != NullTestType::IsNotNull as i32 {
         return None;
     }
-    if extra && !c.eat_punct(")") {
-        return None;
+    match test.arg.as_deref().and_then(|a| a.node.as_ref()) {
+        Some(NodeEnum::ColumnRef(r)) if r.fields.len() == 1 => string(&r.fields[0]),
+        _ => None,
     }
-    c.eat_punct(")").then_some(column)
 }
 
-/// Why the column definition at the cursor (after the column name) forces a rewrite.
-pub(super) fn volatile_default(c: &Cursor<'_, '_>) -> Option<String> {
-    let rest = c.rest();
-    if let Some(t) = rest.first() {
-        if let Some(ty) = SERIAL_TYPES.iter().find(|ty| t.is_keyword(ty)) {
+/// Why adding the column `col` forces a rewrite of the table.
+fn volatile_default(col: &ColumnDef) -> Option<String> {
+    if let Some(ty) = col.type_name.as_ref().filter(|t| t.names.len() == 1) {
+        if let Some(ty) = last_name(&ty.names).filter(|n| SERIAL_TYPES.contains(&n.as_str())) {
             return Some(format!("type `{ty}` (a `nextval()` default)"));
         }
     }
-    let mut depth = 0usize;
-    for (i, t) in rest.iter().enumerate() {
-        match t.kind {
-            TokenKind::Punct if t.text == "(" => depth += 1,
-            TokenKind::Punct if t.text == ")" => depth = depth.saturating_sub(1),
-            _ if depth == 0 && t.is_keyword("identity") && i > 0 => {
-                return Some("an identity (a `nextval()` default)".into())
+    for c in &col.constraints {
+        let Some(NodeEnum::Constraint(c)) = &c.node else {
+            continue;
+        };
+        let expr = c.raw_expr.as_deref().and_then(|e| e.node.as_ref());
+        if c.contype == ConstrType::ConstrIdentity as i32 {
+            return Some("an identity (a `nextval()` default)".into());
+        }
+        if c.contype == ConstrType::ConstrGenerated as i32 {
+            return Some("a stored generated value (computed for every row)".into());
+        }
+        if c.contype != ConstrType::ConstrDefault as i32 {
+            continue;
+        }
+        let Some(expr) = expr else { continue };
+        let volatile = expr.nodes().into_iter().find_map(|(n, ..)| match n {
+            NodeRef::FuncCall(f) => {
+                last_name(&f.funcname).filter(|name| VOLATILE_FUNCTIONS.contains(&name.as_str()))
             }
-            _ if depth == 0 && t.is_keyword("default") => {
-                return rest[i + 1..].windows(2).find_map(|w| {
-                    let called = w[1].kind == TokenKind::Punct && w[1].text == "(";
-                    let name = w[0].ident()?;
-                    (called && VOLATILE_FUNCTIONS.contains(&name.as_str()))
-                        .then(|| format!("the volatile default `{name}()`"))
-                });
-            }
-            _ => {}
+            _ => None,
+        });
+        if let Some(name) = volatile {
+            return Some(format!("the volatile default `{name}()`"));
         }
     }
     None

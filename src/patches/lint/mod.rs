@@ -1,6 +1,9 @@
 //! Lint of pending patches: statements that lock or rewrite existing tables, drop data, or
-//! can never work where their patch type runs them. Pure (tokens from [`crate::patches::sql`]); each
-//! finding names the patch file and the line.
+//! can never work where their patch type runs them. Pure: it reads the parse trees of
+//! PostgreSQL's own grammar ([`tree`], libpg_query), so dollar quoting, nested parentheses,
+//! `DO` blocks, function bodies and `CREATE RULE` actions are never misread; each finding
+//! names the patch file and the line. A statement the grammar rejects is one
+//! `syntax-error` finding for its patch, not a failure of the lint.
 //!
 //! Lint follows a model of the schema through the pending patches: tables created by an
 //! earlier statement of the linted patches are new (and empty, so locking or rewriting them
@@ -8,20 +11,22 @@
 //! a `DROP TABLE`; "existing table" means one that existed before the run. Rule names are
 //! squawk's where the rule is the same (`require-concurrent-index-creation`,
 //! `adding-field-with-default`, `changing-column-type`, `adding-not-nullable-field`,
-//! `ban-drop-table`, `ban-drop-column`, `transaction-nesting`).
+//! `ban-drop-table`, `ban-drop-column`, `transaction-nesting`, `syntax-error`).
 
 use std::fmt;
 
 use crate::patches::discover::Severity;
 use crate::patches::patch::{Patch, PatchType};
-use crate::patches::sql::{self, Token, TokenKind};
-use cursor::{top_level_actions, Cursor};
+use crate::patches::sql;
+use pg_query::protobuf::{AlterTableType, ObjectType};
+use pg_query::NodeEnum;
+use tree::{object_name, qual_name, Parsed};
 
 mod alter;
-mod cursor;
 pub mod slony;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 /// One lint rule; the JSON report names it in kebab-case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -52,6 +57,9 @@ pub enum Rule {
     /// `COPY … FROM stdin` with inline data in a `std` patch on a Slony-I cluster: slonik
     /// EXECUTE SCRIPT replays SQL text, not a data stream (see [`slony::copy_from_stdin`]).
     CopyThroughSlonik,
+    /// A statement PostgreSQL's grammar rejects: the patch would fail, and lint could not
+    /// read it (nor what it creates, renames or drops).
+    SyntaxError,
 }
 
 impl Rule {
@@ -68,6 +76,7 @@ impl Rule {
             Rule::TransactionNesting => "transaction-nesting",
             Rule::RequirePrimaryKey => "require-primary-key",
             Rule::CopyThroughSlonik => "copy-through-slonik",
+            Rule::SyntaxError => "syntax-error",
         }
     }
 }
@@ -177,15 +186,41 @@ const SERIAL_TYPES: &[&str] = &[
 pub fn lint(patches: &[&Patch]) -> Vec<LintFinding> {
     let mut linter = Linter::default();
     for patch in patches {
-        for (text, span) in patch.statement_texts() {
-            let toks: Vec<Token<'_>> = sql::tokens(text).collect();
-            let stmt = Stmt {
-                text,
-                line: span.line,
-                toks,
-            };
-            linter.statement(patch, &stmt);
+        let from = linter.findings.len();
+        // Transaction control is read off the run's own statement texts by the one check
+        // discovery and the rehearsal use too ([`sql::transaction_control`]).
+        if patch.kind != PatchType::Concurrent {
+            for (text, span) in patch.statement_texts() {
+                if let Some(what) = sql::transaction_control(text) {
+                    linter.push(
+                        patch,
+                        Rule::TransactionNesting,
+                        span.line,
+                        format!(
+                            "`{what}` would end the transaction pgconvoy runs this `{}` patch in (on the master, the claim); pgconvoy manages transactions itself: remove it",
+                            patch.kind
+                        ),
+                    );
+                }
+            }
         }
+        let (statements, error) = tree::parse(patch);
+        if let Some(e) = error {
+            linter.push(
+                patch,
+                Rule::SyntaxError,
+                e.line,
+                format!(
+                    "PostgreSQL's parser rejects this statement ({}): the patch would fail, and lint cannot see what it does",
+                    e.message
+                ),
+            );
+        }
+        for s in &statements {
+            linter.statement(patch, s);
+        }
+        // In line order within the patch, as a reader goes through it.
+        linter.findings[from..].sort_by_key(|f| f.line);
     }
     linter.findings
 }
@@ -194,53 +229,8 @@ pub fn lint(patches: &[&Patch]) -> Vec<LintFinding> {
 /// `ROLLBACK`, …): its line and its leading keywords. A rehearsal must never run such a patch.
 pub fn ends_transaction(patch: &Patch) -> Option<(usize, String)> {
     patch.statement_texts().find_map(|(text, span)| {
-        let stmt = Stmt {
-            text,
-            line: span.line,
-            toks: sql::tokens(text).take(3).collect(),
-        };
-        transaction_control(&stmt).map(|what| (span.line, what))
+        sql::transaction_control(text).map(|what| (span.line, what.to_string()))
     })
-}
-
-/// One statement, its tokens (offsets relative to `text`) and the line it starts on.
-struct Stmt<'a> {
-    text: &'a str,
-    line: usize,
-    toks: Vec<Token<'a>>,
-}
-
-impl Stmt<'_> {
-    fn kw(&self, i: usize, keyword: &str) -> bool {
-        self.toks.get(i).is_some_and(|t| t.is_keyword(keyword))
-    }
-
-    /// The patch-file line of token `i`.
-    fn line_of(&self, i: usize) -> usize {
-        match self.toks.get(i) {
-            Some(t) => self.line + sql::line_at_offset(self.text, t.offset) - 1,
-            None => self.line,
-        }
-    }
-
-    /// The first `n` leading keywords, joined by spaces.
-    fn head(&self, n: usize) -> String {
-        sql::leading_keywords(self.text, n).join(" ")
-    }
-
-    /// Whether a bare `keyword` appears outside parentheses.
-    fn has_top_level(&self, keyword: &str) -> bool {
-        let mut depth = 0usize;
-        for t in &self.toks {
-            match t.kind {
-                TokenKind::Punct if t.text == "(" => depth += 1,
-                TokenKind::Punct if t.text == ")" => depth = depth.saturating_sub(1),
-                _ if depth == 0 && t.is_keyword(keyword) => return true,
-                _ => {}
-            }
-        }
-        false
-    }
 }
 
 #[derive(Default)]
@@ -282,21 +272,10 @@ impl Linter {
         });
     }
 
-    fn statement(&mut self, patch: &Patch, s: &Stmt<'_>) {
+    fn statement(&mut self, patch: &Patch, s: &Parsed<'_>) {
         let in_transaction = patch.kind != PatchType::Concurrent;
         if in_transaction {
-            if let Some(what) = transaction_control(s) {
-                self.push(
-                    patch,
-                    Rule::TransactionNesting,
-                    s.line,
-                    format!(
-                        "`{what}` would end the transaction pgconvoy runs this `{}` patch in (on the master, the claim); pgconvoy manages transactions itself: remove it",
-                        patch.kind
-                    ),
-                );
-            }
-            if let Some(what) = concurrently(s) {
+            if let Some(what) = concurrently(&s.node) {
                 self.push(
                     patch,
                     Rule::ConcurrentlyInTransaction,
@@ -307,8 +286,8 @@ impl Linter {
                     ),
                 );
             }
-        } else if !concurrent_safe(s) {
-            let what = s.head(3);
+        } else if !concurrent_safe(&s.node) {
+            let what = sql::leading_keywords(s.text, 3).join(" ");
             let what = if what.is_empty() {
                 "this statement".to_string()
             } else {
@@ -324,141 +303,130 @@ impl Linter {
             );
         }
 
-        if s.kw(0, "create") {
-            self.create(patch, s, in_transaction);
-        } else if s.kw(0, "alter") && s.kw(1, "table") {
-            self.alter_table(patch, s);
-        } else if s.kw(0, "drop") && s.kw(1, "table") {
-            self.drop_table(patch, s);
+        match &s.node {
+            NodeEnum::CreateStmt(c) => {
+                if let Some(r) = &c.relation {
+                    self.created.push(qual_name(r));
+                }
+            }
+            NodeEnum::CreateTableAsStmt(c) => {
+                if let Some(r) = c.into.as_ref().and_then(|i| i.rel.as_ref()) {
+                    self.created.push(qual_name(r));
+                }
+            }
+            // `SELECT … INTO t`: the raw tree keeps it a SELECT with an INTO clause.
+            NodeEnum::SelectStmt(q) => {
+                if let Some(r) = q.into_clause.as_ref().and_then(|i| i.rel.as_ref()) {
+                    self.created.push(qual_name(r));
+                }
+            }
+            NodeEnum::IndexStmt(i) if in_transaction && !i.concurrent => {
+                let Some(table) = i.relation.as_ref().map(qual_name) else {
+                    return;
+                };
+                if self.is_new(&table) {
+                    return;
+                }
+                self.push(
+                    patch,
+                    Rule::RequireConcurrentIndexCreation,
+                    s.line,
+                    format!(
+                        "CREATE INDEX without CONCURRENTLY on existing table `{table}` holds a SHARE lock that blocks all writes to it for the whole build; build it with CREATE INDEX CONCURRENTLY in a `concurrent` patch"
+                    ),
+                );
+            }
+            NodeEnum::RenameStmt(r) if r.rename_type == ObjectType::ObjectTable as i32 => {
+                if let Some(table) = r.relation.as_ref().map(qual_name) {
+                    let to = r.newname.clone();
+                    self.rename(&table, |t| t.name = to);
+                }
+            }
+            NodeEnum::AlterObjectSchemaStmt(a)
+                if a.object_type == ObjectType::ObjectTable as i32 =>
+            {
+                if let Some(table) = a.relation.as_ref().map(qual_name) {
+                    let to = a.newschema.clone();
+                    self.rename(&table, |t| t.schema = Some(to));
+                }
+            }
+            NodeEnum::AlterTableStmt(a) if a.objtype == ObjectType::ObjectTable as i32 => {
+                self.alter_table(patch, s, a);
+            }
+            NodeEnum::DropStmt(d) if d.remove_type == ObjectType::ObjectTable as i32 => {
+                for table in d.objects.iter().filter_map(object_name) {
+                    self.drop_table(patch, s.line, &table);
+                }
+            }
+            _ => {}
         }
     }
 
-    fn create(&mut self, patch: &Patch, s: &Stmt<'_>, in_transaction: bool) {
-        let mut c = Cursor::new(&s.toks, 1);
-        c.eat(&["or", "replace"]);
-        // CREATE [GLOBAL|LOCAL] [TEMP|TEMPORARY|UNLOGGED] TABLE / MATERIALIZED VIEW
-        c.eat(&["global"]);
-        c.eat(&["local"]);
-        let _ = c.eat(&["temp"]) || c.eat(&["temporary"]) || c.eat(&["unlogged"]);
-        if c.eat(&["table"]) || c.eat(&["materialized", "view"]) {
-            c.eat(&["if", "not", "exists"]);
-            if let Some(name) = c.name() {
-                self.created.push(name);
-            }
-            return;
-        }
-        let mut c = Cursor::new(&s.toks, 1);
-        c.eat(&["unique"]);
-        if !c.eat(&["index"]) || c.eat(&["concurrently"]) || !in_transaction {
-            return;
-        }
-        // Skip to ON at the top level: the index name (if any) comes first.
-        let Some(on) = c.find_top_level("on") else {
-            return;
-        };
-        let mut c = Cursor::new(&s.toks, on + 1);
-        c.eat(&["only"]);
-        let Some(table) = c.name() else { return };
-        if self.is_new(&table) {
+    fn drop_table(&mut self, patch: &Patch, line: usize, table: &QualName) {
+        if self.is_new(table) {
+            // Gone: a table of that name in a later patch is another one.
+            self.created.retain(|t| !t.same(table));
             return;
         }
         self.push(
             patch,
-            Rule::RequireConcurrentIndexCreation,
-            s.line,
+            Rule::BanDropTable,
+            line,
             format!(
-                "CREATE INDEX without CONCURRENTLY on existing table `{table}` holds a SHARE lock that blocks all writes to it for the whole build; build it with CREATE INDEX CONCURRENTLY in a `concurrent` patch"
+                "DROP TABLE `{table}` destroys its data, cannot be undone, and waits for every session using it; make sure no deployed code still uses it"
             ),
         );
     }
-
-    fn drop_table(&mut self, patch: &Patch, s: &Stmt<'_>) {
-        let mut c = Cursor::new(&s.toks, 2);
-        c.eat(&["if", "exists"]);
-        loop {
-            let Some(table) = c.name() else { return };
-            if self.is_new(&table) {
-                // Gone: a table of that name in a later patch is another one.
-                self.created.retain(|t| !t.same(&table));
-            } else {
-                self.push(
-                    patch,
-                    Rule::BanDropTable,
-                    s.line,
-                    format!(
-                        "DROP TABLE `{table}` destroys its data, cannot be undone, and waits for every session using it; make sure no deployed code still uses it"
-                    ),
-                );
-            }
-            if !c.eat_punct(",") {
-                return;
-            }
-        }
-    }
-}
-
-/// The transaction-nesting command a statement is, if any.
-fn transaction_control(s: &Stmt<'_>) -> Option<String> {
-    sql::transaction_control(s.text).map(str::to_string)
 }
 
 /// The `CONCURRENTLY` command a statement is, if any (it cannot run in a transaction block).
-fn concurrently(s: &Stmt<'_>) -> Option<String> {
-    let create_index = s.kw(0, "create")
-        && ((s.kw(1, "index") && s.kw(2, "concurrently"))
-            || (s.kw(1, "unique") && s.kw(2, "index") && s.kw(3, "concurrently")));
-    let drop_index = s.kw(0, "drop") && s.kw(1, "index") && s.kw(2, "concurrently");
-    let reindex = s.kw(0, "reindex") && s.has_top_level("concurrently");
-    let detach = s.kw(0, "alter")
-        && s.kw(1, "table")
-        && s.has_top_level("detach")
-        && s.has_top_level("concurrently");
-    if create_index {
-        Some(format!(
-            "{} CONCURRENTLY",
-            s.head(if s.kw(1, "unique") { 3 } else { 2 })
-        ))
-    } else if drop_index {
-        Some("DROP INDEX CONCURRENTLY".into())
-    } else if reindex {
-        Some("REINDEX … CONCURRENTLY".into())
-    } else if detach {
-        Some("ALTER TABLE … DETACH PARTITION … CONCURRENTLY".into())
-    } else {
-        None
+fn concurrently(node: &NodeEnum) -> Option<String> {
+    match node {
+        NodeEnum::IndexStmt(i) if i.concurrent => Some(if i.unique {
+            "CREATE UNIQUE INDEX CONCURRENTLY".into()
+        } else {
+            "CREATE INDEX CONCURRENTLY".into()
+        }),
+        NodeEnum::DropStmt(d) if d.concurrent => Some("DROP INDEX CONCURRENTLY".into()),
+        NodeEnum::ReindexStmt(r)
+            if r.params.iter().any(
+                |p| matches!(&p.node, Some(NodeEnum::DefElem(d)) if d.defname == "concurrently"),
+            ) =>
+        {
+            Some("REINDEX … CONCURRENTLY".into())
+        }
+        NodeEnum::AlterTableStmt(a)
+            if a.cmds.iter().any(|c| {
+                matches!(&c.node, Some(NodeEnum::AlterTableCmd(cmd))
+                    if cmd.subtype == AlterTableType::AtDetachPartition as i32
+                        && matches!(cmd.def.as_deref().and_then(|d| d.node.as_ref()),
+                            Some(NodeEnum::PartitionCmd(p)) if p.concurrent))
+            }) =>
+        {
+            Some("ALTER TABLE … DETACH PARTITION … CONCURRENTLY".into())
+        }
+        _ => None,
     }
 }
 
 /// Statements that are fine outside a transaction, one at a time: concurrent builds and
 /// drops, validation, maintenance, session settings and plain queries.
-fn concurrent_safe(s: &Stmt<'_>) -> bool {
-    if concurrently(s).is_some() {
+fn concurrent_safe(node: &NodeEnum) -> bool {
+    if concurrently(node).is_some() {
         return true;
     }
-    let Some(first) = s.toks.first() else {
-        return true;
-    };
-    let is = |k: &str| first.is_keyword(k);
-    if is("vacuum") || is("analyze") || is("analyse") || is("set") || is("reset") || is("select") {
-        return true;
-    }
-    if is("refresh") {
-        return s.has_top_level("concurrently");
-    }
-    if is("alter") && s.kw(1, "type") {
-        return s.has_top_level("add") && s.has_top_level("value");
-    }
-    if is("alter") && s.kw(1, "table") {
-        let mut c = Cursor::new(&s.toks, 2);
-        c.eat(&["if", "exists"]);
-        c.eat(&["only"]);
-        if c.name().is_none() {
-            return false;
+    match node {
+        NodeEnum::VacuumStmt(_) | NodeEnum::VariableSetStmt(_) => true,
+        NodeEnum::SelectStmt(s) => s.into_clause.is_none(),
+        NodeEnum::RefreshMatViewStmt(r) => r.concurrent,
+        NodeEnum::AlterEnumStmt(e) => !e.new_val.is_empty() && e.old_val.is_empty(),
+        NodeEnum::AlterTableStmt(a) => {
+            a.objtype == ObjectType::ObjectTable as i32
+                && a.cmds.iter().all(|c| {
+                    matches!(&c.node, Some(NodeEnum::AlterTableCmd(cmd))
+                        if cmd.subtype == AlterTableType::AtValidateConstraint as i32)
+                })
         }
-        let actions = top_level_actions(&s.toks, c.pos);
-        return actions.iter().all(|&(start, end)| {
-            Cursor::new(&s.toks[..end], start).eat(&["validate", "constraint"])
-        });
+        _ => false,
     }
-    false
 }

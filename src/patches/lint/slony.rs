@@ -2,11 +2,17 @@
 //! without a primary key (Slony-I replicates a table only by its key). Used on
 //! `replication: slony` by `check`, the dry run and `upgrade`.
 
-use super::cursor::Cursor;
-use super::{LintFinding, QualName, Rule, Stmt};
+use pg_query::protobuf::{AlterTableType, ConstrType, CreateStmt, ObjectType};
+use pg_query::NodeEnum;
+
+use super::tree::{self, object_name, qual_name};
+use super::{LintFinding, QualName, Rule};
 use crate::patches::discover::Severity;
 use crate::patches::patch::{Patch, PatchType};
-use crate::patches::sql::{self, Token};
+
+/// `CREATE_TABLE_LIKE_INDEXES` in `TableLikeClause.options` (PostgreSQL's parsenodes.h;
+/// `INCLUDING ALL` sets every bit).
+const LIKE_INDEXES: u32 = 1 << 6;
 
 /// A table a `std` patch creates (and no later statement of the linted patches drops).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,68 +33,99 @@ pub struct CreatedTable {
 pub fn std_tables(patches: &[&Patch]) -> Vec<CreatedTable> {
     let mut created: Vec<CreatedTable> = Vec::new();
     for patch in patches {
-        for (text, span) in patch.statement_texts() {
-            let toks: Vec<Token<'_>> = sql::tokens(text).collect();
-            let s = Stmt {
-                text,
-                line: span.line,
-                toks,
-            };
-            let has_primary_key = s
-                .toks
-                .windows(2)
-                .any(|w| w[0].is_keyword("primary") && w[1].is_keyword("key"));
-            if s.kw(0, "create") {
-                if patch.kind != PatchType::Std {
-                    continue;
+        for s in tree::parse(patch).0 {
+            match &s.node {
+                NodeEnum::CreateStmt(c) if patch.kind == PatchType::Std => {
+                    let Some(r) = &c.relation else { continue };
+                    if matches!(r.relpersistence.as_str(), "t" | "u") || c.partbound.is_some() {
+                        continue;
+                    }
+                    let table = qual_name(r);
+                    created.retain(|c| !c.table.same(&table));
+                    created.push(CreatedTable {
+                        table,
+                        patch: patch.version.to_string(),
+                        file: patch.file_name(),
+                        line: s.line,
+                        keyed: has_primary_key(c),
+                    });
                 }
-                let mut c = Cursor::new(&s.toks, 1);
-                let _ = c.eat(&["global"]) || c.eat(&["local"]);
-                if c.eat(&["temp"]) || c.eat(&["temporary"]) || c.eat(&["unlogged"]) {
-                    continue;
+                NodeEnum::CreateTableAsStmt(c)
+                    if patch.kind == PatchType::Std
+                        && c.objtype == ObjectType::ObjectTable as i32 =>
+                {
+                    let Some(r) = c.into.as_ref().and_then(|i| i.rel.as_ref()) else {
+                        continue;
+                    };
+                    if matches!(r.relpersistence.as_str(), "t" | "u") {
+                        continue;
+                    }
+                    let table = qual_name(r);
+                    created.retain(|c| !c.table.same(&table));
+                    created.push(CreatedTable {
+                        table,
+                        patch: patch.version.to_string(),
+                        file: patch.file_name(),
+                        line: s.line,
+                        keyed: false,
+                    });
                 }
-                if !c.eat(&["table"]) {
-                    continue;
-                }
-                c.eat(&["if", "not", "exists"]);
-                let Some(table) = c.name() else { continue };
-                if c.eat(&["partition", "of"]) {
-                    continue;
-                }
-                // `LIKE other INCLUDING ALL` (or INDEXES) copies the other table's key.
-                let copies_key = s.toks.windows(2).any(|w| {
-                    w[0].is_keyword("including")
-                        && (w[1].is_keyword("all") || w[1].is_keyword("indexes"))
-                });
-                created.retain(|c| !c.table.same(&table));
-                created.push(CreatedTable {
-                    table,
-                    patch: patch.version.to_string(),
-                    file: patch.file_name(),
-                    line: s.line,
-                    keyed: has_primary_key || copies_key,
-                });
-            } else if s.kw(0, "alter") && s.kw(1, "table") && has_primary_key {
-                let mut c = Cursor::new(&s.toks, 2);
-                c.eat(&["if", "exists"]);
-                c.eat(&["only"]);
-                let Some(table) = c.name() else { continue };
-                for t in created.iter_mut().filter(|t| t.table.same(&table)) {
-                    t.keyed = true;
-                }
-            } else if s.kw(0, "drop") && s.kw(1, "table") {
-                let mut c = Cursor::new(&s.toks, 2);
-                c.eat(&["if", "exists"]);
-                while let Some(table) = c.name() {
-                    created.retain(|t| !t.table.same(&table));
-                    if !c.eat_punct(",") {
-                        break;
+                NodeEnum::AlterTableStmt(a) if adds_primary_key(&a.cmds) => {
+                    let Some(table) = a.relation.as_ref().map(qual_name) else {
+                        continue;
+                    };
+                    for t in created.iter_mut().filter(|t| t.table.same(&table)) {
+                        t.keyed = true;
                     }
                 }
+                NodeEnum::DropStmt(d) if d.remove_type == ObjectType::ObjectTable as i32 => {
+                    for table in d.objects.iter().filter_map(object_name) {
+                        created.retain(|t| !t.table.same(&table));
+                    }
+                }
+                _ => {}
             }
         }
     }
     created
+}
+
+/// Whether `node` is a primary-key constraint, or a column definition carrying one.
+fn is_primary_key(node: &pg_query::protobuf::Node) -> bool {
+    let primary = |n: &pg_query::protobuf::Node| matches!(&n.node, Some(NodeEnum::Constraint(c)) if c.contype == ConstrType::ConstrPrimary as i32);
+    match &node.node {
+        Some(NodeEnum::ColumnDef(col)) => col.constraints.iter().any(primary),
+        Some(NodeEnum::IndexStmt(i)) => i.primary,
+        _ => primary(node),
+    }
+}
+
+/// A `CREATE TABLE` with a primary key of its own or one copied by `LIKE … INCLUDING
+/// ALL|INDEXES`.
+fn has_primary_key(c: &CreateStmt) -> bool {
+    c.constraints.iter().any(is_primary_key)
+        || c.table_elts.iter().any(|e| match &e.node {
+            Some(NodeEnum::TableLikeClause(like)) => like.options & LIKE_INDEXES != 0,
+            _ => is_primary_key(e),
+        })
+}
+
+/// `ALTER TABLE … ADD [COLUMN …] PRIMARY KEY …` among `cmds`.
+fn adds_primary_key(cmds: &[pg_query::protobuf::Node]) -> bool {
+    cmds.iter().any(|c| match &c.node {
+        Some(NodeEnum::AlterTableCmd(cmd)) => {
+            let adds = [
+                AlterTableType::AtAddColumn,
+                AlterTableType::AtAddConstraint,
+                AlterTableType::AtAddIndex,
+                AlterTableType::AtAddIndexConstraint,
+            ]
+            .iter()
+            .any(|t| cmd.subtype == *t as i32);
+            adds && cmd.def.as_deref().is_some_and(is_primary_key)
+        }
+        _ => false,
+    })
 }
 
 /// The [`std_tables`] without a primary key. On a Slony-I cluster such a table cannot join
@@ -184,6 +221,27 @@ mod tests {
                 "CREATE TEMP TABLE t (x int);\nCREATE UNLOGGED TABLE u (x int);\nCREATE TABLE p1 PARTITION OF p FOR VALUES IN (1);\nCREATE TABLE l (LIKE a INCLUDING ALL);\n"
             )]),
             none
+        );
+        // Read off the tree: a key on a column, a key from an index, a LIKE without indexes,
+        // and words in a string or a comment that are no key.
+        assert_eq!(
+            unkeyed(&[
+                patch(
+                    0,
+                    S,
+                    "CREATE TABLE g (x int);\nCREATE TABLE h (x int);\nCREATE TABLE i (x int);\n\
+                     CREATE TABLE j (LIKE a INCLUDING ALL EXCLUDING INDEXES);\n\
+                     CREATE TABLE k (note text DEFAULT 'primary key' /* primary key */);\n"
+                ),
+                patch(
+                    1,
+                    S,
+                    "ALTER TABLE g ADD COLUMN id bigserial PRIMARY KEY;\n\
+                     ALTER TABLE h ADD PRIMARY KEY USING INDEX h_x;\n\
+                     ALTER TABLE i ADD CONSTRAINT i_u UNIQUE (x);\n"
+                ),
+            ]),
+            ["i@1-0-0:3", "j@1-0-0:4", "k@1-0-0:5"]
         );
     }
 }

@@ -295,3 +295,104 @@ fn the_schema_model_follows_renames_and_drops() {
         ["require-concurrent-index-creation@1"]
     );
 }
+
+#[test]
+fn what_a_lexer_misreads_the_grammar_reads_right() {
+    // Dollar quoting, nested parentheses, a DO block, a function body: none of the words
+    // inside them is a statement of the patch.
+    assert!(one(
+        D,
+        "DO $body$ BEGIN EXECUTE 'CREATE INDEX i ON orders (v)'; DROP TABLE x; END $body$;\n\
+         CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT 'ALTER TABLE orders DROP COLUMN v' $$;\n\
+         CREATE RULE r AS ON INSERT TO orders DO ALSO NOTIFY orders;\n"
+    )
+    .is_empty());
+    // A multi-action rule is cut at its inner `;` by the run's own splitting (see
+    // `patches::sql`), so the server would get half a statement: the grammar says so.
+    assert_eq!(
+        one(
+            D,
+            "CREATE TABLE log (v int);\nCREATE RULE r AS ON INSERT TO orders\n  DO ALSO (DELETE FROM log; NOTIFY orders);\n"
+        ),
+        ["syntax-error@3"]
+    );
+    // A volatile call nested in an expression is still volatile; a constant in parentheses is not.
+    assert_eq!(
+        one(
+            D,
+            "ALTER TABLE orders ADD COLUMN r int DEFAULT ((random() * 10)::int), ADD COLUMN k int DEFAULT (((1)));"
+        ),
+        ["adding-field-with-default@1"]
+    );
+    // A stored generated column is computed for every row too.
+    assert_eq!(
+        one(
+            D,
+            "ALTER TABLE orders ADD COLUMN w int GENERATED ALWAYS AS (v * 2) STORED;"
+        ),
+        ["adding-field-with-default@1"]
+    );
+    // Each ALTER TABLE action on its own line, even after commas inside parentheses.
+    assert_eq!(
+        one(
+            D,
+            "ALTER TABLE \"Odd\".orders\n  ALTER COLUMN v TYPE numeric(10, 2),\n  ADD CONSTRAINT c CHECK (v IN (1, 2)),\n  DROP COLUMN note;"
+        ),
+        ["changing-column-type@2", "ban-drop-column@4"]
+    );
+    // Quoted names keep their case; bare ones fold: `Orders` is not `orders`.
+    assert_eq!(
+        run(&[
+            patch(0, D, "CREATE TABLE \"Orders\" (v int);"),
+            patch(
+                1,
+                D,
+                "CREATE INDEX ON Orders (v);\nCREATE INDEX ON \"Orders\" (v);"
+            ),
+        ]),
+        ["require-concurrent-index-creation@1"]
+    );
+    // SELECT … INTO and CREATE TABLE … AS create new tables.
+    assert!(run(&[
+        patch(
+            0,
+            D,
+            "SELECT 1 AS v INTO fresh;\nCREATE TABLE copy AS SELECT * FROM fresh;"
+        ),
+        patch(
+            1,
+            D,
+            "CREATE INDEX ON fresh (v);\nCREATE INDEX ON copy (v);"
+        ),
+    ])
+    .is_empty());
+}
+
+#[test]
+fn a_statement_the_parser_rejects_is_one_finding() {
+    let p = patch(
+        0,
+        D,
+        "CREATE TABLE t (v int);\n\nALTER TABLE t\n  ADD COLUMN w int DEFALT 1;\nCREATE TABLE u (x int) WITH;\n",
+    );
+    let found = lint(&[&p]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let f = &found[0];
+    assert_eq!(f.rule, Rule::SyntaxError);
+    assert_eq!(f.file, "patch-1-0-0-direct.sql");
+    // The line of the token the parser stumbles on, and the parser's own message.
+    assert_eq!(f.line, 4);
+    assert!(
+        f.message.contains("syntax error at or near \"DEFALT\""),
+        "{}",
+        f.message
+    );
+    // The statements that parse are still linted, and the model still knows `t` is new.
+    assert_eq!(
+        run(&[
+            patch(0, D, "CREATE TABLE t (v int);\nCREATE INDX x ON t (v);\n"),
+            patch(1, D, "CREATE INDEX ON t (v);\nCREATE INDEX ON other (v);"),
+        ]),
+        ["syntax-error@2", "require-concurrent-index-creation@2"]
+    );
+}
