@@ -1171,6 +1171,33 @@ fn the_dry_run_costs_at_most_three_times_the_real_run() {
     );
 }
 
+/// A statement PostgreSQL's grammar rejects: one lint finding naming the file, the line of
+/// the offending token and the parser's message; the rehearsal still runs and fails on the
+/// server, and the real run is what it always was.
+#[test]
+fn a_statement_the_parser_rejects_is_one_lint_finding() {
+    let f = Fixture::new(1);
+    f.patch("patch-1-0-0-direct.sql", "CREATE TABLE t (v int);\n");
+    f.patch(
+        "patch-1-1-0-direct.sql",
+        "CREATE INDEX t_v ON t (v);\n\nALTER TABLE t\n  ADD COLUMN w int DEFALT 1;\nCREATE TABLE u (x int) WITH;\n",
+    );
+    let (run, r) = dry_json(&f, &["--all"]);
+    run.expect(1);
+    let lint = r["lint"].as_array().unwrap();
+    assert_eq!(lint.len(), 1, "{}", r["lint"]);
+    assert_eq!(lint[0]["rule"], "syntax-error");
+    assert_eq!(lint[0]["file"], "patch-1-1-0-direct.sql");
+    assert_eq!(lint[0]["patch"], "1-1-0");
+    assert_eq!(lint[0]["line"], 4);
+    assert!(
+        lint[0]["message"].as_str().unwrap().contains("DEFALT"),
+        "{}",
+        lint[0]["message"]
+    );
+    f.run(&["upgrade", "--all"]).expect(1);
+}
+
 #[test]
 fn lint_follows_tables_created_and_renamed_by_pending_patches() {
     let rule = "require-concurrent-index-creation";
