@@ -8,8 +8,8 @@ use crate::common::cli::Run;
 use crate::common::{self, Fixture};
 use crate::lab::Lab;
 use crate::mode::{self, Mode};
-use crate::packages;
 use crate::trials::{PatchSpec, Rng, PATCHES};
+use crate::{baseline, packages, slony};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Kind {
@@ -24,10 +24,12 @@ pub enum Kind {
     StopUnlock,
     CatchUpRestart,
     DeployKill,
+    BaselineKill,
+    SlonyScriptKill,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Sigkill,
         Kind::Sigint,
         Kind::Sigterm,
@@ -39,6 +41,8 @@ impl Kind {
         Kind::StopUnlock,
         Kind::CatchUpRestart,
         Kind::DeployKill,
+        Kind::BaselineKill,
+        Kind::SlonyScriptKill,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +58,8 @@ impl Kind {
             Kind::StopUnlock => "stop-unlock",
             Kind::CatchUpRestart => "catch-up-restart",
             Kind::DeployKill => "deploy-kill",
+            Kind::BaselineKill => "baseline-kill",
+            Kind::SlonyScriptKill => "slony-script-kill",
         }
     }
 
@@ -162,8 +168,11 @@ pub fn trial(lab: &mut Lab, kind: Kind, seed: u64) -> Outcome {
             return Outcome::skipped(why.clone());
         }
     }
-    if kind == Kind::DeployKill {
-        return packages::trial(lab, mode, seed);
+    match kind {
+        Kind::DeployKill => return packages::trial(lab, mode, seed),
+        Kind::BaselineKill => return baseline::trial(lab, seed),
+        Kind::SlonyScriptKill => return slony::trial(lab, seed),
+        _ => {}
     }
     let mut plan = Plan::draw(kind, seed, lab.full[mode as usize]);
     if mode == Mode::Physical {
@@ -407,7 +416,9 @@ fn inject(
             std::thread::sleep(Duration::from_millis(plan.rng.below(1000)));
             signal(pid, libc::SIGCONT);
         }
-        Kind::DeployKill => unreachable!("a deploy trial of its own"),
+        Kind::DeployKill | Kind::BaselineKill | Kind::SlonyScriptKill => {
+            unreachable!("a trial of its own")
+        }
     }
 }
 
@@ -545,7 +556,7 @@ pub fn finish_trial(
 }
 
 impl Outcome {
-    fn skipped(why: String) -> Outcome {
+    pub fn skipped(why: String) -> Outcome {
         Outcome {
             plan: String::new(),
             landed: false,

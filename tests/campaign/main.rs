@@ -18,11 +18,13 @@ mod common;
 #[path = "../common/trials.rs"]
 mod trials;
 
+mod baseline;
 mod check;
 mod fault;
 mod lab;
 mod mode;
 mod packages;
+mod slony;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
