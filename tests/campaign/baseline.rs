@@ -17,9 +17,9 @@ use crate::trials::{self, Kind, PatchSpec, Rng, PATCHES};
 const BODY_MARK: &str = "baseline_body_running";
 
 /// The baseline covering `PATCHES[..=last]`: their bodies in order, with the markers a
-/// real run would have left (a `std` patch's only on the master), and one sleep of its
-/// own so that a kill can land inside it.
-fn baseline_body(last: usize) -> String {
+/// real run would have left (a `std` patch's only on the master), and a sleep of its
+/// own (`sleeps[n]` ms on node n) so that a kill can land inside it.
+fn baseline_body(last: usize, sleeps: [u32; 3]) -> String {
     let mut body = String::new();
     for p in &PATCHES[..=last] {
         let mut text = p.body.to_string();
@@ -44,7 +44,13 @@ fn baseline_body(last: usize) -> String {
         );
         body.push_str(&text);
     }
-    body.push_str(&format!("SELECT pg_sleep(0.2) AS {BODY_MARK};\n"));
+    // Each node sleeps for its own time, so that a kill can find some nodes baselined
+    // (committed) and others not.
+    body.push_str(&format!(
+        "SELECT pg_sleep(CASE current_setting('trial.node') WHEN 'node0' THEN {} \
+         WHEN 'node1' THEN {} ELSE {} END / 1000.0) AS {BODY_MARK};\n",
+        sleeps[0], sleeps[1], sleeps[2]
+    ));
     body
 }
 
@@ -56,14 +62,18 @@ pub fn trial(lab: &mut Lab, seed: u64) -> Outcome {
     let patches = &PATCHES[..count];
     let f = lab.cluster(patches, "fb");
     let version = PATCHES[last].version;
-    f.patch(&format!("baseline-{version}.sql"), &baseline_body(last));
+    let sleeps = [0, 0, 0].map(|_: u32| [50, 300, 600][rng.below(3) as usize]);
+    f.patch(
+        &format!("baseline-{version}.sql"),
+        &baseline_body(last, sleeps),
+    );
 
     let full = (lab.full[Mode::None as usize].as_millis() as u64).max(50);
     let target = rng.below(3) as usize;
     let during_body = rng.below(2) == 0;
     let delay = Duration::from_millis(rng.below(full + 1));
     let plan = format!(
-        "baseline-{version} + {} later patch(es), SIGKILL {}",
+        "baseline-{version} (sleeps {sleeps:?} ms) + {} later patch(es), SIGKILL {}",
         count - last - 1,
         if during_body {
             format!("while node{target} runs the baseline body")

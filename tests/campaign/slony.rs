@@ -72,7 +72,7 @@ fn build() -> Result<SlonyLab, String> {
     // Calibration: one patch, then one with a new table (its join included), undisturbed.
     let mut took = Vec::new();
     for with_table in [false, true] {
-        let t = lab.fresh(1, &[with_table]);
+        let t = lab.fresh(&[with_table]);
         let t0 = Instant::now();
         let run = t.f.run(&["upgrade", "--all"]);
         if run.code() != 0 {
@@ -100,7 +100,8 @@ struct TrialSet {
 }
 
 impl SlonyLab {
-    fn fresh(&mut self, count: usize, with_table: &[bool]) -> TrialSet {
+    /// A trial's patches: one per entry of `with_table` (whether it creates a table).
+    fn fresh(&mut self, with_table: &[bool]) -> TrialSet {
         self.next += 1;
         let ledger = format!("fsl{}", self.next);
         let cluster = self.c.name().to_string();
@@ -114,13 +115,13 @@ impl SlonyLab {
         ));
         let mut versions = Vec::new();
         let mut tables = Vec::new();
-        for i in 0..count {
+        for (i, table) in with_table.iter().enumerate() {
             let version = format!("1-{i}-0");
             let mut body = format!(
                 "INSERT INTO public.fault_runs VALUES ('{ledger}', '{version}', \
                  \"_{cluster}\".getLocalNodeId('_{cluster}'));\n"
             );
-            if with_table[i] {
+            if *table {
                 let t = format!("public.{ledger}_t{i}");
                 body.push_str(&format!("CREATE TABLE {t} (id int PRIMARY KEY);\n"));
                 tables.push(t);
@@ -161,7 +162,7 @@ fn run_trial(s: &mut SlonyLab, seed: u64) -> Outcome {
         full += s.join.as_millis() as u64;
     }
     let delay = Duration::from_millis(rng.below(full.max(100) + 1));
-    let t = s.fresh(count, &with_table);
+    let t = s.fresh(&with_table);
     let plan = format!(
         "{count} std patch(es), {} with a new table, SIGKILL {}",
         with_table.iter().filter(|w| **w).count(),
