@@ -538,6 +538,37 @@ fn lab_execute_script_replays_ddl_and_dml_once() {
     }
 }
 
+/// slonik names its sessions `slonik` (it sets application_name after connecting, over
+/// PGAPPNAME); the origin's session takes pgconvoy's name back before a `std` body runs, so
+/// a DBA sees whose the body is (found by the fault campaign's slony-script-kill, issue 18).
+#[test]
+fn the_origin_runs_a_std_body_under_pgconvoys_name() {
+    let s = slony_fixture("");
+    let f = &s.f;
+    f.patch("patch-1-0-0-std.sql", "SELECT pg_sleep(1.5);\n");
+    let child = common::spawn(f, &["upgrade"]);
+    let mut seen = String::new();
+    let sleeping = wait_for(60, || {
+        seen = f.psql(
+            0,
+            "SELECT coalesce(string_agg(application_name, ','), '') FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event = 'PgSleep'",
+        );
+        !seen.is_empty()
+    });
+    let run = common::finish(child, 60);
+    assert!(
+        sleeping,
+        "no session seen in the body's sleep:\n{}",
+        run.all()
+    );
+    assert_eq!(
+        seen, "pgconvoy",
+        "the session running the body on the origin"
+    );
+    run.expect(0);
+}
+
 /// A small deterministic generator (xorshift), so a failing trial can be replayed with
 /// `PGCONVOY_SEED`.
 struct Rng(u64);

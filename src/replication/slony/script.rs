@@ -138,8 +138,13 @@ pub fn patch_sql(cx: &ScriptContext<'_>, patch: &Patch) -> String {
     let main = cx.ledger.qualified(Book::Main);
     let ledger_schema = cx.ledger.table().schema.clone();
 
+    // slonik names its sessions itself (`SET application_name TO 'slonik'` after connecting,
+    // over PGAPPNAME): the origin's session takes pgconvoy's name back for the body, so that
+    // DBAs (and an orphaned slonik's watchers) see whose it is. Subscribers replay this block
+    // in slon's session, which keeps its own name.
     let first = format!(
         "IF {is_origin} THEN
+    PERFORM pg_catalog.set_config('application_name', {app}, false);
     INSERT INTO {local} ({columns}) VALUES ({row});
     CREATE TEMP TABLE {BEFORE} AS SELECT oid FROM pg_catalog.pg_class;
   ELSE
@@ -147,7 +152,8 @@ pub fn patch_sql(cx: &ScriptContext<'_>, patch: &Patch) -> String {
       ON CONFLICT (major, minor, patch) DO UPDATE
          SET patch_type = EXCLUDED.patch_type, checksum = EXCLUDED.checksum,
              start_time = EXCLUDED.start_time, end_time = NULL, applied_by = EXCLUDED.applied_by;
-  END IF;"
+  END IF;",
+        app = sql_literal(crate::db::cluster::APPLICATION_NAME),
     );
     let last = format!(
         "IF {is_origin} THEN
@@ -305,6 +311,11 @@ mod tests {
         let origin_insert = &sql[first..sql[first..].find(';').unwrap() + first];
         assert!(!origin_insert.contains("ON CONFLICT"), "{origin_insert}");
         assert!(sql.contains("INSERT INTO \"pgconvoy\".\"revision\" AS r"));
+        // The origin's slonik session runs the body under pgconvoy's name.
+        let named = sql
+            .find("set_config('application_name', 'pgconvoy', false)")
+            .expect("the origin takes pgconvoy's name");
+        assert!(named < first, "{sql}");
         assert!(sql.contains("1, 2, 0, 'std', 'ab12', now(), NULL, 'pgconvoy 0.1.0 on host pid 7'"));
         assert!(sql.contains("\"pgconvoy\".\"revision_joining\""));
         assert!(sql.contains("NOT IN ('pgconvoy', '_convoy')"));
