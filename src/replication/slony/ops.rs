@@ -125,6 +125,7 @@ impl<'a> SlonyOps<'a> {
             origin: self.origin,
             ledger: self.ledger,
             applied_by: &self.applied_by,
+            application_name: crate::db::cluster::APPLICATION_NAME,
         }
     }
 

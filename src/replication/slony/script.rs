@@ -115,6 +115,8 @@ pub struct ScriptContext<'a> {
     pub origin: u32,
     pub ledger: &'a Ledger,
     pub applied_by: &'a str,
+    /// The name the origin's slonik session takes for the body (pgconvoy's own).
+    pub application_name: &'a str,
 }
 
 /// The SQL EXECUTE SCRIPT runs for a `std` patch: pgconvoy's first block, the body as
@@ -153,7 +155,7 @@ pub fn patch_sql(cx: &ScriptContext<'_>, patch: &Patch) -> String {
          SET patch_type = EXCLUDED.patch_type, checksum = EXCLUDED.checksum,
              start_time = EXCLUDED.start_time, end_time = NULL, applied_by = EXCLUDED.applied_by;
   END IF;",
-        app = sql_literal(crate::db::cluster::APPLICATION_NAME),
+        app = sql_literal(cx.application_name),
     );
     let last = format!(
         "IF {is_origin} THEN
@@ -258,6 +260,7 @@ mod tests {
             origin: 1,
             ledger,
             applied_by: "pgconvoy 0.1.0 on host pid 7",
+            application_name: "pgconvoy",
         }
     }
 
