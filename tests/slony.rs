@@ -217,13 +217,21 @@ async fn ops_execute_confirm_join_and_preflight() {
     }
 
     tokio::task::block_in_place(|| c.stop_slon(2));
-    let (nodes, origin) = views(slony, &cluster, &ledger).await.unwrap();
-    let f = assess(slony, &nodes, origin.as_ref(), config.lag_threshold);
-    assert!(
-        f.iter()
-            .any(|f| f.gravity == Gravity::Blocking && f.node.as_deref() == Some("node2")),
-        "{f:?}"
-    );
+    // The stopped slon's backend goes once its server notices the closed socket (a moment
+    // on a loaded machine): the preflight sees it within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (nodes, origin) = views(slony, &cluster, &ledger).await.unwrap();
+        let f = assess(slony, &nodes, origin.as_ref(), config.lag_threshold);
+        let blocked = f
+            .iter()
+            .any(|f| f.gravity == Gravity::Blocking && f.node.as_deref() == Some("node2"));
+        if blocked {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{f:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------
