@@ -646,3 +646,35 @@ fn password_role(f: &Fixture, role: &str, secret: &str) {
             .expect("create role");
     }
 }
+
+#[test]
+fn multi_action_rule_is_one_statement_and_an_unclosed_parenthesis_is_refused() {
+    // psql keeps a `;` inside parentheses in the statement, so patch files written for
+    // psql may hold a multi-action rule: it is sent whole and works on every node.
+    let f = Fixture::new(3);
+    f.patch(
+        "patch-1-0-0-direct.sql",
+        "CREATE TABLE t (v int);\nCREATE TABLE log (v int);\nCREATE RULE t_log AS ON INSERT TO t\n  DO ALSO (INSERT INTO log VALUES (NEW.v); INSERT INTO log VALUES (NEW.v + 1));\n",
+    );
+    f.run(&["upgrade", "--all"]).expect(0);
+    for n in 0..3 {
+        f.psql(n, "INSERT INTO t VALUES (1)");
+        assert_eq!(
+            f.psql(n, "SELECT string_agg(v::text, ',' ORDER BY v) FROM log"),
+            "1,2",
+            "node{n}"
+        );
+    }
+    // A `(` never closed would swallow the rest of the file: refused before anything
+    // runs, naming the file and the line of the `(`.
+    f.patch(
+        "patch-1-1-0-direct.sql",
+        "CREATE TABLE u (\n  id int;\nCREATE TABLE w (id int);\n",
+    );
+    f.run(&["check"])
+        .expect(2)
+        .says("patch-1-1-0-direct.sql")
+        .says("line 1");
+    f.run(&["upgrade", "--all"]).expect(2);
+    assert!(!f.has_relation(0, "w"), "nothing ran");
+}

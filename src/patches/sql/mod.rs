@@ -12,8 +12,8 @@
 //! through the line `\.` and is data, not SQL (pg_dump's form); and a backslash outside
 //! any string or comment starts a psql meta-command (`\i`, `\set`, ...), which the server
 //! cannot run, so it is an error naming its line rather than a syntax error at run time.
-//! Deliberately not handled: `:variables`, and a `;` inside parentheses, which psql would
-//! keep inside the statement; only a multi-action `CREATE RULE ... DO (a; b)` needs that.
+//! Like psql, a `;` inside parentheses does not end the statement: a multi-action
+//! `CREATE RULE ... DO (a; b)` is one statement. Deliberately not handled: `:variables`.
 //!
 //! Everything runs in one pass over the bytes without allocating per token. Token
 //! boundaries always sit next to an ASCII byte (every byte >= 0x80 belongs to an identifier,
@@ -101,6 +101,9 @@ pub enum SplitError {
     /// Something other than a comment follows `COPY ... FROM stdin;` on its line, where
     /// psql would take the next line as the first data line and run the rest later.
     AfterCopy { line: usize },
+    /// A `(` (on `line`) is never closed, so every `;` after it is inside the parentheses
+    /// and the rest of the script would be one statement.
+    UnclosedParenthesis { line: usize },
 }
 
 impl SplitError {
@@ -113,7 +116,8 @@ impl SplitError {
             | SplitError::UnterminatedDollarQuote { line, .. }
             | SplitError::MetaCommand { line, .. }
             | SplitError::UnterminatedCopyData { line }
-            | SplitError::AfterCopy { line } => Some(*line),
+            | SplitError::AfterCopy { line }
+            | SplitError::UnclosedParenthesis { line } => Some(*line),
         }
     }
 }
@@ -150,6 +154,10 @@ impl fmt::Display for SplitError {
             SplitError::AfterCopy { line } => write!(
                 f,
                 "line {line}: nothing but a comment may follow `COPY ... FROM stdin;` on its line: the data block starts on the next line"
+            ),
+            SplitError::UnclosedParenthesis { line } => write!(
+                f,
+                "the `(` on line {line} is never closed: every `;` after it is inside the parentheses"
             ),
         }
     }
@@ -222,7 +230,8 @@ impl<'a> Statements<'a> {
             }
             let pending = current.get_or_insert_with(|| Pending::new(token.offset));
             pending.observe(&token);
-            if token.kind != TokenKind::Semicolon || pending.atomic_depth > 0 {
+            if token.kind != TokenKind::Semicolon || pending.atomic_depth > 0 || pending.parens > 0
+            {
                 continue;
             }
             let offset = pending.start;
@@ -261,10 +270,13 @@ impl<'a> Statements<'a> {
         if let Some(err) = self.lexer.error() {
             return Some(Err(err));
         }
-        current.map(|pending| {
-            Err(SplitError::MissingTerminator {
+        current.map(|pending| match pending.open_paren {
+            Some(offset) if pending.parens > 0 => Err(SplitError::UnclosedParenthesis {
+                line: lines.line_at(script, offset),
+            }),
+            _ => Err(SplitError::MissingTerminator {
                 line: lines.line_at(script, pending.start),
-            })
+            }),
         })
     }
 }
@@ -461,7 +473,10 @@ struct Pending {
     /// The statement starts with the word `COPY`.
     copy: bool,
     head: Head,
+    /// Parentheses open at this point: a `;` inside them does not end the statement.
     parens: usize,
+    /// Where the outermost open `(` is, to name it if it is never closed.
+    open_paren: Option<usize>,
     atomic_depth: usize,
     after_begin: bool,
 }
@@ -484,6 +499,7 @@ impl Pending {
             copy: false,
             head: Head::Start,
             parens: 0,
+            open_paren: None,
             atomic_depth: 0,
             after_begin: false,
         }
@@ -508,13 +524,21 @@ impl Pending {
             Head::Routine => Head::Routine,
             _ => Head::Other,
         };
+        match token.kind {
+            TokenKind::Punct if token.text == "(" => {
+                if self.parens == 0 {
+                    self.open_paren = Some(token.offset);
+                }
+                self.parens += 1;
+            }
+            TokenKind::Punct if token.text == ")" => self.parens = self.parens.saturating_sub(1),
+            _ => {}
+        }
         if self.head != Head::Routine {
             return;
         }
         let after_begin = std::mem::take(&mut self.after_begin);
         match token.kind {
-            TokenKind::Punct if token.text == "(" => self.parens += 1,
-            TokenKind::Punct if token.text == ")" => self.parens = self.parens.saturating_sub(1),
             TokenKind::Word if self.parens == 0 => {
                 if after_begin && token.is_keyword("atomic") {
                     self.atomic_depth += 1;

@@ -459,6 +459,41 @@ fn missing_terminator_reports_the_statement_start() {
 }
 
 #[test]
+fn semicolons_inside_parentheses_stay_in_the_statement() {
+    // psql keeps a `;` inside parentheses in the statement: a multi-action rule is one.
+    assert_eq!(
+        texts(
+            "CREATE RULE r AS ON INSERT TO t\n  DO ALSO (DELETE FROM log; NOTIFY t);\nselect 2;\n"
+        ),
+        vec![
+            "CREATE RULE r AS ON INSERT TO t\n  DO ALSO (DELETE FROM log; NOTIFY t);",
+            "select 2;"
+        ]
+    );
+    // A stray `)` closes nothing and ends nothing.
+    assert_eq!(
+        texts("select 1);\nselect 2;"),
+        vec!["select 1);", "select 2;"]
+    );
+}
+
+#[test]
+fn unclosed_parenthesis_names_its_line() {
+    let e = err("select 1;\ncreate table t (\n  a int;\nselect 2;\n");
+    assert_eq!(e, SplitError::UnclosedParenthesis { line: 2 });
+    assert_eq!(e.line(), Some(2));
+    assert_eq!(
+        e.to_string(),
+        "the `(` on line 2 is never closed: every `;` after it is inside the parentheses"
+    );
+    // The outermost `(` is the one named.
+    assert_eq!(
+        err("select ((1\n) + (2;\n"),
+        SplitError::UnclosedParenthesis { line: 1 }
+    );
+}
+
+#[test]
 fn empty_scripts() {
     for script in [
         "",
