@@ -178,3 +178,57 @@ fn sigint_mid_batch_stops_without_running_the_rest() {
     f.run(&["upgrade", "--all"]).expect(0);
     assert_eq!(f.psql(0, "SELECT count(*) FROM effects"), "8");
 }
+
+/// Terminates the session holding the cluster lock and waits until its backend is gone.
+fn terminate_lock_session(f: &Fixture) -> String {
+    f.psql(
+        0,
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 20000)) FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' AND objsubid = 1 \
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+}
+
+#[test]
+fn direct_patches_whose_lock_session_ends_stop_at_the_claim_taken_ahead() {
+    let f = Fixture::new(3);
+    f.patch(
+        "patch-1-0-0-direct.sql",
+        "CREATE TABLE trace (version text PRIMARY KEY);\n",
+    );
+    f.run(&["upgrade"]).expect(0);
+    for minor in 1..=5 {
+        let v = format!("1-{minor}-0");
+        f.patch(
+            &format!("patch-{v}-direct.sql"),
+            &format!("INSERT INTO trace VALUES ('{v}');\nSELECT pg_sleep(0.4);\n"),
+        );
+    }
+    let a = spawn(&f, &["upgrade", "--all"]);
+    assert!(wait_for(30, || f
+        .ledger(0)
+        .contains(&"1-1-0:direct:done".to_string())));
+    assert_eq!(terminate_lock_session(&f), "1", "one lock session to end");
+    let a = finish(a, 60);
+    a.expect(1)
+        .says("cluster lock")
+        .says("stopped before patch");
+    // What the run finished is finished everywhere; nothing after it started.
+    let done = f.ledger(0);
+    assert!(done.len() < 6, "the run went on: {done:?}");
+    assert!(done.iter().all(|l| l.ends_with(":done")), "{done:?}");
+    for n in 0..3 {
+        assert_eq!(
+            f.psql(n, "SELECT count(*) FROM trace")
+                .parse::<usize>()
+                .unwrap(),
+            done.len() - 1,
+            "node{n}: effects and the master's ledger disagree"
+        );
+    }
+    f.run(&["upgrade", "--all"]).expect(0);
+    for n in 0..3 {
+        assert_eq!(f.psql(n, "SELECT count(*) FROM trace"), "5", "node{n}");
+        assert_eq!(f.ledger(n).len(), 6, "node{n}");
+    }
+}

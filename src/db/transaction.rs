@@ -52,10 +52,14 @@ impl<M> Transaction<M> {
     }
 
     pub fn client(&self) -> &Client {
+        self.session().client()
+    }
+
+    /// The session the transaction runs on (its statement cache, for one).
+    pub fn session(&self) -> &Session {
         self.session
             .as_ref()
             .expect("a transaction holds its session until it ends")
-            .client()
     }
 
     /// Closes the session's connection instead of returning it to the pool, whatever state

@@ -9,18 +9,19 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
 use super::body::TxFailure;
-use super::coordinator::{Coordinator, NodeFailure, Outcome};
+use super::coordinator::{Coordinator, NextClaim, NodeFailure, Outcome};
 use super::watch::master_lsn;
 use super::RunReport;
 use crate::config::Replication;
 use crate::db::cluster::Node;
 use crate::db::ledger::{Book, RowParams, TRANSACTION_LOST};
 use crate::db::lock::held_sql;
+use crate::db::pgerror::PgFailure;
 use crate::db::pipeline::{first_failure, Step};
 use crate::db::transaction::Transaction;
 use crate::error::Error;
 use crate::output::human;
-use crate::patches::patch::{Patch, PatchOrder, PatchType};
+use crate::patches::patch::{Patch, PatchOrder, PatchType, PatchVersion};
 use crate::replication;
 
 /// Why a patch was not applied, for what the run reports about it.
@@ -30,6 +31,17 @@ pub(super) enum Refused {
     /// A node's part failed: the patch is reported as rolled back.
     Failed(Error),
 }
+
+/// Whether the claim of a patch was taken ahead, behind the COMMIT of the one before it
+/// (and its failure if it was refused).
+enum Claimed {
+    Not,
+    Ahead(Option<PgFailure>),
+}
+
+/// The claim of the next patch, sent behind this one's COMMIT: its version, and its
+/// failure if it was refused.
+type Ahead = Option<(PatchVersion, Option<PgFailure>)>;
 
 impl Refused {
     fn into_error(self) -> Error {
@@ -61,8 +73,29 @@ fn claim_steps<'a>(
 }
 
 impl Coordinator<'_> {
-    /// Claim → fan out → stamp → commit, for one patch.
-    pub(super) async fn apply(&self, patch: &Patch, report: &mut RunReport) -> Result<(), Error> {
+    /// Claim → fan out → stamp → commit, for one patch. `next`: the patch the run goes
+    /// on with, whose claim may go out with this one's stamp and COMMIT.
+    pub(super) async fn apply(
+        &self,
+        patch: &Patch,
+        next: Option<&Patch>,
+        report: &mut RunReport,
+    ) -> Result<(), Error> {
+        let ahead = self
+            .next_claim
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let (ahead, claimed) = match ahead {
+            Some(a) if a.version == patch.version && self.claims_ahead(patch) => {
+                (Some(a.tx), Some(a.failure))
+            }
+            Some(a) => {
+                a.tx.rollback().await;
+                (None, None)
+            }
+            None => (None, None),
+        };
         if !self.selected[0] {
             return self.apply_without_master(patch, report).await;
         }
@@ -71,7 +104,11 @@ impl Coordinator<'_> {
         }
         let started = Instant::now();
         let master = self.cluster.master();
-        let session = master.session().await.map_err(|e| master.unreachable(e))?;
+        let claim = match ahead {
+            Some(tx) => tx,
+            None => Transaction::on(master.session().await.map_err(|e| master.unreachable(e))?),
+        };
+        let session = claim.session();
         let statements = async {
             Ok::<_, tokio_postgres::Error>((
                 session.prepare_cached(&self.ledger.claim_sql()).await?,
@@ -92,24 +129,39 @@ impl Coordinator<'_> {
             false => None,
         };
         let held = held.as_ref();
-        let claim = Transaction::on(session);
+        let next = next.filter(|n| self.claims_ahead(patch) && self.claims_ahead(n));
         let r = if let (PatchType::Std, Some(ops)) = (patch.kind, self.slony) {
             self.apply_slony(ops, &claim, &statements, patch, report)
                 .await
+                .map(|()| None)
         } else if patch.kind == PatchType::Std {
             self.apply_std(&claim, &statements, held, patch, report)
                 .await
+                .map(|()| None)
         } else {
-            self.apply_claimed(&claim, &statements, held, patch, report)
+            let claimed = match claimed {
+                Some(failure) => Claimed::Ahead(failure),
+                None => Claimed::Not,
+            };
+            self.apply_claimed(&claim, claimed, &statements, held, next, patch, report)
                 .await
         };
         match r {
-            Ok(()) => self.patch_done(patch, started, true),
+            Ok(_) => self.patch_done(patch, started, true),
             Err(Refused::Claim(_)) => {}
             Err(Refused::Failed(_)) => self.patch_done(patch, started, false),
         }
-        let Err(refused) = r else {
-            return Ok(());
+        let refused = match r {
+            Ok(None) => return Ok(()),
+            Ok(Some((version, failure))) => {
+                *self.next_claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(NextClaim {
+                    version,
+                    tx: claim,
+                    failure,
+                });
+                return Ok(());
+            }
+            Err(refused) => refused,
         };
         claim.rollback().await;
         let mut e = refused.into_error();
@@ -121,6 +173,12 @@ impl Coordinator<'_> {
             }
         }
         Err(e)
+    }
+
+    /// Whether `patch` goes through [`Coordinator::apply_claimed`] with a claim that
+    /// checks the lock on the server: only such a patch's claim may be taken ahead.
+    fn claims_ahead(&self, patch: &Patch) -> bool {
+        patch.kind != PatchType::Std && self.claim_checks_lock(patch)
     }
 
     /// `--node` leaving the master out, for a `direct` or `concurrent` patch the cluster
@@ -198,24 +256,37 @@ impl Coordinator<'_> {
     }
 
     /// A `direct` or `concurrent` patch: the claim first, on its own (nothing may run
-    /// anywhere before it holds), then the nodes, then stamp and commit.
+    /// anywhere before it holds), then the nodes, then stamp and commit, with the claim
+    /// of `next` behind them in the same round trip when there is one. That claim fails on
+    /// the server unless this patch is finished in the ledger
+    /// ([`crate::db::ledger::Ledger::claim_after_sql`]) and the run still holds the lock;
+    /// returned for the next patch's run to take over ([`NextClaim`]).
+    #[allow(clippy::too_many_arguments)] // the claim's state, its statements, the patches
     async fn apply_claimed(
         &self,
         claim: &Transaction,
+        claimed: Claimed,
         (claim_st, stamp_st): &(Statement, Statement),
         held_st: Option<&Statement>,
+        next: Option<&Patch>,
         patch: &Patch,
         report: &mut RunReport,
-    ) -> Result<(), Refused> {
+    ) -> Result<Ahead, Refused> {
         let params = RowParams::new(patch, &self.applied_by);
         let row = params.row();
         let held = self.held_params();
         let held = held.as_ref().map(|(pid, hi, lo)| held_args(pid, hi, lo));
-        let opened = claim
-            .pipeline(&claim_steps(claim_st, &row, held_st.zip(held.as_ref())))
-            .await;
-        if let Some((_, e)) = first_failure(&opened) {
-            return Err(Refused::Claim(self.claim_error(patch, e.clone())));
+        match claimed {
+            Claimed::Ahead(Some(e)) => return Err(Refused::Claim(self.claim_error(patch, e))),
+            Claimed::Ahead(None) => {}
+            Claimed::Not => {
+                let opened = claim
+                    .pipeline(&claim_steps(claim_st, &row, held_st.zip(held.as_ref())))
+                    .await;
+                if let Some((_, e)) = first_failure(&opened) {
+                    return Err(Refused::Claim(self.claim_error(patch, e.clone())));
+                }
+            }
         }
         let results = match patch.order {
             PatchOrder::MasterFirst => match self.master_first(patch).await {
@@ -230,21 +301,51 @@ impl Coordinator<'_> {
         if let Some(failure) = self.record(patch, results, report) {
             return Err(Refused::Failed(Error::PatchFailed(Box::new(failure))));
         }
-        let stamped = claim
-            .pipeline(&[
-                Step::ExecOne(stamp_st, &params.key(), TRANSACTION_LOST),
-                Step::Commit,
-            ])
-            .await;
-        match first_failure(&stamped) {
-            None => Ok(()),
-            Some((_, e)) => Err(Refused::Claim(Error::Claim {
+        let key = params.key();
+        let mut steps = vec![
+            Step::ExecOne(stamp_st, &key, TRANSACTION_LOST),
+            Step::Commit,
+        ];
+        // Nothing new once the run is stopping.
+        let next = next
+            .filter(|_| crate::signal::tripped().is_none() && !self.cluster.inflight.lock_lost());
+        let after_st = match (next, held_st) {
+            (Some(_), Some(_)) => claim
+                .session()
+                .prepare_cached(&self.ledger.claim_after_sql())
+                .await
+                .ok(),
+            _ => None,
+        };
+        let next_params = next.map(|n| RowParams::new(n, &self.applied_by));
+        let after_previous: Option<Vec<&(dyn ToSql + Sync)>> = next_params
+            .as_ref()
+            .map(|n| n.row().into_iter().chain(key).collect());
+        if let (Some(after_st), Some(held_st), Some(held), Some(args)) =
+            (&after_st, held_st, &held, &after_previous)
+        {
+            steps.extend([
+                Step::Begin,
+                Step::Exec(held_st, held),
+                Step::Exec(after_st, args),
+            ]);
+        }
+        let stamped = claim.pipeline(&steps).await;
+        if let Some((_, e)) = first_failure(&stamped[..2]) {
+            return Err(Refused::Claim(Error::Claim {
                 patch: patch.version,
                 node: self.cluster.master().name().clone(),
                 action: "stamp and commit the claim",
                 failure: Box::new(e.clone()),
-            })),
+            }));
         }
+        Ok(match (next, stamped.len() > 2) {
+            (Some(n), true) => Some((
+                n.version,
+                first_failure(&stamped[2..]).map(|(_, e)| e.clone()),
+            )),
+            _ => None,
+        })
     }
 
     /// Destructive changes (`order=master-first`): the master commits its part first

@@ -19,9 +19,10 @@ use crate::db::ledger::{Book, Ledger, NodeLedger, RowParams};
 use crate::db::lock::lock_key_parts;
 use crate::db::pgerror::PgFailure;
 use crate::db::retry::RetryPolicy;
+use crate::db::transaction::Transaction;
 use crate::error::{Error, PatchFailure};
 use crate::output::timestamp::rfc3339_millis;
-use crate::patches::patch::{Patch, PatchType};
+use crate::patches::patch::{Patch, PatchType, PatchVersion};
 use crate::progress::{Event, Reporter, StatementAt};
 use crate::replication::slony::ops::SlonyOps;
 
@@ -52,6 +53,17 @@ pub(super) struct Coordinator<'a> {
     pub(super) notes: Mutex<Vec<String>>,
     /// `--node`: which nodes (by index) may run anything.
     pub(super) selected: Vec<bool>,
+    /// The claim of the next patch, taken in the same round trip as the stamp and COMMIT
+    /// of the one before it ([`NextClaim`]).
+    pub(super) next_claim: Mutex<Option<NextClaim>>,
+}
+
+/// A claim sent behind the stamp and COMMIT of the patch before it: its transaction on
+/// the master, open when the claim went through, and the claim's failure if it did not.
+pub(super) struct NextClaim {
+    pub(super) version: PatchVersion,
+    pub(super) tx: Transaction,
+    pub(super) failure: Option<PgFailure>,
 }
 
 /// A failure of a patch body (or its bookkeeping) on one node.
@@ -205,6 +217,18 @@ impl Coordinator<'_> {
     pub(super) fn held_params(&self) -> Option<(i32, i64, i64)> {
         let (hi, lo) = lock_key_parts(self.ledger.advisory_key());
         self.lock_pid.map(|pid| (pid, hi, lo))
+    }
+
+    /// Rolls back a claim taken ahead for a patch the run does not go on with.
+    pub(super) async fn abandon_next_claim(&self) {
+        let next = self
+            .next_claim
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(next) = next {
+            next.tx.rollback().await;
+        }
     }
 
     /// Whether the master must still run the patch's body.

@@ -420,6 +420,7 @@ fn coordinator<'a>(
         ensured: Mutex::new(HashSet::new()),
         notes: Mutex::new(Vec::new()),
         selected: selected.to_vec(),
+        next_claim: Mutex::new(None),
     }
 }
 
@@ -505,6 +506,7 @@ async fn apply_groups(
         let mut alone = false;
         while let Some(&patch) = group.patches.get(at) {
             if crate::signal::tripped().is_some() {
+                coordinator.abandon_next_claim().await;
                 return Err(Error::Stopped {
                     patch: patch.version,
                 });
@@ -520,6 +522,7 @@ async fn apply_groups(
                 confirm_held(coordinator.lock, coordinator.cluster).await
             };
             if let Err(e) = held {
+                coordinator.abandon_next_claim().await;
                 return Err(match e {
                     Error::LockLost { node, cause, .. } => Error::LockLost {
                         node,
@@ -548,7 +551,9 @@ async fn apply_groups(
                 continue;
             }
             at += 1;
-            let r = coordinator.apply(patch, report).await;
+            let r = coordinator
+                .apply(patch, group.patches.get(at).copied(), report)
+                .await;
             report
                 .notes
                 .append(&mut coordinator.notes.lock().unwrap_or_else(|p| p.into_inner()));
