@@ -197,6 +197,10 @@ pub fn trial(lab: &mut Lab, kind: Kind, seed: u64) -> Outcome {
         f.write_config(mode.config());
         let run = f.run(&["upgrade", "--all"]);
         if run.code() != 0 {
+            if mode == Mode::Logical {
+                mode::unsubscribe(lab, &f);
+            }
+            lab.drop_cluster(mode, &f);
             return Outcome::failed(
                 plan.describe(),
                 format!(
@@ -532,6 +536,7 @@ pub fn finish_trial(
     if mode == Mode::Logical {
         mode::unsubscribe(lab, f);
     }
+    lab.drop_cluster(mode, f);
     if !v.is_empty() {
         for (i, r) in runs.iter().enumerate() {
             if let Some(r) = r {

@@ -123,6 +123,22 @@ impl Lab {
         f
     }
 
+    /// Drops a trial's database everywhere (a standby's goes by replay), so that a long
+    /// campaign does not fill the disk: each is a copy of template1 on every server.
+    pub fn drop_cluster(&self, mode: Mode, f: &Fixture) {
+        let servers = match mode {
+            Mode::Physical => &self.servers[..1],
+            _ => &self.servers[..],
+        };
+        for s in servers {
+            if let Ok(c) = self.try_connect(&s.dsn("postgres")) {
+                let _ = self.pg.rt.block_on(
+                    c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", f.db)),
+                );
+            }
+        }
+    }
+
     /// The server node `n` of a trial in `mode` lives on.
     pub fn server_mut(&mut self, mode: Mode, n: usize) -> &mut LocalServer {
         match (mode, n) {

@@ -304,6 +304,7 @@ fn calibrate(lab: &lab::Lab, mode: Mode) -> Duration {
     if mode == Mode::Logical {
         mode::unsubscribe(lab, &f);
     }
+    lab.drop_cluster(mode, &f);
     took
 }
 

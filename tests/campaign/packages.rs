@@ -70,8 +70,10 @@ pub fn calibrate(lab: &Lab) -> Duration {
     write_packages(&f);
     let started = Instant::now();
     let run = f.run(&["deploy"]);
+    let took = started.elapsed();
     assert_eq!(run.code(), 0, "calibration deploy failed:\n{}", run.all());
-    started.elapsed()
+    lab.drop_cluster(Mode::None, &f);
+    took
 }
 
 pub fn trial(lab: &mut Lab, mode: Mode, seed: u64) -> Outcome {

@@ -51,8 +51,8 @@ impl PatchSpec {
     }
 }
 
-/// Mixed groups — direct ×2, std ×2, concurrent ×2, direct, std, concurrent — with
-/// short sleeps so that kills land mid-patch. Transactional bodies record a marker
+/// Mixed groups — direct ×2, std ×2, concurrent ×2, direct, std, concurrent, and a
+/// master-first direct — with short sleeps so that kills land mid-patch. Transactional bodies record a marker
 /// in `body_runs` (created by the first patch) in the same transaction as the rest.
 pub const PATCHES: &[PatchSpec] = &[
     PatchSpec {
@@ -108,7 +108,7 @@ pub const PATCHES: &[PatchSpec] = &[
     PatchSpec {
         version: "1-6-0",
         kind: Kind::Direct,
-        body: "CREATE TABLE d2 (id int);\n\
+        body: "CREATE TABLE d2 (id int, gone int);\n\
                INSERT INTO body_runs VALUES ('1-6-0', current_setting('trial.node'));\n\
                SELECT pg_sleep(0.05);\n",
         effect: "to_regclass('d2') IS NOT NULL",
@@ -125,6 +125,18 @@ pub const PATCHES: &[PatchSpec] = &[
         kind: Kind::Concurrent,
         body: "CREATE INDEX CONCURRENTLY IF NOT EXISTS d2_id ON d2 (id);\n",
         effect: "coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('d2_id')), false)",
+    },
+    PatchSpec {
+        version: "1-9-0",
+        kind: Kind::Direct,
+        // Destructive, so master first: the master commits its part on its own (its
+        // local book), subscribers catch up past it, then the replicas change.
+        body: "-- pgconvoy: order=master-first\n\
+               ALTER TABLE d2 DROP COLUMN gone;\n\
+               INSERT INTO body_runs VALUES ('1-9-0', current_setting('trial.node'));\n\
+               SELECT pg_sleep(0.05);\n",
+        effect: "to_regclass('d2') IS NOT NULL AND NOT EXISTS (SELECT FROM pg_attribute \
+                 WHERE attrelid = to_regclass('d2') AND attname = 'gone' AND NOT attisdropped)",
     },
 ];
 
@@ -464,7 +476,11 @@ pub fn violations(states: &[NodeState]) -> Vec<String> {
         }
         for p in PATCHES.iter().filter(|p| p.marks()) {
             let count = s.markers.get(p.version).copied().unwrap_or(0);
-            let done = p.runs_on(n) && s.main.get(p.version) == Some(&true);
+            // A master-first patch's master part is done once its local row is, claim
+            // stamped or not.
+            let done = p.runs_on(n)
+                && (s.main.get(p.version) == Some(&true)
+                    || (n == 0 && s.local.get(p.version) == Some(&true)));
             if count != i64::from(done) {
                 v.push(format!(
                     "node{n}: {} has {count} marker(s) but its row is {}",
