@@ -161,6 +161,7 @@ pub fn trial(lab: &mut Lab, seed: u64) -> Outcome {
     v.append(&mut out.violations);
     v.extend(baselined_once(lab, &lab.clients(&f), last));
     out.violations = v;
+    lab.drop_cluster(Mode::None, &f);
     out
 }
 

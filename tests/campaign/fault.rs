@@ -253,7 +253,7 @@ pub fn trial(lab: &mut Lab, kind: Kind, seed: u64) -> Outcome {
         Kind::CatchUpRestart => &patches[..plan.before_join],
         _ => &[],
     };
-    finish_trial(
+    let out = finish_trial(
         lab,
         &f,
         plan.describe(),
@@ -265,7 +265,10 @@ pub fn trial(lab: &mut Lab, kind: Kind, seed: u64) -> Outcome {
             recovery: &["upgrade", "--all"],
             joined_late,
         },
-    )
+    );
+    // The caller's checks are done: the database goes (a long campaign fills the disk).
+    lab.drop_cluster(mode, &f);
+    out
 }
 
 /// Waits for the moment; returns the child and whether it still runs at the moment.
@@ -536,7 +539,6 @@ pub fn finish_trial(
     if mode == Mode::Logical {
         mode::unsubscribe(lab, f);
     }
-    lab.drop_cluster(mode, f);
     if !v.is_empty() {
         for (i, r) in runs.iter().enumerate() {
             if let Some(r) = r {

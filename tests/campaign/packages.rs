@@ -120,6 +120,7 @@ pub fn trial(lab: &mut Lab, mode: Mode, seed: u64) -> Outcome {
     );
     early.append(&mut out.violations);
     out.violations = early;
+    lab.drop_cluster(mode, &f);
     out
 }
 
