@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common;
-use crate::fault::{finish_trial, wait_run, Expect, Outcome};
+use crate::fault::{finish_trial, wait_run, wait_until, Expect, Outcome, Until};
 use crate::lab::Lab;
 use crate::mode::Mode;
 use crate::trials::{self, Kind, PatchSpec, Rng, PATCHES};
@@ -85,30 +85,20 @@ pub fn trial(lab: &mut Lab, seed: u64) -> Outcome {
 
     let started = Instant::now();
     let mut child = common::spawn(&f, &["upgrade", "--all"]);
-    let mut running = || child.try_wait().ok().flatten().is_none();
-    let reached = if during_body {
-        let c = lab.pg.connect(&f.dsns[target]);
-        let sql = format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND application_name = 'pgconvoy' AND wait_event = 'PgSleep' \
-             AND query LIKE '%{BODY_MARK}%'"
-        );
-        loop {
-            if !running() {
-                break false;
-            }
-            if lab.pg.value(&c, &sql) != "0" {
-                break true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'pgconvoy' AND wait_event = 'PgSleep' \
+         AND query LIKE '%{BODY_MARK}%'"
+    );
+    let until = if during_body {
+        Until::Seen {
+            dsn: &f.dsns[target],
+            sql: &sql,
         }
     } else {
-        while started.elapsed() < delay && running() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        true
+        Until::Elapsed(delay)
     };
-    let landed = reached && running();
+    let landed = wait_until(&lab.pg, &mut child, started, until);
     let _ = child.kill();
     let run = wait_run(&mut child, 60);
 

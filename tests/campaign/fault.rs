@@ -8,7 +8,7 @@ use crate::common::cli::Run;
 use crate::common::{self, Fixture};
 use crate::lab::Lab;
 use crate::mode::{self, Mode};
-use crate::trials::{PatchSpec, Rng, PATCHES};
+use crate::trials::{self, PatchSpec, Rng, PATCHES};
 use crate::{baseline, packages, slony};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -279,39 +279,78 @@ fn wait_moment(
     started: Instant,
     mut child: std::process::Child,
 ) -> (std::process::Child, bool) {
+    let until = match moment {
+        Moment::After(d) => Until::Elapsed(d),
+        Moment::Prepared(n) => Until::Seen {
+            dsn: &f.dsns[n],
+            sql: "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()",
+        },
+        Moment::Sleeping(n) => Until::Seen {
+            dsn: &f.dsns[n],
+            sql: "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                  AND application_name = 'pgconvoy' AND state = 'active' \
+                  AND query ILIKE '%pg_sleep%'",
+        },
+    };
+    let still = wait_until(&lab.pg, &mut child, started, until);
+    (child, still)
+}
+
+/// What a trial waits for before its fault.
+pub enum Until<'a> {
+    /// This long after the run started.
+    Elapsed(Duration),
+    /// Until `sql` (a count) on the node at `dsn` is not 0: a session sleeping in a body,
+    /// a prepared transaction.
+    Seen { dsn: &'a str, sql: &'a str },
+}
+
+/// Waits for `until` while the child runs; whether it still runs at that moment (the
+/// fault lands mid-run).
+pub fn wait_until(
+    pg: &trials::Pg,
+    child: &mut std::process::Child,
+    started: Instant,
+    until: Until<'_>,
+) -> bool {
     let mut running = || child.try_wait().ok().flatten().is_none();
-    let reached = match moment {
-        Moment::After(d) => {
+    let reached = match until {
+        Until::Elapsed(d) => {
             while started.elapsed() < d && running() {
                 std::thread::sleep(Duration::from_millis(5));
             }
             true
         }
-        Moment::Sleeping(n) | Moment::Prepared(n) => {
-            let sql = match moment {
-                Moment::Prepared(_) => {
-                    "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
-                }
-                _ => {
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                     AND application_name = 'pgconvoy' AND state = 'active' \
-                     AND query ILIKE '%pg_sleep%'"
-                }
-            };
-            let c = lab.pg.connect(&f.dsns[n]);
+        Until::Seen { dsn, sql } => {
+            let c = pg.connect(dsn);
             loop {
                 if !running() {
                     break false;
                 }
-                if lab.pg.value(&c, sql) != "0" {
+                if pg.value(&c, sql) != "0" {
                     break true;
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
     };
-    let still = reached && running();
-    (child, still)
+    reached && running()
+}
+
+/// After a violation, the runs' output goes with it, so that the report explains itself.
+pub fn with_outputs(v: &mut Vec<String>, runs: &[(String, Option<&Run>)], recovery: &Run) {
+    if v.is_empty() {
+        return;
+    }
+    for (name, r) in runs {
+        if let Some(r) = r {
+            v.push(format!("(output of {name}:)\n{}", check::indent(&r.all())));
+        }
+    }
+    v.push(format!(
+        "(output of the recovery run:)\n{}",
+        check::indent(&recovery.all())
+    ));
 }
 
 fn signal(pid: libc::pid_t, sig: libc::c_int) {
@@ -539,20 +578,12 @@ pub fn finish_trial(
     if mode == Mode::Logical {
         mode::unsubscribe(lab, f);
     }
-    if !v.is_empty() {
-        for (i, r) in runs.iter().enumerate() {
-            if let Some(r) = r {
-                v.push(format!(
-                    "(output of faulted run {i}:)\n{}",
-                    check::indent(&r.all())
-                ));
-            }
-        }
-        v.push(format!(
-            "(output of the recovery run:)\n{}",
-            check::indent(&rec.all())
-        ));
-    }
+    let named: Vec<_> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("faulted run {i}"), r.as_ref()))
+        .collect();
+    with_outputs(&mut v, &named, &rec);
     Outcome {
         plan,
         landed,

@@ -16,7 +16,7 @@ use pgconvoy::localpg::{LocalServer, ServerOptions};
 
 use crate::check;
 use crate::common::{self, Fixture};
-use crate::fault::{wait_run, Outcome};
+use crate::fault::{wait_run, wait_until, with_outputs, Outcome, Until};
 use crate::lab::Lab;
 use crate::trials::{self, Rng};
 
@@ -176,29 +176,18 @@ fn run_trial(s: &mut SlonyLab, seed: u64) -> Outcome {
 
     let started = Instant::now();
     let mut child = common::spawn(&t.f, &["upgrade", "--all"]);
-    let mut running = || child.try_wait().ok().flatten().is_none();
-    let reached = if during_script {
-        let c = pg.connect(&t.f.dsns[0]);
-        // A session (slonik's) sleeping in a body on the origin (the wait event, not the query
-        // text: slonik's statement can be longer than track_activity_query_size).
-        let sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                   AND pid <> pg_backend_pid() AND wait_event = 'PgSleep'";
-        loop {
-            if !running() {
-                break false;
-            }
-            if pg.value(&c, sql) != "0" {
-                break true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+    // A session (slonik's) sleeping in a body on the origin (the wait event, not the query
+    // text: slonik's statement can be longer than track_activity_query_size).
+    let until = if during_script {
+        Until::Seen {
+            dsn: &t.f.dsns[0],
+            sql: "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                  AND pid <> pg_backend_pid() AND wait_event = 'PgSleep'",
         }
     } else {
-        while started.elapsed() < delay && running() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        true
+        Until::Elapsed(delay)
     };
-    let landed = reached && running();
+    let landed = wait_until(&pg, &mut child, started, until);
     let _ = child.kill();
     let run = wait_run(&mut child, 60);
 
@@ -240,18 +229,7 @@ fn run_trial(s: &mut SlonyLab, seed: u64) -> Outcome {
             .map(|x| format!("invariant 2: {x}")),
     );
     v.extend(nothing_left(&pg, &clients));
-    if !v.is_empty() {
-        if let Some(r) = &run {
-            v.push(format!(
-                "(output of the killed run:)\n{}",
-                check::indent(&r.all())
-            ));
-        }
-        v.push(format!(
-            "(output of the recovery run:)\n{}",
-            check::indent(&rec.all())
-        ));
-    }
+    with_outputs(&mut v, &[("the killed run".into(), run.as_ref())], &rec);
     Outcome {
         plan,
         landed,

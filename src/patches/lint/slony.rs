@@ -34,57 +34,53 @@ pub fn std_tables(patches: &[&Patch]) -> Vec<CreatedTable> {
     let mut created: Vec<CreatedTable> = Vec::new();
     for patch in patches {
         for s in tree::parse(patch).0 {
-            match &s.node {
-                NodeEnum::CreateStmt(c) if patch.kind == PatchType::Std => {
-                    let Some(r) = &c.relation else { continue };
-                    if matches!(r.relpersistence.as_str(), "t" | "u") || c.partbound.is_some() {
-                        continue;
-                    }
-                    let table = qual_name(r);
-                    created.retain(|c| !c.table.same(&table));
-                    created.push(CreatedTable {
-                        table,
-                        patch: patch.version.to_string(),
-                        file: patch.file_name(),
-                        line: s.line,
-                        keyed: has_primary_key(c),
-                    });
+            // A table this statement creates, and whether it has a primary key.
+            let new_table = match &s.node {
+                NodeEnum::CreateStmt(c)
+                    if patch.kind == PatchType::Std && c.partbound.is_none() =>
+                {
+                    c.relation.as_ref().map(|r| (r, has_primary_key(c)))
                 }
                 NodeEnum::CreateTableAsStmt(c)
                     if patch.kind == PatchType::Std
                         && c.objtype == ObjectType::ObjectTable as i32 =>
                 {
-                    let Some(r) = c.into.as_ref().and_then(|i| i.rel.as_ref()) else {
-                        continue;
-                    };
-                    if matches!(r.relpersistence.as_str(), "t" | "u") {
-                        continue;
-                    }
-                    let table = qual_name(r);
-                    created.retain(|c| !c.table.same(&table));
-                    created.push(CreatedTable {
-                        table,
-                        patch: patch.version.to_string(),
-                        file: patch.file_name(),
-                        line: s.line,
-                        keyed: false,
-                    });
+                    c.into
+                        .as_ref()
+                        .and_then(|i| i.rel.as_ref())
+                        .map(|r| (r, false))
                 }
                 NodeEnum::AlterTableStmt(a) if adds_primary_key(&a.cmds) => {
-                    let Some(table) = a.relation.as_ref().map(qual_name) else {
-                        continue;
-                    };
-                    for t in created.iter_mut().filter(|t| t.table.same(&table)) {
-                        t.keyed = true;
+                    if let Some(table) = a.relation.as_ref().map(qual_name) {
+                        for t in created.iter_mut().filter(|t| t.table.same(&table)) {
+                            t.keyed = true;
+                        }
                     }
+                    None
                 }
                 NodeEnum::DropStmt(d) if d.remove_type == ObjectType::ObjectTable as i32 => {
                     for table in d.objects.iter().filter_map(object_name) {
                         created.retain(|t| !t.table.same(&table));
                     }
+                    None
                 }
-                _ => {}
+                _ => None,
+            };
+            let Some((r, keyed)) = new_table else {
+                continue;
+            };
+            if matches!(r.relpersistence.as_str(), "t" | "u") {
+                continue;
             }
+            let table = qual_name(r);
+            created.retain(|c| !c.table.same(&table));
+            created.push(CreatedTable {
+                table,
+                patch: patch.version.to_string(),
+                file: patch.file_name(),
+                line: s.line,
+                keyed,
+            });
         }
     }
     created
