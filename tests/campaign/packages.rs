@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::check;
 use crate::common::{self, Fixture};
-use crate::fault::{finish_trial, wait_run, Expect, Outcome};
+use crate::fault::{finish_trial, wait_run, wait_until, Expect, Outcome, Until};
 use crate::lab::Lab;
 use crate::mode::Mode;
 use crate::trials::Rng;
@@ -96,10 +96,7 @@ pub fn trial(lab: &mut Lab, mode: Mode, seed: u64) -> Outcome {
     };
     let started = Instant::now();
     let mut child = common::spawn(&f, args);
-    while started.elapsed() < delay && child.try_wait().ok().flatten().is_none() {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let landed = child.try_wait().ok().flatten().is_none();
+    let landed = wait_until(&lab.pg, &mut child, started, Until::Elapsed(delay));
     let _ = child.kill();
     let run = wait_run(&mut child, 60);
     let clients = lab.clients(&f);
