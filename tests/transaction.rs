@@ -198,3 +198,84 @@ fn a_rollback_only_transaction_leaves_nothing() {
     });
     assert_eq!(ids(&f), "");
 }
+
+/// Steps of text inside a transaction go out as one message: the server stops at the
+/// first error, so the step that failed is named (its error position made relative to
+/// it), nothing after it ran, and the COMMIT in the same message never ended the
+/// transaction (it is still open, to be rolled back).
+#[test]
+fn a_message_of_statements_names_the_one_that_failed_and_runs_nothing_after_it() {
+    let (f, c) = table();
+    block_on(async {
+        let tx = Transaction::on(session(&c).await);
+        let r = tx
+            .stream([
+                Step::Begin,
+                Step::One("INSERT INTO t VALUES (1);"),
+                Step::One("SELECT no_such_column FROM t;"),
+                Step::One("INSERT INTO t VALUES (3);"),
+                Step::Commit,
+            ])
+            .await;
+        let (at, e) = r.expect_err("the second statement fails");
+        assert_eq!(at, 2, "{e}");
+        assert_eq!(e.sqlstate(), Some("42703"), "{e}");
+        assert_eq!(e.position, Some(8), "position within the statement: {e}");
+        tx.rollback().await;
+        // The same steps that all succeed commit together.
+        let tx = Transaction::on(session(&c).await);
+        tx.stream([
+            Step::Begin,
+            Step::One("INSERT INTO t VALUES (4);"),
+            Step::One("INSERT INTO t VALUES (5)"),
+            Step::Commit,
+        ])
+        .await
+        .expect("commits");
+    });
+    assert_eq!(ids(&f), "4,5");
+}
+
+/// The stamp of a ledger row fails on the server when this transaction did not write
+/// the row (the patch ended pgconvoy's transaction): the failure reads as the guard's
+/// text, and the COMMIT behind it in the same message does not run.
+#[test]
+fn a_stamp_of_a_row_another_transaction_wrote_fails_before_the_commit() {
+    let (f, c) = table();
+    let ledger = pgconvoy::db::ledger::Ledger::new(pgconvoy::config::LedgerTable {
+        schema: "pgconvoy".into(),
+        table: "revision".into(),
+    });
+    let book = pgconvoy::db::ledger::Book::Main;
+    f.psql(0, &ledger.ddl(book));
+    f.psql(
+        0,
+        "INSERT INTO pgconvoy.revision (major, minor, patch, patch_type, checksum, start_time, applied_by) \
+         VALUES (1, 0, 0, 'std', 'x', now(), 'someone')",
+    );
+    let stamp = pgconvoy::db::quote::bind(
+        &ledger.stamp_own_checked_sql(book),
+        &["1".into(), "0".into(), "0".into()],
+    );
+    block_on(async {
+        let tx = Transaction::on(session(&c).await);
+        let r = tx
+            .stream([
+                Step::Begin,
+                Step::One("INSERT INTO t VALUES (7);"),
+                Step::One(&stamp),
+                Step::Commit,
+            ])
+            .await;
+        let (at, e) = r.expect_err("the stamp fails");
+        assert_eq!(at, 2, "{e}");
+        assert_eq!(e.code, None, "{e}");
+        assert_eq!(e.message, pgconvoy::db::ledger::TRANSACTION_LOST);
+        tx.rollback().await;
+    });
+    assert_eq!(ids(&f), "");
+    assert_eq!(
+        f.psql(0, "SELECT count(end_time) FROM pgconvoy.revision"),
+        "0"
+    );
+}

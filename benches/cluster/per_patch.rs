@@ -44,10 +44,14 @@ impl Bench {
         let direct_dir = self.dir(&format!("tiny_direct_{n}"));
         let direct_all = tiny_patches(&direct_dir, n, "direct");
 
+        // The lockstep's share: the same direct patches as 3 independent one-node runs.
+        let alone: Vec<PathBuf> = (0..3)
+            .map(|i| direct_dir.join(format!("node{i}-alone.yaml")))
+            .collect();
         let mut t: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
         for rep in 0..self.settings.reps {
-            let mut order = [0, 1, 2, 3];
-            order.rotate_left(rep % 4);
+            let mut order = [0, 1, 2, 3, 4];
+            order.rotate_left(rep % 5);
             for v in order {
                 let db = self.unique("tiny");
                 let on = if v < 2 { &[0][..] } else { &[0, 1, 2][..] };
@@ -75,12 +79,26 @@ impl Bench {
                         }
                         ("direct pgconvoy", s)
                     }
-                    _ => {
+                    3 => {
                         self.create_db(&[0, 1, 2], &db);
                         let jobs = (0..3)
                             .map(|i| self.psql_file(&self.servers[i].dsn(&db), &direct_all, true))
                             .collect();
                         ("direct psql", self.run(jobs, 3))
+                    }
+                    _ => {
+                        self.create_db(&[0, 1, 2], &db);
+                        let jobs = (0..3)
+                            .map(|i| {
+                                write(&alone[i], &cluster_yaml(&[self.servers[i].dsn(&db)], ""));
+                                self.pgconvoy(&alone[i], &["upgrade", "--all"])
+                            })
+                            .collect();
+                        let s = self.run(jobs, 3);
+                        for i in 0..3 {
+                            self.assert_done(i, &db, "pgconvoy.revision", n);
+                        }
+                        ("direct pgconvoy alone", s)
                     }
                 };
                 self.drop_db(on, &db);
@@ -122,6 +140,18 @@ impl Bench {
             ),
             format!("**{ratio:.2}**"),
             format!("≤ {direct_goal}: {}", verdict(ratio <= direct_goal)),
+        );
+        let ours = m("direct pgconvoy alone");
+        let ratio = r("direct pgconvoy alone", "direct psql");
+        out.row(
+            "2",
+            &format!(
+                "for reference, the same {patches} `direct` patches as 3 independent one-node `upgrade --all` runs in parallel: pgconvoy on each node without the lockstep (which costs the difference to the row above)"
+            ),
+            format!("{} ({:.2} ms/patch)", secs(ours), ours * 1000.0 / n as f64),
+            "the 3 parallel `psql -X -1 -f` above".to_string(),
+            format!("**{ratio:.2}**"),
+            "—".to_string(),
         );
     }
 }

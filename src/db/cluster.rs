@@ -183,6 +183,17 @@ impl Session {
         &self.reached
     }
 
+    /// The names of the SQL-level prepared statements of the session's connection
+    /// ([`crate::db::named`]).
+    pub fn named(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.object
+            .as_ref()
+            .expect("a session holds its connection until dropped")
+            .named
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Closes the connection instead of returning it to the pool: the server
     /// rolls back whatever transaction it had open.
     pub fn discard(mut self) {

@@ -447,6 +447,9 @@ pub struct PooledConn {
     pub client: deadpool_postgres::ClientWrapper,
     pub reached: Reached,
     pub tls: TlsConnector,
+    /// The names of the SQL-level prepared statements of this connection
+    /// ([`crate::db::named`]).
+    pub named: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::ops::Deref for PooledConn {
@@ -485,6 +488,7 @@ impl deadpool::managed::Manager for NodeManager {
             client: deadpool_postgres::ClientWrapper::new(c.client, c.task),
             reached: c.reached,
             tls: c.tls,
+            named: Default::default(),
         })
     }
 

@@ -15,7 +15,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
 use crate::config::LedgerTable;
-use crate::db::pgerror::{LedgerUnreadable, PgFailure};
+use crate::db::cluster::Session;
+use crate::db::named::Named;
+use crate::db::pgerror::{LedgerUnreadable, PgFailure, GUARD};
 use crate::db::quote::{bind, quote_ident, quote_literal};
 use crate::patches::patch::{Patch, PatchVersion};
 
@@ -494,6 +496,35 @@ impl Ledger {
         )
     }
 
+    /// [`Ledger::stamp_own_sql`] as a statement that fails on the server unless it
+    /// stamped exactly one row: an invalid cast naming [`TRANSACTION_LOST`], which
+    /// [`PgFailure`] reads back as that text ([`crate::db::pgerror::GUARD`]). So when a
+    /// patch ended pgconvoy's transaction, nothing sent after the stamp in the same
+    /// message runs, its COMMIT included. Parameters: [`RowParams::key`].
+    pub fn stamp_own_checked_sql(&self, book: Book) -> String {
+        format!(
+            "WITH stamped AS ({}
+             RETURNING 1)
+             SELECT CASE WHEN count(*) <> 1 THEN {} END::integer FROM stamped",
+            self.stamp_own_sql(book),
+            quote_literal(&format!("{GUARD}{TRANSACTION_LOST}"))
+        )
+    }
+
+    /// The ledger statements a patch's transaction runs by name inside its message
+    /// ([`Named`]): the claim, the claim after another patch, each book's row and stamp.
+    pub fn named(&self) -> LedgerStatements {
+        let book = |sql: fn(&Ledger, Book) -> String| {
+            [Book::Main, Book::Local].map(|b| Named::new(sql(self, b)))
+        };
+        LedgerStatements {
+            claim: Named::new(self.claim_sql()),
+            claim_after: Named::new(self.claim_after_sql()),
+            start: book(Ledger::record_start_sql),
+            stamp: book(Ledger::stamp_own_checked_sql),
+        }
+    }
+
     /// Removes this coordinator's unfinished claim: after the transaction guard tripped,
     /// a claim row may have been committed by the patch itself, and would otherwise block
     /// every later run as "claimed by another coordinator".
@@ -611,6 +642,57 @@ const SHAPE_SQL: &str = "SELECT to_regclass($1) IS NOT NULL,
 const FIRST_START_COMMENT: &str = "'start of the first attempt, when a retry took this row over (start_time is the last attempt''s); NULL: start_time is the first known'";
 const ATTEMPTS_COMMENT: &str =
     "'attempts at this patch on this node (retries after a failure or an interrupted run count)'";
+
+/// [`Ledger::named`]: the ledger statements of a patch's transaction, each as
+/// `EXECUTE name(values)` once prepared on the session ([`Named::ready`]).
+pub struct LedgerStatements {
+    claim: Named,
+    claim_after: Named,
+    /// By book: [`Book::Main`], [`Book::Local`].
+    start: [Named; 2],
+    stamp: [Named; 2],
+}
+
+impl LedgerStatements {
+    /// Prepares on `session` the statements a transaction in `book` runs.
+    pub async fn ready(
+        &self,
+        session: &Session,
+        book: Book,
+        claims: bool,
+    ) -> Result<(), PgFailure> {
+        let i = book as usize;
+        self.stamp[i].ready(session).await?;
+        if claims {
+            self.claim.ready(session).await?;
+            self.claim_after.ready(session).await
+        } else {
+            self.start[i].ready(session).await
+        }
+    }
+
+    /// The claim ([`Ledger::claim_sql`]) of `p`'s row.
+    pub fn claim(&self, p: &RowParams) -> String {
+        self.claim.call(&p.row_literals())
+    }
+
+    /// The claim of `p`'s row after `previous` ([`Ledger::claim_after_sql`]).
+    pub fn claim_after(&self, p: &RowParams, previous: &RowParams) -> String {
+        let mut values = p.row_literals();
+        values.extend(previous.key_literals());
+        self.claim_after.call(&values)
+    }
+
+    /// A node's row before its body ([`Ledger::record_start_sql`]).
+    pub fn start(&self, book: Book, p: &RowParams) -> String {
+        self.start[book as usize].call(&p.row_literals())
+    }
+
+    /// The stamp of the row this transaction wrote ([`Ledger::stamp_own_checked_sql`]).
+    pub fn stamp(&self, book: Book, p: &RowParams) -> String {
+        self.stamp[book as usize].call(&p.key_literals())
+    }
+}
 
 /// The parameter values of a patch's ledger row.
 pub struct RowParams {

@@ -4,8 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::db::cluster::{Cluster, Dedicated};
+use crate::db::cluster::{Cluster, Dedicated, Session};
 use crate::db::ledger::Ledger;
+use crate::db::named::Named;
 use crate::db::pgerror::PgFailure;
 use crate::db::quote::quote_literal;
 use crate::error::Error;
@@ -146,19 +147,59 @@ pub async fn holder(
     }))
 }
 
-/// The backend pid of the lock's session, for [`held_sql`]. Asked with the lock's
-/// comment, like every query on that session: `pg_stat_activity.query` keeps naming
-/// this coordinator (`pgconvoy unlock` reads it back).
-pub async fn lock_backend_pid(lock: &Dedicated) -> Option<i32> {
-    let probe = format!(
-        "/* {} */ SELECT pg_backend_pid()",
-        Identity::current().lock_comment(&command_line())
+/// The first key of the lock session's witness lock (two-integer form): "PGCL". The
+/// second key is this process's run key ([`Identity::run_key`]).
+pub const WITNESS_CLASS: i32 = 0x5047_434C;
+
+/// A second session advisory lock the lock's session takes right after the cluster
+/// lock, on a key only this run uses: (`WITNESS_CLASS`, run key). Both go with the session
+/// and pgconvoy never releases either early, so while the witness is held, so is the
+/// cluster lock; and whether it is held costs one lock-table probe to ask from any other
+/// session of the run ([`held_sql`]).
+#[derive(Debug, Clone)]
+pub struct LockWitness {
+    class: i32,
+    key: i32,
+    /// [`held_sql`], run by name inside a claim's message.
+    held: Named,
+}
+
+impl LockWitness {
+    /// Prepares the check ([`held_sql`]) on `session` ([`Named::ready`]).
+    pub async fn ready(&self, session: &Session) -> Result<(), PgFailure> {
+        self.held.ready(session).await
+    }
+
+    /// The check ([`held_sql`]) as one statement of text
+    /// ([`crate::db::pipeline::Step::One`]: it shares a message with the claim).
+    pub fn held(&self) -> String {
+        self.held
+            .call(&[self.class.to_string(), self.key.to_string()])
+    }
+}
+
+/// Takes the witness lock on the lock's session (just after [`acquire_lock`]). `None`
+/// when it cannot be taken: the run then asks the lock's session before each patch
+/// instead of checking on the server. Asked with the lock's comment, like every query on
+/// that session: `pg_stat_activity.query` keeps naming this coordinator (`pgconvoy
+/// unlock` reads it back).
+pub async fn take_witness(lock: &Dedicated) -> Option<LockWitness> {
+    let witness = LockWitness {
+        class: WITNESS_CLASS,
+        key: Identity::current().run_key,
+        held: Named::new(held_sql()),
+    };
+    let take = format!(
+        "/* {} */ SELECT pg_try_advisory_lock({}, {})",
+        Identity::current().lock_comment(&command_line()),
+        witness.class,
+        witness.key
     );
-    let rows = lock.client.simple_query(&probe).await.ok()?;
-    rows.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
-        _ => None,
-    })
+    let rows = lock.client.simple_query(&take).await.ok()?;
+    let taken = rows
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("t")));
+    taken.then_some(witness)
 }
 
 /// What the run already knows without asking: the lock's session ended, or its
@@ -208,18 +249,22 @@ pub async fn confirm_held(lock: &Dedicated, cluster: &Cluster) -> Result<(), Err
 }
 
 /// Fails on the server ([`SqlState::INVALID_TEXT_REPRESENTATION`], naming [`NOT_HELD`])
-/// unless the backend `$1` holds the cluster lock (`$2`, `$3`: [`lock_key_parts`]) in
-/// this database. Asked in the claim's transaction just before each claim of a batch: an
-/// error aborts that transaction on the server, so a batch stops where one patch at a
-/// time would have stopped, whatever the coordinator had already sent.
+/// unless the lock's session still holds its witness ([`LockWitness`]: `$1`, `$2`),
+/// so still holds the cluster lock. Asked in the claim's transaction just before each
+/// claim of a batch: an error aborts that transaction on the server, so a batch stops
+/// where one patch at a time would have stopped, whatever the coordinator had already
+/// sent.
+///
+/// It tries a shared transaction lock on the witness's key: refused while the lock's
+/// session holds the witness (nothing is taken); granted once that session is gone,
+/// and then the error aborts the transaction, which drops it again. One lock-table
+/// probe: reading `pg_locks` instead walks the whole shared lock table, which cost more
+/// per patch than the claim itself (docs/performance.md).
 ///
 /// [`SqlState::INVALID_TEXT_REPRESENTATION`]: tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION
 pub fn held_sql() -> String {
     format!(
-        "SELECT CASE WHEN count(*) = 0 THEN {} END::integer FROM pg_locks
-          WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid = $1
-            AND classid::bigint = $2 AND objid::bigint = $3
-            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        "SELECT CASE WHEN pg_try_advisory_xact_lock_shared($1::integer, $2::integer) THEN {} END::integer",
         quote_literal(NOT_HELD)
     )
 }

@@ -1,6 +1,6 @@
 //! The nodes at run time: libpq's connection conventions (`libpq`), TLS (`tls`),
 //! opening sessions host by host (`connect`), connection pools and sessions, the one transaction type,
-//! pipelined requests, the per-node ledger, PostgreSQL's errors, a first read-only
+//! pipelined requests, named statements a message can execute, the per-node ledger, PostgreSQL's errors, a first read-only
 //! look at a node, the cluster lock, two-phase-commit bookkeeping and driving a commit
 //! decision to completion, lock-timeout
 //! retries and identifier quoting. Primitives: nothing here knows about commands.
@@ -12,6 +12,7 @@ pub mod index_progress;
 pub mod ledger;
 pub mod libpq;
 pub mod lock;
+pub mod named;
 pub mod pgerror;
 pub mod pipeline;
 pub mod prepared;

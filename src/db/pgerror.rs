@@ -24,8 +24,29 @@ pub struct PgFailure {
     pub copy_line: Option<u32>,
 }
 
+/// How the text of a check that fails on the server begins, when the failure is to read
+/// as that text: the check casts `'pgconvoy guard: …'` to integer, and the server's
+/// "invalid input syntax for type integer" error becomes a failure saying `…` alone,
+/// without a SQLSTATE (as if the client had found it).
+pub const GUARD: &str = "pgconvoy guard: ";
+
+/// The text of a guard's failure ([`GUARD`]), if `message` is one.
+fn guard_text(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("invalid input syntax for type integer: \"")?
+        .strip_prefix(GUARD)?
+        .strip_suffix('"')
+}
+
 impl PgFailure {
     pub fn from_pg(e: &tokio_postgres::Error) -> PgFailure {
+        if let Some(text) = e
+            .as_db_error()
+            .filter(|db| db.code() == &SqlState::INVALID_TEXT_REPRESENTATION)
+            .and_then(|db| guard_text(db.message()))
+        {
+            return PgFailure::other(text);
+        }
         match e.as_db_error() {
             Some(db) => PgFailure {
                 code: Some(db.code().clone()),
@@ -172,5 +193,18 @@ mod tests {
         assert_eq!(copy_line("COPY t, line 3, column a: \"x\""), Some(3));
         assert_eq!(copy_line("COPY public.big, line 12"), Some(12));
         assert_eq!(copy_line("SQL statement \"select 1\""), None);
+    }
+
+    #[test]
+    fn guard_failures_read_as_their_text() {
+        assert_eq!(
+            guard_text("invalid input syntax for type integer: \"pgconvoy guard: lost it\""),
+            Some("lost it")
+        );
+        assert_eq!(
+            guard_text("invalid input syntax for type integer: \"abc\""),
+            None
+        );
+        assert_eq!(guard_text("pgconvoy guard: lost it"), None);
     }
 }

@@ -1,5 +1,6 @@
 //! Progress as plain timestamped lines on stderr (cron logs, CI).
 
+use std::io::Write;
 use std::time::SystemTime;
 
 use super::{first_line, Event, Reporter, StatementAt};
@@ -54,6 +55,10 @@ impl Reporter for LineReporter {
                 }
             }
         };
-        eprintln!("{} {line}", rfc3339(SystemTime::now()));
+        // One write per line (stderr is unbuffered: `eprintln!` writes each piece on its
+        // own), so lines from concurrent nodes never interleave and a long run does not
+        // spend its time in system calls.
+        let line = format!("{} {line}\n", rfc3339(SystemTime::now()));
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }

@@ -5,17 +5,14 @@
 
 use std::time::Instant;
 
-use tokio_postgres::types::ToSql;
-use tokio_postgres::Statement;
-
 use super::body::TxFailure;
 use super::coordinator::{Coordinator, NextClaim, NodeFailure, Outcome};
 use super::watch::master_lsn;
 use super::RunReport;
 use crate::config::Replication;
 use crate::db::cluster::Node;
-use crate::db::ledger::{Book, RowParams, TRANSACTION_LOST};
-use crate::db::lock::held_sql;
+use crate::db::ledger::{Book, RowParams};
+use crate::db::lock::LockWitness;
 use crate::db::pgerror::PgFailure;
 use crate::db::pipeline::{first_failure, Step};
 use crate::db::transaction::Transaction;
@@ -51,24 +48,13 @@ impl Refused {
     }
 }
 
-/// The lock check's parameters as a statement takes them.
-fn held_args<'p>(pid: &'p i32, hi: &'p i64, lo: &'p i64) -> [&'p (dyn ToSql + Sync); 3] {
-    [pid, hi, lo]
-}
-
 /// BEGIN, the lock check on the server when there is one (see
 /// [`crate::db::lock::held_sql`]: the run need not ask its lock's session first), the
-/// claim: one round trip.
-fn claim_steps<'a>(
-    claim: &'a Statement,
-    row: &'a [&'a (dyn ToSql + Sync)],
-    held: Option<(&'a Statement, &'a [&'a (dyn ToSql + Sync); 3])>,
-) -> Vec<Step<'a>> {
+/// claim: one message.
+fn claim_steps<'a>(claim: &'a str, held: Option<&'a str>) -> Vec<Step<'a>> {
     let mut steps = vec![Step::Begin];
-    if let Some((st, args)) = held {
-        steps.push(Step::Exec(st, args));
-    }
-    steps.push(Step::Exec(claim, row));
+    steps.extend(held.map(Step::One));
+    steps.push(Step::Claim(claim));
     steps
 }
 
@@ -108,34 +94,43 @@ impl Coordinator<'_> {
             Some(tx) => tx,
             None => Transaction::on(master.session().await.map_err(|e| master.unreachable(e))?),
         };
-        let session = claim.session();
-        let statements = async {
-            Ok::<_, tokio_postgres::Error>((
-                session.prepare_cached(&self.ledger.claim_sql()).await?,
-                session
-                    .prepare_cached(&self.ledger.stamp_own_sql(Book::Main))
-                    .await?,
-            ))
+        let witness = self
+            .lock_witness
+            .as_ref()
+            .filter(|_| self.claim_checks_lock(patch));
+        // Slony-I's `std` patches go through slonik with statements of their own.
+        if patch.kind != PatchType::Std || self.slony.is_none() {
+            let session = claim.session();
+            let ready = async {
+                if let Some(w) = witness {
+                    w.ready(session).await?;
+                }
+                self.statements.ready(session, Book::Main, true).await
+            };
+            ready
+                .await
+                .map_err(|e| master.failed("prepare the ledger statements", e))?;
         }
-        .await
-        .map_err(|e| master.unreachable(e.into()))?;
-        let held = match self.claim_checks_lock(patch) {
-            true => Some(
-                session
-                    .prepare_cached(&held_sql())
-                    .await
-                    .map_err(|e| master.unreachable(e.into()))?,
-            ),
-            false => None,
-        };
-        let held = held.as_ref();
+        let held = witness.map(LockWitness::held);
+        let held = held.as_deref();
         let next = next.filter(|n| self.claims_ahead(patch) && self.claims_ahead(n));
         let r = if let (PatchType::Std, Some(ops)) = (patch.kind, self.slony) {
+            let session = claim.session();
+            let statements = async {
+                Ok::<_, tokio_postgres::Error>((
+                    session.prepare_cached(&self.ledger.claim_sql()).await?,
+                    session
+                        .prepare_cached(&self.ledger.stamp_own_sql(Book::Main))
+                        .await?,
+                ))
+            }
+            .await
+            .map_err(|e| master.unreachable(e.into()))?;
             self.apply_slony(ops, &claim, &statements, patch, report)
                 .await
                 .map(|()| None)
         } else if patch.kind == PatchType::Std {
-            self.apply_std(&claim, &statements, held, patch, report)
+            self.apply_std(&claim, held, patch, report)
                 .await
                 .map(|()| None)
         } else {
@@ -143,7 +138,7 @@ impl Coordinator<'_> {
                 Some(failure) => Claimed::Ahead(failure),
                 None => Claimed::Not,
             };
-            self.apply_claimed(&claim, claimed, &statements, held, next, patch, report)
+            self.apply_claimed(&claim, claimed, held, next, patch, report)
                 .await
         };
         match r {
@@ -223,15 +218,13 @@ impl Coordinator<'_> {
     async fn apply_std(
         &self,
         claim: &Transaction,
-        (claim_st, stamp_st): &(Statement, Statement),
-        held_st: Option<&Statement>,
+        held: Option<&str>,
         patch: &Patch,
         report: &mut RunReport,
     ) -> Result<(), Refused> {
         let params = RowParams::new(patch, &self.applied_by);
-        let row = params.row();
-        let held = self.held_params();
-        let held = held.as_ref().map(|(pid, hi, lo)| held_args(pid, hi, lo));
+        let claim_text = self.statements.claim(&params);
+        let stamp = self.statements.stamp(Book::Main, &params);
         self.node_start(patch, 0);
         let t = Instant::now();
         let r = match self
@@ -239,8 +232,8 @@ impl Coordinator<'_> {
                 claim,
                 0,
                 patch,
-                &claim_steps(claim_st, &row, held_st.zip(held.as_ref())),
-                &[Step::ExecOne(stamp_st, &params.key(), TRANSACTION_LOST)],
+                &claim_steps(&claim_text, held),
+                &[Step::One(&stamp)],
             )
             .await
         {
@@ -261,28 +254,22 @@ impl Coordinator<'_> {
     /// the server unless this patch is finished in the ledger
     /// ([`crate::db::ledger::Ledger::claim_after_sql`]) and the run still holds the lock;
     /// returned for the next patch's run to take over ([`NextClaim`]).
-    #[allow(clippy::too_many_arguments)] // the claim's state, its statements, the patches
     async fn apply_claimed(
         &self,
         claim: &Transaction,
         claimed: Claimed,
-        (claim_st, stamp_st): &(Statement, Statement),
-        held_st: Option<&Statement>,
+        held: Option<&str>,
         next: Option<&Patch>,
         patch: &Patch,
         report: &mut RunReport,
     ) -> Result<Ahead, Refused> {
         let params = RowParams::new(patch, &self.applied_by);
-        let row = params.row();
-        let held = self.held_params();
-        let held = held.as_ref().map(|(pid, hi, lo)| held_args(pid, hi, lo));
         match claimed {
             Claimed::Ahead(Some(e)) => return Err(Refused::Claim(self.claim_error(patch, e))),
             Claimed::Ahead(None) => {}
             Claimed::Not => {
-                let opened = claim
-                    .pipeline(&claim_steps(claim_st, &row, held_st.zip(held.as_ref())))
-                    .await;
+                let claim_text = self.statements.claim(&params);
+                let opened = claim.pipeline(&claim_steps(&claim_text, held)).await;
                 if let Some((_, e)) = first_failure(&opened) {
                     return Err(Refused::Claim(self.claim_error(patch, e.clone())));
                 }
@@ -301,34 +288,17 @@ impl Coordinator<'_> {
         if let Some(failure) = self.record(patch, results, report) {
             return Err(Refused::Failed(Error::PatchFailed(Box::new(failure))));
         }
-        let key = params.key();
-        let mut steps = vec![
-            Step::ExecOne(stamp_st, &key, TRANSACTION_LOST),
-            Step::Commit,
-        ];
+        let stamp = self.statements.stamp(Book::Main, &params);
+        let mut steps = vec![Step::One(&stamp), Step::Commit];
         // Nothing new once the run is stopping.
         let next = next
             .filter(|_| crate::signal::tripped().is_none() && !self.cluster.inflight.lock_lost());
-        let after_st = match (next, held_st) {
-            (Some(_), Some(_)) => claim
-                .session()
-                .prepare_cached(&self.ledger.claim_after_sql())
-                .await
-                .ok(),
-            _ => None,
-        };
-        let next_params = next.map(|n| RowParams::new(n, &self.applied_by));
-        let after_previous: Option<Vec<&(dyn ToSql + Sync)>> = next_params
-            .as_ref()
-            .map(|n| n.row().into_iter().chain(key).collect());
-        if let (Some(after_st), Some(held_st), Some(held), Some(args)) =
-            (&after_st, held_st, &held, &after_previous)
-        {
-            steps.extend([
-                Step::Begin,
-                Step::Exec(held_st, held),
-                Step::Exec(after_st, args),
-            ]);
+        let after = next.zip(held).map(|(n, _)| {
+            self.statements
+                .claim_after(&RowParams::new(n, &self.applied_by), &params)
+        });
+        if let (Some(after), Some(held)) = (&after, held) {
+            steps.extend([Step::Begin, Step::One(held), Step::Claim(after)]);
         }
         let stamped = claim.pipeline(&steps).await;
         if let Some((_, e)) = first_failure(&stamped[..2]) {
@@ -435,29 +405,22 @@ impl Coordinator<'_> {
         self.ensure(i, session.client(), book)
             .await
             .map_err(self.fail(i))?;
-        let statements = async {
-            Ok::<_, tokio_postgres::Error>((
-                session
-                    .prepare_cached(&self.ledger.record_start_sql(book))
-                    .await?,
-                session
-                    .prepare_cached(&self.ledger.stamp_own_sql(book))
-                    .await?,
-            ))
-        }
-        .await
-        .map_err(|e| self.fail(i)(e.into()))?;
-        let (start_st, stamp_st) = statements;
+        self.statements
+            .ready(&session, book, false)
+            .await
+            .map_err(self.fail(i))?;
         let params = RowParams::new(patch, &self.applied_by);
+        let start = self.statements.start(book, &params);
+        let stamp = self.statements.stamp(book, &params);
         let tx = Transaction::on(session);
-        // BEGIN, ledger row, body, stamp, COMMIT: one round trip.
+        // BEGIN, ledger row, body, stamp, COMMIT: one message.
         let r = self
             .committed_transaction(
                 &tx,
                 i,
                 patch,
-                &[Step::Begin, Step::Exec(&start_st, &params.row())],
-                &[Step::ExecOne(&stamp_st, &params.key(), TRANSACTION_LOST)],
+                &[Step::Begin, Step::One(&start)],
+                &[Step::One(&stamp)],
             )
             .await;
         if r.is_err() {

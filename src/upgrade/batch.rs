@@ -13,17 +13,16 @@
 //! Patches committed before a failure stay committed and stamped.
 //!
 //! [`Ledger::claim_after_sql`]: crate::db::ledger::Ledger::claim_after_sql
+//! [`held_sql`]: crate::db::lock::held_sql
 
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 
 use super::coordinator::{Coordinator, Outcome};
 use super::RunReport;
-use crate::db::ledger::{Book, RowParams, TRANSACTION_LOST};
-use crate::db::lock::held_sql;
+use crate::db::ledger::{Book, RowParams};
 use crate::db::pgerror::PgFailure;
 use crate::db::pipeline::{self, Step};
 use crate::db::transaction::Transaction;
@@ -45,7 +44,7 @@ impl Coordinator<'_> {
     /// the first alone). Only plain `std` patches on the master: Slony-I's go through
     /// slonik, `--node` without the master never claims, and a big body runs alone.
     pub(super) fn batch_len(&self, rest: &[&Patch]) -> usize {
-        if self.slony.is_some() || !self.selected[0] || self.lock_pid.is_none() {
+        if self.slony.is_some() || !self.selected[0] || self.lock_witness.is_none() {
             return 0;
         }
         let mut bytes = 0;
@@ -71,37 +70,38 @@ impl Coordinator<'_> {
         patches: &[&Patch],
         report: &mut RunReport,
     ) -> Result<usize, Error> {
-        let Some((pid, hi, lo)) = self.held_params() else {
+        let Some(witness) = &self.lock_witness else {
             // No lock check on the server: the patches run one at a time.
             return Ok(0);
         };
         let master = self.cluster.master();
         let session = master.session().await.map_err(|e| master.unreachable(e))?;
-        let statements = async {
-            Ok::<_, tokio_postgres::Error>((
-                session.prepare_cached(&self.ledger.claim_sql()).await?,
-                session
-                    .prepare_cached(&self.ledger.claim_after_sql())
-                    .await?,
-                session.prepare_cached(&held_sql()).await?,
-                session
-                    .prepare_cached(&self.ledger.stamp_own_sql(Book::Main))
-                    .await?,
-            ))
-        }
-        .await
-        .map_err(|e| master.unreachable(e.into()))?;
-        let (claim_st, after_st, held_st, stamp_st) = &statements;
+        // The ledger statements with their values written in: a batch of small patches
+        // goes out in a few messages ([`crate::db::pipeline`]).
         let params: Vec<RowParams> = patches
             .iter()
             .map(|p| RowParams::new(p, &self.applied_by))
             .collect();
-        let rows: Vec<_> = params.iter().map(RowParams::row).collect();
-        let keys: Vec<_> = params.iter().map(RowParams::key).collect();
-        let after_previous: Vec<Vec<&(dyn ToSql + Sync)>> = (1..params.len())
-            .map(|j| rows[j].iter().chain(keys[j - 1].iter()).copied().collect())
+        let ready = async {
+            witness.ready(&session).await?;
+            self.statements.ready(&session, Book::Main, true).await
+        };
+        ready
+            .await
+            .map_err(|e| master.failed("prepare the ledger statements", e))?;
+        let claims: Vec<String> = params
+            .iter()
+            .enumerate()
+            .map(|(j, p)| match j {
+                0 => self.statements.claim(p),
+                _ => self.statements.claim_after(p, &params[j - 1]),
+            })
             .collect();
-        let held: [&(dyn ToSql + Sync); 3] = [&pid, &hi, &lo];
+        let stamps: Vec<String> = params
+            .iter()
+            .map(|p| self.statements.stamp(Book::Main, p))
+            .collect();
+        let held = witness.held();
         // Where each patch's steps start in the stream.
         let starts: Vec<usize> = patches
             .iter()
@@ -138,17 +138,10 @@ impl Coordinator<'_> {
                 go
             })
             .flat_map(|(j, p)| {
-                let claim = match j {
-                    0 => Step::Exec(claim_st, &rows[0]),
-                    _ => Step::Exec(after_st, &after_previous[j - 1]),
-                };
-                [Step::Begin, Step::Exec(held_st, &held), claim]
+                [Step::Begin, Step::One(&held), Step::Claim(&claims[j])]
                     .into_iter()
                     .chain(pipeline::body(p))
-                    .chain([
-                        Step::ExecOne(stamp_st, &keys[j], TRANSACTION_LOST),
-                        Step::Commit,
-                    ])
+                    .chain([Step::One(&stamps[j]), Step::Commit])
             });
         let failed = Cell::new(false);
         let seen = |i: usize, r: &Result<(), PgFailure>| {

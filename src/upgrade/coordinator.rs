@@ -15,8 +15,8 @@ use super::plan;
 use super::{NodeResult, RunReport};
 use crate::config::{NodeName, Replication, Role};
 use crate::db::cluster::{Cluster, Dedicated, Node};
-use crate::db::ledger::{Book, Ledger, NodeLedger, RowParams};
-use crate::db::lock::lock_key_parts;
+use crate::db::ledger::{Book, Ledger, LedgerStatements, NodeLedger, RowParams};
+use crate::db::lock::LockWitness;
 use crate::db::pgerror::PgFailure;
 use crate::db::retry::RetryPolicy;
 use crate::db::transaction::Transaction;
@@ -34,9 +34,12 @@ pub(super) struct Coordinator<'a> {
     pub(super) ledgers: &'a [NodeLedger],
     /// The cluster lock's session, held for the whole run.
     pub(super) lock: &'a Dedicated,
-    /// Its backend pid: claims check on the server that it still holds the lock
-    /// ([`crate::db::lock::held_sql`]). `None`: the run checks before each patch instead.
-    pub(super) lock_pid: Option<i32>,
+    /// Its witness lock: claims check on the server that the lock's session still holds
+    /// it, so still holds the cluster lock ([`crate::db::lock::held_sql`]). `None`: the
+    /// run asks the lock's session before each patch instead.
+    pub(super) lock_witness: Option<LockWitness>,
+    /// The ledger statements patches' transactions run by name ([`Ledger::named`]).
+    pub(super) statements: LedgerStatements,
     pub(super) reporter: &'a dyn Reporter,
     pub(super) applied_by: String,
     pub(super) policy: RetryPolicy,
@@ -203,20 +206,13 @@ impl Coordinator<'_> {
     /// Whether `patch`'s claim checks on the server that the run still holds the cluster
     /// lock ([`crate::db::lock::held_sql`]), so the run need not ask the lock's session first.
     pub(super) fn claim_checks_lock(&self, patch: &Patch) -> bool {
-        self.lock_pid.is_some()
+        self.lock_witness.is_some()
             && self.selected[0]
             && match patch.kind {
                 PatchType::Std => self.slony.is_none(),
                 PatchType::Direct => !self.atomic,
                 PatchType::Concurrent => true,
             }
-    }
-
-    /// The lock check's parameters ([`crate::db::lock::held_sql`]): the lock session's
-    /// pid and the lock's key as `pg_locks` shows it.
-    pub(super) fn held_params(&self) -> Option<(i32, i64, i64)> {
-        let (hi, lo) = lock_key_parts(self.ledger.advisory_key());
-        self.lock_pid.map(|pid| (pid, hi, lo))
     }
 
     /// Rolls back a claim taken ahead for a patch the run does not go on with.

@@ -17,7 +17,9 @@ use futures::stream::{self, StreamExt};
 use crate::config::Config;
 use crate::db::cluster::{Cluster, Dedicated};
 use crate::db::ledger::{Book, Ledger, NodeLedger};
-use crate::db::lock::{acquire_lock, confirm_flag, confirm_held, lock_backend_pid, release_lock};
+use crate::db::lock::{
+    acquire_lock, confirm_flag, confirm_held, release_lock, take_witness, LockWitness,
+};
 use crate::db::retry::RetryPolicy;
 use crate::error::{Error, ErrorObject};
 use crate::output::human;
@@ -348,13 +350,13 @@ async fn upgrade_inner(
         None => ensure_master_ledger(cluster, &ledger).await?,
     }
 
-    let lock_pid = lock_backend_pid(&lock).await;
+    let lock_witness = take_witness(&lock).await;
     let coordinator = coordinator(
         config,
         cluster,
         &ledger,
         &ledgers,
-        (&lock, lock_pid),
+        (&lock, lock_witness),
         reporter,
         &selected,
         slony_ops.as_ref(),
@@ -394,18 +396,19 @@ fn coordinator<'a>(
     cluster: &'a Cluster,
     ledger: &'a Ledger,
     ledgers: &'a [NodeLedger],
-    lock: (&'a Dedicated, Option<i32>),
+    lock: (&'a Dedicated, Option<LockWitness>),
     reporter: &'a dyn Reporter,
     selected: &[bool],
     slony: Option<&'a SlonyOps<'a>>,
 ) -> Coordinator<'a> {
-    let (lock, lock_pid) = lock;
+    let (lock, lock_witness) = lock;
     Coordinator {
         cluster,
         ledger,
         ledgers,
         lock,
-        lock_pid,
+        lock_witness,
+        statements: ledger.named(),
         reporter,
         applied_by: applied_by(),
         policy: RetryPolicy {
