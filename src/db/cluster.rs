@@ -15,6 +15,7 @@ use crate::config::{Config, NodeConfig, NodeName, Role};
 use crate::db::connect::{
     self, ConnectError, Endpoint, NodeManager, Reached, SessionOptions, Watch,
 };
+use crate::db::named::Prepares;
 use crate::db::pgerror::PgFailure;
 use crate::db::tls::TlsConnector;
 use crate::error::Error;
@@ -183,23 +184,27 @@ impl Session {
         &self.reached
     }
 
-    /// The names of the SQL-level prepared statements of the session's connection
-    /// ([`crate::db::named`]).
-    pub fn named(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
-        self.object
-            .as_ref()
-            .expect("a session holds its connection until dropped")
-            .named
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Closes the connection instead of returning it to the pool: the server
     /// rolls back whatever transaction it had open.
     pub fn discard(mut self) {
         if let Some(object) = self.object.take() {
             drop(Object::take(object));
         }
+    }
+}
+
+impl Prepares for Session {
+    fn client(&self) -> &tokio_postgres::Client {
+        self
+    }
+
+    fn prepared(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.object
+            .as_ref()
+            .expect("a session holds its connection until dropped")
+            .named
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 

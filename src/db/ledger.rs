@@ -15,8 +15,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
 use crate::config::LedgerTable;
-use crate::db::cluster::Session;
-use crate::db::named::Named;
+use crate::db::named::{Named, Prepares};
 use crate::db::pgerror::{LedgerUnreadable, PgFailure, GUARD};
 use crate::db::quote::{bind, quote_ident, quote_literal};
 use crate::patches::patch::{Patch, PatchVersion};
@@ -657,7 +656,7 @@ impl LedgerStatements {
     /// Prepares on `session` the statements a transaction in `book` runs.
     pub async fn ready(
         &self,
-        session: &Session,
+        session: &impl Prepares,
         book: Book,
         claims: bool,
     ) -> Result<(), PgFailure> {

@@ -4,9 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::db::cluster::{Cluster, Dedicated, Session};
+use crate::db::cluster::{Cluster, Dedicated};
 use crate::db::ledger::Ledger;
-use crate::db::named::Named;
+use crate::db::named::{Named, Prepares};
 use crate::db::pgerror::PgFailure;
 use crate::db::quote::quote_literal;
 use crate::error::Error;
@@ -166,7 +166,7 @@ pub struct LockWitness {
 
 impl LockWitness {
     /// Prepares the check ([`held_sql`]) on `session` ([`Named::ready`]).
-    pub async fn ready(&self, session: &Session) -> Result<(), PgFailure> {
+    pub async fn ready(&self, session: &impl Prepares) -> Result<(), PgFailure> {
         self.held.ready(session).await
     }
 

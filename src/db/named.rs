@@ -5,8 +5,17 @@
 //! per connection (and per value shape), a statement with its values written in every
 //! time. Which names a connection has prepared is kept with the pooled connection.
 
-use crate::db::cluster::Session;
+use std::collections::HashSet;
+use std::sync::MutexGuard;
+
 use crate::db::pgerror::PgFailure;
+
+/// A connection that remembers which names it has prepared (a pooled session).
+pub trait Prepares {
+    fn client(&self) -> &tokio_postgres::Client;
+    /// The names prepared on this connection so far.
+    fn prepared(&self) -> MutexGuard<'_, HashSet<String>>;
+}
 
 /// A statement that can be prepared on a connection by name and executed in a message.
 #[derive(Debug, Clone)]
@@ -28,15 +37,15 @@ impl Named {
 
     /// Prepares the statement on `session`'s connection unless it already is: one round
     /// trip the first time a connection needs it. Not inside a failed transaction.
-    pub async fn ready(&self, session: &Session) -> Result<(), PgFailure> {
-        if session.named().contains(&self.name) {
+    pub async fn ready(&self, session: &impl Prepares) -> Result<(), PgFailure> {
+        if session.prepared().contains(&self.name) {
             return Ok(());
         }
         session
             .client()
             .batch_execute(&format!("PREPARE {} AS {}", self.name, self.sql))
             .await?;
-        session.named().insert(self.name.clone());
+        session.prepared().insert(self.name.clone());
         Ok(())
     }
 
