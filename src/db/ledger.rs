@@ -16,7 +16,7 @@ use tokio_postgres::GenericClient;
 
 use crate::config::LedgerTable;
 use crate::db::named::{Named, Prepares};
-use crate::db::pgerror::{LedgerUnreadable, PgFailure, GUARD};
+use crate::db::pgerror::{fail_when, LedgerUnreadable, PgFailure, GUARD};
 use crate::db::quote::{bind, quote_ident, quote_literal};
 use crate::patches::patch::{Patch, PatchVersion};
 
@@ -405,11 +405,11 @@ impl Ledger {
         format!(
             "INSERT INTO {table} (major, minor, patch, patch_type, checksum, start_time, end_time, applied_by)
              SELECT $1::integer, $2::integer, $3::integer, $4::text, $5::text, clock_timestamp(), NULL, $6::text || ' as ' || session_user
-               FROM (SELECT CASE WHEN count(*) = 0 THEN {} END::integer AS guard
+               FROM (SELECT {} AS guard
                        FROM {table}
                       WHERE major = $7 AND minor = $8 AND patch = $9 AND end_time IS NOT NULL) AS previous
               WHERE previous.guard IS NULL",
-            quote_literal(NOT_AFTER_DONE)
+            fail_when("count(*) = 0", NOT_AFTER_DONE)
         )
     }
 
@@ -504,9 +504,9 @@ impl Ledger {
         format!(
             "WITH stamped AS ({}
              RETURNING 1)
-             SELECT CASE WHEN count(*) <> 1 THEN {} END::integer FROM stamped",
+             SELECT {} FROM stamped",
             self.stamp_own_sql(book),
-            quote_literal(&format!("{GUARD}{TRANSACTION_LOST}"))
+            fail_when("count(*) <> 1", &format!("{GUARD}{TRANSACTION_LOST}"))
         )
     }
 
@@ -653,21 +653,23 @@ pub struct LedgerStatements {
 }
 
 impl LedgerStatements {
-    /// Prepares on `session` the statements a transaction in `book` runs.
-    pub async fn ready(
+    /// Prepares on `session` what a claim's transaction on the master runs: the claims
+    /// and the stamp of the main book.
+    pub async fn ready_to_claim(&self, session: &impl Prepares) -> Result<(), PgFailure> {
+        self.claim.ready(session).await?;
+        self.claim_after.ready(session).await?;
+        self.stamp[Book::Main as usize].ready(session).await
+    }
+
+    /// Prepares on `session` what a node's own transaction in `book` runs: its row and
+    /// the stamp.
+    pub async fn ready_for_rows(
         &self,
         session: &impl Prepares,
         book: Book,
-        claims: bool,
     ) -> Result<(), PgFailure> {
-        let i = book as usize;
-        self.stamp[i].ready(session).await?;
-        if claims {
-            self.claim.ready(session).await?;
-            self.claim_after.ready(session).await
-        } else {
-            self.start[i].ready(session).await
-        }
+        self.start[book as usize].ready(session).await?;
+        self.stamp[book as usize].ready(session).await
     }
 
     /// The claim ([`Ledger::claim_sql`]) of `p`'s row.

@@ -7,8 +7,7 @@ use std::time::Duration;
 use crate::db::cluster::{Cluster, Dedicated};
 use crate::db::ledger::Ledger;
 use crate::db::named::{Named, Prepares};
-use crate::db::pgerror::PgFailure;
-use crate::db::quote::quote_literal;
+use crate::db::pgerror::{fail_when, PgFailure};
 use crate::error::Error;
 use crate::identity::{parse_lock_comment, Identity, RUN_LOCK_CLASS};
 use crate::progress::{Event, Reporter};
@@ -264,8 +263,11 @@ pub async fn confirm_held(lock: &Dedicated, cluster: &Cluster) -> Result<(), Err
 /// [`SqlState::INVALID_TEXT_REPRESENTATION`]: tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION
 pub fn held_sql() -> String {
     format!(
-        "SELECT CASE WHEN pg_try_advisory_xact_lock_shared($1::integer, $2::integer) THEN {} END::integer",
-        quote_literal(NOT_HELD)
+        "SELECT {}",
+        fail_when(
+            "pg_try_advisory_xact_lock_shared($1::integer, $2::integer)",
+            NOT_HELD
+        )
     )
 }
 

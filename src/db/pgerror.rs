@@ -5,6 +5,7 @@ use std::fmt;
 
 use tokio_postgres::error::{ErrorPosition, SqlState};
 
+use crate::db::quote::quote_literal;
 use crate::output::human::error_chain;
 
 /// A failure reported by a server, or a connection-level error.
@@ -29,6 +30,18 @@ pub struct PgFailure {
 /// "invalid input syntax for type integer" error becomes a failure saying `…` alone,
 /// without a SQLSTATE (as if the client had found it).
 pub const GUARD: &str = "pgconvoy guard: ";
+
+/// An expression that fails on the server when `condition` holds, with `message` in
+/// the error (an invalid cast to integer, SQLSTATE 22P02: plain SQL has no `RAISE`), and
+/// is NULL otherwise. A statement can carry it so that a check made on the server aborts
+/// the transaction, and whatever was sent behind it, before anything else runs. A
+/// `message` that starts with [`GUARD`] reads back as the rest of it.
+pub fn fail_when(condition: &str, message: &str) -> String {
+    format!(
+        "CASE WHEN {condition} THEN {} END::integer",
+        quote_literal(message)
+    )
+}
 
 /// The text of a guard's failure ([`GUARD`]), if `message` is one.
 fn guard_text(message: &str) -> Option<&str> {

@@ -48,8 +48,9 @@ pub const SAVEPOINT: &str = savepoint_name!();
 pub enum Step<'a> {
     /// Simple-protocol SQL (may hold several statements).
     Sql(&'a str),
-    /// Exactly one statement as text: a patch's statement, or a ledger statement with
-    /// its values written in. Inside a transaction, several in a row go out as one message.
+    /// Exactly one statement as text: a patch's statement, or a ledger statement run by
+    /// name ([`crate::db::named`]). Inside a transaction, several in a row go out as one
+    /// message.
     One(&'a str),
     /// A claim: [`Step::One`] that ends its message, so that a claim waiting behind
     /// another coordinator's row shows alone in `pg_stat_activity`, never with the body it
@@ -67,10 +68,6 @@ pub enum Step<'a> {
     Release,
     /// `ROLLBACK TO SAVEPOINT`.
     RollbackTo,
-    /// A prepared statement that must change exactly one row; any other count fails
-    /// the step with `what` (a ledger stamp whose row is not the one this transaction
-    /// wrote: the transaction guard).
-    ExecOne(&'a Statement, &'a [&'a (dyn ToSql + Sync)], &'a str),
     /// `COPY ... FROM STDIN` and its inline data: `len` bytes at `offset` of `text`.
     Copy {
         sql: &'a str,
@@ -88,12 +85,9 @@ impl<'a> Step<'a> {
             Step::Savepoint => concat!("SAVEPOINT ", savepoint_name!()),
             Step::Release => concat!("RELEASE SAVEPOINT ", savepoint_name!()),
             Step::RollbackTo => concat!("ROLLBACK TO SAVEPOINT ", savepoint_name!()),
-            Step::Sql(_)
-            | Step::One(_)
-            | Step::Claim(_)
-            | Step::Exec(..)
-            | Step::ExecOne(..)
-            | Step::Copy { .. } => return None,
+            Step::Sql(_) | Step::One(_) | Step::Claim(_) | Step::Exec(..) | Step::Copy { .. } => {
+                return None
+            }
         })
     }
 
@@ -147,11 +141,6 @@ pub async fn send_one(client: &Client, step: Step<'_>) -> Result<(), PgFailure> 
             .await
             .map(drop)
             .map_err(PgFailure::from),
-        Step::ExecOne(statement, params, what) => match client.execute(statement, params).await {
-            Ok(1) => Ok(()),
-            Ok(_) => Err(PgFailure::other(what)),
-            Err(e) => Err(e.into()),
-        },
         Step::Copy {
             sql,
             text,
@@ -238,9 +227,10 @@ async fn send_script(client: &Client, unit: &[Step<'_>]) -> Vec<Result<(), PgFai
     let mut chars = 0usize;
     for step in unit {
         let text = step.script().expect("only steps of text share a message");
-        starts.push((chars, text.chars().count()));
+        let len = text.chars().count();
+        starts.push((chars, len));
         sql.push_str(text);
-        chars += starts[starts.len() - 1].1;
+        chars += len;
         if !text.ends_with(';') {
             sql.push(';');
             chars += 1;

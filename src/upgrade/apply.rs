@@ -99,22 +99,14 @@ impl Coordinator<'_> {
             .as_ref()
             .filter(|_| self.claim_checks_lock(patch));
         // Slony-I's `std` patches go through slonik with statements of their own.
-        if patch.kind != PatchType::Std || self.slony.is_none() {
-            let session = claim.session();
-            let ready = async {
-                if let Some(w) = witness {
-                    w.ready(session).await?;
-                }
-                self.statements.ready(session, Book::Main, true).await
-            };
-            ready
-                .await
-                .map_err(|e| master.failed("prepare the ledger statements", e))?;
+        let slony_std = self.slony.filter(|_| patch.kind == PatchType::Std);
+        if slony_std.is_none() {
+            self.ready_to_claim(claim.session(), witness).await?;
         }
         let held = witness.map(LockWitness::held);
         let held = held.as_deref();
         let next = next.filter(|n| self.claims_ahead(patch) && self.claims_ahead(n));
-        let r = if let (PatchType::Std, Some(ops)) = (patch.kind, self.slony) {
+        let r = if let Some(ops) = slony_std {
             let session = claim.session();
             let statements = async {
                 Ok::<_, tokio_postgres::Error>((
@@ -406,7 +398,7 @@ impl Coordinator<'_> {
             .await
             .map_err(self.fail(i))?;
         self.statements
-            .ready(&session, book, false)
+            .ready_for_rows(&session, book)
             .await
             .map_err(self.fail(i))?;
         let params = RowParams::new(patch, &self.applied_by);

@@ -76,19 +76,13 @@ impl Coordinator<'_> {
         };
         let master = self.cluster.master();
         let session = master.session().await.map_err(|e| master.unreachable(e))?;
-        // The ledger statements with their values written in: a batch of small patches
-        // goes out in a few messages ([`crate::db::pipeline`]).
+        // The ledger statements run by name inside each patch's message
+        // ([`crate::db::pipeline`], [`crate::db::named`]).
+        self.ready_to_claim(&session, Some(witness)).await?;
         let params: Vec<RowParams> = patches
             .iter()
             .map(|p| RowParams::new(p, &self.applied_by))
             .collect();
-        let ready = async {
-            witness.ready(&session).await?;
-            self.statements.ready(&session, Book::Main, true).await
-        };
-        ready
-            .await
-            .map_err(|e| master.failed("prepare the ledger statements", e))?;
         let claims: Vec<String> = params
             .iter()
             .enumerate()

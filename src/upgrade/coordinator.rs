@@ -14,7 +14,7 @@ use tokio_postgres::GenericClient;
 use super::plan;
 use super::{NodeResult, RunReport};
 use crate::config::{NodeName, Replication, Role};
-use crate::db::cluster::{Cluster, Dedicated, Node};
+use crate::db::cluster::{Cluster, Dedicated, Node, Session};
 use crate::db::ledger::{Book, Ledger, LedgerStatements, NodeLedger, RowParams};
 use crate::db::lock::LockWitness;
 use crate::db::pgerror::PgFailure;
@@ -213,6 +213,26 @@ impl Coordinator<'_> {
                 PatchType::Direct => !self.atomic,
                 PatchType::Concurrent => true,
             }
+    }
+
+    /// Prepares on the master's `session` what a claim's transaction runs by name: the
+    /// lock check (`witness`, when the claim makes it) and the ledger's statements.
+    pub(super) async fn ready_to_claim(
+        &self,
+        session: &Session,
+        witness: Option<&LockWitness>,
+    ) -> Result<(), Error> {
+        let ready = async {
+            if let Some(w) = witness {
+                w.ready(session).await?;
+            }
+            self.statements.ready_to_claim(session).await
+        };
+        ready.await.map_err(|e| {
+            self.cluster
+                .master()
+                .failed("prepare the ledger statements", e)
+        })
     }
 
     /// Rolls back a claim taken ahead for a patch the run does not go on with.
